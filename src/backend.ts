@@ -1,0 +1,125 @@
+/**
+ * Compute backend selection. The native TensorFlow packages are optional at run
+ * time: they are resolved with a dynamic import, never listed as dependencies,
+ * because their install step downloads libtensorflow from a host that CI and
+ * many machines cannot reach. wasm is the backend that always installs.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import * as tf from '@tensorflow/tfjs';
+import { registerComposedTrainingKernels } from './kernels/register.js';
+import { UsageError } from './errors.js';
+
+export const BACKEND_CHOICES = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendChoice = (typeof BACKEND_CHOICES)[number];
+
+export interface BackendInfo {
+  /** what was asked for */
+  choice: BackendChoice;
+  /** the tfjs backend name now active: 'tensorflow', 'wasm' or 'cpu' */
+  name: string;
+  /** the package that provides it */
+  pkg: string;
+  /** one line: why this one */
+  reason: string;
+}
+
+const NATIVE = {
+  'tensorflow-gpu': {
+    pkg: '@tensorflow/tfjs-node-gpu',
+    install: 'npm install @tensorflow/tfjs-node-gpu@4.22.0 (needs CUDA 11.2 and cuDNN 8.1)',
+  },
+  tensorflow: { pkg: '@tensorflow/tfjs-node', install: 'npm install @tensorflow/tfjs-node@4.22.0' },
+} as const;
+
+/** GPUs the driver reports: `nvidia-smi -L` lines, or [] where there is no driver. */
+export function visibleGpus(): string[] {
+  const visible = process.env.CUDA_VISIBLE_DEVICES;
+  if (visible !== undefined && visible.trim() === '') return [];
+  try {
+    const out = execFileSync('nvidia-smi', ['-L'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 });
+    return out.split('\n').filter((l) => l.startsWith('GPU '));
+  } catch {
+    return existsSync('/dev/nvidia0') ? ['GPU 0: (nvidia-smi not found; /dev/nvidia0 present)'] : [];
+  }
+}
+
+async function tryImport(pkg: string): Promise<unknown | Error> {
+  try {
+    return await import(pkg);
+  } catch (err) {
+    return err instanceof Error ? err : new Error(String(err));
+  }
+}
+
+async function activate(name: string): Promise<void> {
+  if (!(await tf.setBackend(name))) throw new Error(`backend '${name}' failed to initialize`);
+  await tf.ready();
+}
+
+async function useNative(choice: 'tensorflow-gpu' | 'tensorflow', required: boolean): Promise<BackendInfo | string> {
+  const { pkg, install } = NATIVE[choice];
+  const loaded = await tryImport(pkg);
+  if (loaded instanceof Error) {
+    const why = `${pkg} is not installed (${install})`;
+    if (required) throw new UsageError(`backend '${choice}': ${why}`);
+    return why;
+  }
+  if (choice === 'tensorflow-gpu') {
+    const gpus = visibleGpus();
+    if (gpus.length === 0) {
+      const why = `${pkg} is installed but no GPU is visible (nvidia-smi -L lists none)`;
+      if (required) throw new UsageError(`backend '${choice}': ${why}`);
+      return why;
+    }
+    await activate('tensorflow');
+    return { choice, name: 'tensorflow', pkg, reason: `${pkg} with ${gpus.length} visible GPU(s)` };
+  }
+  await activate('tensorflow');
+  return { choice, name: 'tensorflow', pkg, reason: `${pkg} (native CPU)` };
+}
+
+async function useWasm(choice: BackendChoice, because: string): Promise<BackendInfo> {
+  await import('@tensorflow/tfjs-backend-wasm');
+  registerComposedTrainingKernels('wasm');
+  await activate('wasm');
+  return { choice, name: 'wasm', pkg: '@tensorflow/tfjs-backend-wasm', reason: because };
+}
+
+async function useCpu(choice: BackendChoice, because: string): Promise<BackendInfo> {
+  // The cpu backend's one-time "install the node backend" banner is noise here.
+  tf.env().set('PROD', true);
+  await activate('cpu');
+  return { choice, name: 'cpu', pkg: '@tensorflow/tfjs-backend-cpu', reason: because };
+}
+
+/** Activates the backend asked for; `auto` takes the first that works, in order of speed. */
+export async function initBackend(choice: BackendChoice): Promise<BackendInfo> {
+  switch (choice) {
+    case 'tensorflow-gpu':
+    case 'tensorflow': {
+      const got = await useNative(choice, true);
+      if (typeof got === 'string') throw new Error(got); // unreachable: required throws
+      return got;
+    }
+    case 'wasm':
+      return useWasm(choice, 'asked for (XNNPACK, SIMD, one thread; splitnet composes the conv gradients)');
+    case 'cpu':
+      return useCpu(choice, 'asked for (pure JavaScript: correct, very slow to train)');
+    case 'auto': {
+      const gpuWhy = await useNative('tensorflow-gpu', false);
+      if (typeof gpuWhy !== 'string') return gpuWhy;
+      const cpuWhy = await useNative('tensorflow', false);
+      if (typeof cpuWhy !== 'string') return cpuWhy;
+      try {
+        return await useWasm(choice, `${gpuWhy}; ${cpuWhy}`);
+      } catch (err) {
+        return useCpu(choice, `wasm failed to start (${err instanceof Error ? err.message : String(err)})`);
+      }
+    }
+    default: {
+      const never: never = choice;
+      throw new UsageError(`unknown backend '${String(never)}': expected one of ${BACKEND_CHOICES.join(', ')}`);
+    }
+  }
+}

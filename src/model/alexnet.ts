@@ -1,0 +1,122 @@
+import { UsageError } from '../errors.js';
+import { ARCHS, type Arch, type LayerSpec, type ModelSpec } from './spec.js';
+import { inferShapes } from './shapes.js';
+
+export interface AlexNetOptions {
+  arch: Arch;
+  /** channel and unit multiplier: 1 is the published net, 0.25 a CPU-sized one */
+  width?: number;
+  /** square input side in pixels (default 224 for d2l, 227 for original) */
+  resolution?: number;
+  channels?: number;
+  classes?: number;
+}
+
+const scale = (n: number, width: number): number => Math.max(1, Math.round(n * width));
+
+/**
+ * d2l's streamlined AlexNet (Dive into Deep Learning, section 8.1): one tower,
+ * no LRN, 1-channel Fashion-MNIST input upscaled to 224.
+ */
+function d2l(width: number, classes: number): LayerSpec[] {
+  const w = (n: number) => scale(n, width);
+  return [
+    { kind: 'conv', name: 'conv1', perTower: w(96), kernel: 11, stride: 4, pad: 1, link: 'local', relu: true, biasInit: 0 },
+    { kind: 'maxpool', name: 'pool1', size: 3, stride: 2 },
+    { kind: 'conv', name: 'conv2', perTower: w(256), kernel: 5, stride: 1, pad: 2, link: 'local', relu: true, biasInit: 0 },
+    { kind: 'maxpool', name: 'pool2', size: 3, stride: 2 },
+    { kind: 'conv', name: 'conv3', perTower: w(384), kernel: 3, stride: 1, pad: 1, link: 'local', relu: true, biasInit: 0 },
+    { kind: 'conv', name: 'conv4', perTower: w(384), kernel: 3, stride: 1, pad: 1, link: 'local', relu: true, biasInit: 0 },
+    { kind: 'conv', name: 'conv5', perTower: w(256), kernel: 3, stride: 1, pad: 1, link: 'local', relu: true, biasInit: 0 },
+    { kind: 'maxpool', name: 'pool5', size: 3, stride: 2 },
+    { kind: 'flatten', name: 'flatten' },
+    { kind: 'dense', name: 'fc6', perTower: w(4096), link: 'local', relu: true, biasInit: 0 },
+    { kind: 'dropout', name: 'drop6', rate: 0.5 },
+    { kind: 'dense', name: 'fc7', perTower: w(4096), link: 'local', relu: true, biasInit: 0 },
+    { kind: 'dropout', name: 'drop7', rate: 0.5 },
+    { kind: 'dense', name: 'fc8', perTower: classes, link: 'local', relu: false, biasInit: 0 },
+  ];
+}
+
+/**
+ * Krizhevsky, Sutskever, Hinton 2012, figure 2: two towers, one per GPU.
+ * Per tower 48/128/192/192/128 kernels and 2048/2048 units; fc8 splits the
+ * classes. conv2, conv4, conv5 see only their own tower; conv3 and fc6-fc8 see
+ * both. LRN after conv1 and conv2 (before pooling, as in the paper's text).
+ */
+function original(width: number, classes: number): LayerSpec[] {
+  const w = (n: number) => scale(n, width);
+  if (classes % 2 !== 0) {
+    throw new UsageError(`--classes ${classes}: the original two-tower net splits fc8's classes between towers, so it needs an even count`);
+  }
+  const lrn = (name: string): LayerSpec => ({ kind: 'lrn', name, radius: 2, k: 2, alpha: 1e-4, beta: 0.75 });
+  return [
+    { kind: 'conv', name: 'conv1', perTower: w(48), kernel: 11, stride: 4, pad: 0, link: 'local', relu: true, biasInit: 0 },
+    lrn('lrn1'),
+    { kind: 'maxpool', name: 'pool1', size: 3, stride: 2 },
+    { kind: 'conv', name: 'conv2', perTower: w(128), kernel: 5, stride: 1, pad: 2, link: 'local', relu: true, biasInit: 1 },
+    lrn('lrn2'),
+    { kind: 'maxpool', name: 'pool2', size: 3, stride: 2 },
+    { kind: 'conv', name: 'conv3', perTower: w(192), kernel: 3, stride: 1, pad: 1, link: 'cross', relu: true, biasInit: 0 },
+    { kind: 'conv', name: 'conv4', perTower: w(192), kernel: 3, stride: 1, pad: 1, link: 'local', relu: true, biasInit: 1 },
+    { kind: 'conv', name: 'conv5', perTower: w(128), kernel: 3, stride: 1, pad: 1, link: 'local', relu: true, biasInit: 1 },
+    { kind: 'maxpool', name: 'pool5', size: 3, stride: 2 },
+    { kind: 'flatten', name: 'flatten' },
+    { kind: 'dense', name: 'fc6', perTower: w(2048), link: 'cross', relu: true, biasInit: 1 },
+    { kind: 'dropout', name: 'drop6', rate: 0.5 },
+    { kind: 'dense', name: 'fc7', perTower: w(2048), link: 'cross', relu: true, biasInit: 1 },
+    { kind: 'dropout', name: 'drop7', rate: 0.5 },
+    { kind: 'dense', name: 'fc8', perTower: classes / 2, link: 'cross', relu: false, biasInit: 0 },
+  ];
+}
+
+export const DEFAULT_RESOLUTION: Record<Arch, number> = { d2l: 224, original: 227 };
+const DEFAULT_CHANNELS: Record<Arch, number> = { d2l: 1, original: 3 };
+const DEFAULT_CLASSES: Record<Arch, number> = { d2l: 10, original: 1000 };
+
+function positiveInt(flag: string, v: number): number {
+  if (!Number.isInteger(v) || v < 1) throw new UsageError(`${flag}: expected a positive integer, got ${v}`);
+  return v;
+}
+
+/** Builds the description and checks that the layer stack fits the input. */
+export function alexnet(opts: AlexNetOptions): ModelSpec {
+  const { arch } = opts;
+  if (!(ARCHS as readonly string[]).includes(arch)) {
+    throw new UsageError(`unknown architecture '${arch}': expected one of ${ARCHS.join(', ')}`);
+  }
+  const width = opts.width ?? 1;
+  if (!Number.isFinite(width) || width <= 0 || width > 16) {
+    throw new UsageError(`--width: expected a channel multiplier in (0, 16], got ${width}`);
+  }
+  const resolution = positiveInt('--resolution', opts.resolution ?? DEFAULT_RESOLUTION[arch]);
+  const channels = positiveInt('--channels', opts.channels ?? DEFAULT_CHANNELS[arch]);
+  if (channels !== 1 && channels !== 3) throw new UsageError(`--channels: expected 1 or 3, got ${channels}`);
+  const classes = positiveInt('--classes', opts.classes ?? DEFAULT_CLASSES[arch]);
+  if (classes < 2) throw new UsageError(`--classes: expected at least 2, got ${classes}`);
+  const spec: ModelSpec = {
+    arch,
+    input: [channels, resolution, resolution],
+    classes,
+    towers: arch === 'original' ? 2 : 1,
+    width,
+    init: arch === 'original' ? 'paper-normal' : 'xavier-uniform',
+    layers: arch === 'original' ? original(width, classes) : d2l(width, classes),
+  };
+  const shapes = inferShapes(spec);
+  if (typeof shapes === 'string') {
+    throw new UsageError(
+      `--resolution ${resolution} is too small for ${arch}: ${shapes} (smallest accepted: ${smallestResolution(spec)})`,
+    );
+  }
+  return spec;
+}
+
+/** The smallest square input side the layer stack accepts. */
+export function smallestResolution(spec: ModelSpec): number {
+  for (let r = 1; r <= 4096; r++) {
+    const trial: ModelSpec = { ...spec, input: [spec.input[0], r, r] };
+    if (typeof inferShapes(trial) !== 'string') return r;
+  }
+  return Infinity;
+}

@@ -1,0 +1,87 @@
+import * as tf from '@tensorflow/tfjs';
+import { paramName, type Model } from './build.js';
+import { dropoutMask, type DropoutKey } from './dropout.js';
+import type { LayerSpec } from './spec.js';
+
+export interface ForwardOptions {
+  /** present when training: dropout is applied with masks drawn from this key */
+  dropout?: DropoutKey;
+}
+
+/** One tower's activation: [B, H, W, C] maps, or [B, F] after flatten. */
+type Acts = tf.Tensor[];
+
+function param(model: Model, layer: string, tower: number, kind: 'kernel' | 'bias'): tf.Variable {
+  const name = paramName(model.spec, layer, tower, kind);
+  const v = model.params.get(name);
+  if (v === undefined) throw new Error(`forward: this process does not own parameter ${name}`);
+  return v;
+}
+
+/** The input each tower's layer reads: its own tower's output, or all towers' concatenated. */
+function layerInputs(layer: LayerSpec, acts: Acts, first: boolean): Acts {
+  if (first || !('link' in layer) || layer.link === 'local' || acts.length === 1) return acts;
+  const all = tf.concat(acts, acts[0]!.rank - 1); // channels (NHWC) or features
+  return acts.map(() => all);
+}
+
+/**
+ * The whole network in one process: x [B, H, W, C] -> logits [B, classes].
+ * Towers run one after the other; at a 'cross' link each reads the
+ * concatenation of all towers' outputs, which is exactly what the
+ * model-parallel split all-gathers over the network.
+ */
+export function forward(model: Model, x: tf.Tensor4D, opts: ForwardOptions = {}): tf.Tensor2D {
+  const { spec } = model;
+  if (model.towers.length !== spec.towers) {
+    throw new Error(`forward: needs all ${spec.towers} towers in this process, has [${model.towers}]`);
+  }
+  const [c, h, w] = spec.input;
+  if (x.rank !== 4 || x.shape[1] !== h || x.shape[2] !== w || x.shape[3] !== c) {
+    throw new Error(`forward: expected input [B, ${h}, ${w}, ${c}] (NHWC), got [${x.shape}]`);
+  }
+  let acts: Acts = model.towers.map(() => x);
+  let first = true;
+  for (const layer of spec.layers) {
+    const inputs = layerInputs(layer, acts, first);
+    acts = inputs.map((a, t) => applyLayer(model, layer, a, t, opts));
+    if (layer.kind === 'conv' || layer.kind === 'dense') first = false;
+  }
+  return (acts.length === 1 ? acts[0]! : tf.concat(acts, 1)) as tf.Tensor2D;
+}
+
+function applyLayer(model: Model, layer: LayerSpec, a: tf.Tensor, tower: number, opts: ForwardOptions): tf.Tensor {
+  switch (layer.kind) {
+    case 'conv':
+      return tf.fused.conv2d({
+        x: a as tf.Tensor4D,
+        filter: param(model, layer.name, tower, 'kernel') as tf.Tensor4D,
+        strides: layer.stride,
+        pad: layer.pad === 0 ? 'valid' : layer.pad,
+        bias: param(model, layer.name, tower, 'bias'),
+        activation: layer.relu ? 'relu' : 'linear',
+      });
+    case 'lrn':
+      return tf.localResponseNormalization(a as tf.Tensor4D, layer.radius, layer.k, layer.alpha, layer.beta);
+    case 'maxpool':
+      return tf.maxPool(a as tf.Tensor4D, layer.size, layer.stride, 'valid');
+    case 'flatten':
+      return tf.reshape(a, [a.shape[0]!, -1]); // NHWC order: (h, w, c) per tower
+    case 'dense':
+      return tf.fused.matMul({
+        a: a as tf.Tensor2D,
+        b: param(model, layer.name, tower, 'kernel') as tf.Tensor2D,
+        bias: param(model, layer.name, tower, 'bias'),
+        activation: layer.relu ? 'relu' : 'linear',
+      });
+    case 'dropout': {
+      if (opts.dropout === undefined || layer.rate === 0) return a;
+      const [rows, units] = a.shape as [number, number];
+      return tf.mul(a, dropoutMask(opts.dropout, layer.name, rows, units, tower, model.spec.towers, layer.rate));
+    }
+    default: {
+      const never: never = layer;
+      throw new Error(`forward: unknown layer ${JSON.stringify(never)}`);
+    }
+  }
+}

@@ -1,0 +1,90 @@
+/**
+ * A network described as data. The same description builds the whole net in
+ * one process, one tower of the 2012 split, or a data-parallel replica.
+ *
+ * Towers: a spec has `towers` = 1 (d2l) or 2 (the 2012 net). Every conv and
+ * dense layer has `perTower` kernels/units in each tower. Its `link` says what
+ * it reads:
+ *   'local' - only its own tower's previous output (conv2, conv4, conv5)
+ *   'cross' - the previous outputs of all towers, concatenated on the channel
+ *             (or feature) axis in tower order (conv3, fc6, fc7, fc8)
+ * With one tower the two are the same. Layout is NHWC; conv weights are
+ * [KH, KW, Cin, Cout], dense weights [in, out].
+ */
+export type Link = 'local' | 'cross';
+
+export interface ConvLayer {
+  kind: 'conv';
+  name: string;
+  perTower: number;
+  kernel: number;
+  stride: number;
+  pad: number;
+  link: Link;
+  relu: boolean;
+  /** bias initial value (the 2012 paper: 1 in conv2/4/5, 0 elsewhere) */
+  biasInit: number;
+}
+
+export interface LrnLayer {
+  kind: 'lrn';
+  name: string;
+  /** n = 2 * radius + 1 adjacent channels */
+  radius: number;
+  /** k, alpha, beta as in the paper: b = a / (k + alpha * sum a^2)^beta (alpha not divided by n) */
+  k: number;
+  alpha: number;
+  beta: number;
+}
+
+export interface PoolLayer {
+  kind: 'maxpool';
+  name: string;
+  size: number;
+  stride: number;
+}
+
+export interface FlattenLayer {
+  kind: 'flatten';
+  name: string;
+}
+
+export interface DenseLayer {
+  kind: 'dense';
+  name: string;
+  perTower: number;
+  link: Link;
+  relu: boolean;
+  biasInit: number;
+}
+
+export interface DropoutLayer {
+  kind: 'dropout';
+  name: string;
+  rate: number;
+}
+
+export type LayerSpec = ConvLayer | LrnLayer | PoolLayer | FlattenLayer | DenseLayer | DropoutLayer;
+
+export const ARCHS = ['d2l', 'original'] as const;
+export type Arch = (typeof ARCHS)[number];
+
+/** How weights are drawn: the 2012 paper's N(0, 0.01), or Xavier-uniform as d2l's init_cnn does. */
+export type InitScheme = 'paper-normal' | 'xavier-uniform';
+
+export interface ModelSpec {
+  arch: Arch;
+  /** input [channels, height, width] (the summary prints CHW, as the papers do) */
+  input: [number, number, number];
+  classes: number;
+  towers: 1 | 2;
+  width: number;
+  init: InitScheme;
+  layers: LayerSpec[];
+}
+
+/** Layers that own weights. */
+export type WeightedLayer = ConvLayer | DenseLayer;
+export function isWeighted(l: LayerSpec): l is WeightedLayer {
+  return l.kind === 'conv' || l.kind === 'dense';
+}
