@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
-import { registerComposedTrainingKernels } from './kernels/register.js';
+import { registerComposedTrainingKernels, type KernelSet } from './kernels/register.js';
 import { UsageError } from './errors.js';
 
 export const BACKEND_CHOICES = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
@@ -79,9 +79,18 @@ async function useNative(choice: 'tensorflow-gpu' | 'tensorflow', required: bool
   return { choice, name: 'tensorflow', pkg, reason: `${pkg} (native CPU)` };
 }
 
+/** Which of splitnet's composed kernels the wasm backend gets (benchmarks compare the two). */
+export function wasmKernelSet(): KernelSet {
+  const v = process.env.SPLITNET_WASM_KERNELS ?? 'all';
+  if (v !== 'all' && v !== 'filter-only') {
+    throw new UsageError(`SPLITNET_WASM_KERNELS: expected 'all' or 'filter-only', got '${v}'`);
+  }
+  return v;
+}
+
 async function useWasm(choice: BackendChoice, because: string): Promise<BackendInfo> {
   await import('@tensorflow/tfjs-backend-wasm');
-  registerComposedTrainingKernels('wasm');
+  registerComposedTrainingKernels('wasm', wasmKernelSet());
   await activate('wasm');
   return { choice, name: 'wasm', pkg: '@tensorflow/tfjs-backend-wasm', reason: because };
 }

@@ -18,7 +18,14 @@ import { batchMatMulViaConv } from './batch-matmul.js';
 /** The kernels a training step on `backendName` gets from splitnet instead of tfjs. */
 export const COMPOSED_TRAINING_KERNELS = [Conv2DBackpropFilter, Conv2DBackpropInput, BatchMatMul] as const;
 
-const registered = new Set<string>();
+/**
+ * 'all' is what training uses. 'filter-only' adds just the missing
+ * Conv2DBackpropFilter and keeps tfjs's own kernels otherwise: the starting
+ * point the compute benchmark measures against.
+ */
+export type KernelSet = 'all' | 'filter-only';
+
+const registered = new Map<string, KernelSet>();
 
 /**
  * Gives a backend the training kernels as forward convolutions on its own
@@ -26,15 +33,20 @@ const registered = new Set<string>();
  * scalar loops of Conv2DBackpropInput and transposed BatchMatMul with XNNPACK.
  * Idempotent.
  */
-export function registerComposedTrainingKernels(backendName: string): void {
-  if (registered.has(backendName)) return;
+export function registerComposedTrainingKernels(backendName: string, set: KernelSet = 'all'): void {
+  const already = registered.get(backendName);
+  if (already === set) return;
+  if (already !== undefined) {
+    throw new Error(`registerComposedTrainingKernels: '${backendName}' already has kernel set '${already}', asked for '${set}'`);
+  }
   if (getKernel('Conv2D', backendName) === undefined) {
     throw new Error(`registerComposedTrainingKernels: backend '${backendName}' has no Conv2D kernel to compose with`);
   }
   const matMul = getKernel(BatchMatMul, backendName);
   if (matMul === undefined) throw new Error(`registerComposedTrainingKernels: backend '${backendName}' has no BatchMatMul kernel`);
   const fallback = matMul.kernelFunc;
-  for (const name of COMPOSED_TRAINING_KERNELS) {
+  const replaced = set === 'all' ? COMPOSED_TRAINING_KERNELS : [Conv2DBackpropFilter];
+  for (const name of replaced) {
     if (getKernel(name, backendName) !== undefined) unregisterKernel(name, backendName);
   }
   registerKernel({
@@ -43,6 +55,10 @@ export function registerComposedTrainingKernels(backendName: string): void {
     kernelFunc: ((a: { inputs: { x: TensorInfo; dy: TensorInfo }; backend: never; attrs: Conv2DBackpropFilterAttrs }) =>
       conv2DBackpropFilterViaConv({ ...a, backendName })) as unknown as KernelFunc,
   });
+  if (set === 'filter-only') {
+    registered.set(backendName, set);
+    return;
+  }
   registerKernel({
     kernelName: Conv2DBackpropInput,
     backendName,
@@ -57,5 +73,10 @@ export function registerComposedTrainingKernels(backendName: string): void {
     kernelFunc: ((a: { inputs: { a: TensorInfo; b: TensorInfo }; backend: never; attrs: BatchMatMulAttrs }) =>
       batchMatMulViaConv({ ...a, backendName, fallback })) as unknown as KernelFunc,
   });
-  registered.add(backendName);
+  registered.set(backendName, set);
+}
+
+/** The kernel set splitnet registered on a backend, if any. */
+export function composedKernelSet(backendName: string): KernelSet | undefined {
+  return registered.get(backendName);
 }

@@ -57,8 +57,10 @@ export function buildModel(spec: ModelSpec, opts: BuildOptions): Model {
       const kName = paramName(spec, s.layer.name, t, 'kernel');
       const bName = paramName(spec, s.layer.name, t, 'bias');
       const shape = kernelShape(s);
-      params.set(kName, tf.variable(tf.tensor(initKernel(spec, opts.seed, kName, shape), shape), true, kName));
-      params.set(bName, tf.variable(tf.fill([s.layer.perTower], s.layer.biasInit), true, bName));
+      // tfjs variable names are process-global; ours live in the map, so several
+      // models (a test's reference and its split) can coexist.
+      params.set(kName, tf.tidy(() => tf.variable(tf.tensor(initKernel(spec, opts.seed, kName, shape), shape))));
+      params.set(bName, tf.tidy(() => tf.variable(tf.fill([s.layer.perTower], s.layer.biasInit))));
     }
   }
   return { spec, towers, params };

@@ -30,7 +30,7 @@ export class Sgd {
         if (momentum !== 0) {
           let v = this.velocity.get(name);
           if (v === undefined) {
-            v = tf.variable(tf.zerosLike(w), false, `${name}.momentum`);
+            v = tf.variable(tf.zerosLike(w), false);
             this.velocity.set(name, v);
           }
           v.assign(tf.add(tf.mul(v, momentum), g));

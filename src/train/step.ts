@@ -21,12 +21,15 @@ export function lossAndGrads(
   dropout?: DropoutKey,
 ): { loss: number; grads: Record<string, tf.Tensor> } {
   const vars = [...model.params.values()];
-  const { value, grads } = tf.variableGrads(
+  const { value, grads: byVarName } = tf.variableGrads(
     () => crossEntropy(forward(model, x, dropout === undefined ? {} : { dropout }), labels),
     vars,
   );
   const loss = value.dataSync()[0]!;
   value.dispose();
+  // tfjs keys gradients by its own variable names; ours are the map's keys.
+  const grads: Record<string, tf.Tensor> = {};
+  for (const [name, v] of model.params) grads[name] = byVarName[v.name]!;
   return { loss, grads };
 }
 

@@ -1,0 +1,103 @@
+/**
+ * `npm run bench -- compute`: images/s of one SGD training step, d2l AlexNet
+ * (default 96×96, width 1, batch 32), each variant in its own process, all in
+ * one run so the figures compare (the machine is shared and noisy):
+ *   - wasm with all of splitnet's composed kernels (what training uses)
+ *   - wasm with only the missing Conv2DBackpropFilter added (the starting point)
+ *   - PyTorch on the CPU with one thread, where /usr/bin/python3 imports torch
+ * Writes bench/results/compute.json.
+ */
+import { execFile } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+const here = dirname(fileURLToPath(import.meta.url));
+
+export interface ComputeOptions {
+  resolution: number;
+  width: number;
+  batch: number;
+  steps: number;
+  warmup: number;
+  torch: boolean;
+  python: string;
+}
+
+interface StepResult {
+  framework: string;
+  kernels?: string;
+  medianStepMs: number;
+  imagesPerSec: number;
+  stepMs: number[];
+  error?: string;
+}
+
+async function tfjsVariant(o: ComputeOptions, kernels: 'all' | 'filter-only'): Promise<StepResult> {
+  const args = ['--import', 'tsx', join(here, 'compute-step.ts'),
+    '--resolution', String(o.resolution), '--width', String(o.width), '--batch', String(o.batch),
+    '--steps', String(o.steps), '--warmup', String(o.warmup)];
+  const { stdout } = await run(process.execPath, args, {
+    env: { ...process.env, SPLITNET_WASM_KERNELS: kernels },
+    maxBuffer: 16 * 2 ** 20,
+  });
+  return JSON.parse(stdout.trim().split('\n').pop()!) as StepResult;
+}
+
+async function torchVariant(o: ComputeOptions): Promise<StepResult> {
+  const args = [join(here, 'torch_alexnet.py'), '--resolution', String(o.resolution), '--width', String(o.width),
+    '--batch', String(o.batch), '--steps', String(o.steps), '--warmup', String(o.warmup), '--threads', '1'];
+  try {
+    // One thread for OpenMP (torch.set_num_threads) and for OpenBLAS's own pool.
+    const { stdout } = await run(o.python, args, { env: { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1' } });
+    return JSON.parse(stdout.trim().split('\n').pop()!) as StepResult;
+  } catch (err) {
+    const e = err as { stdout?: string; message: string };
+    const detail = e.stdout?.trim() ? (JSON.parse(e.stdout.trim()) as { error?: string }).error : e.message.split('\n')[0];
+    return { framework: 'pytorch', medianStepMs: NaN, imagesPerSec: NaN, stepMs: [], error: detail ?? 'failed' };
+  }
+}
+
+async function blasOfTorch(python: string): Promise<string> {
+  // Debian's python3-torch runs its Linear layers on whatever libblas.so.3 the
+  // system points at: the reference BLAS is ~20x slower than OpenBLAS there.
+  try {
+    const { stdout } = await run('update-alternatives', ['--query', 'libblas.so.3-x86_64-linux-gnu']);
+    const value = /^Value: (.*)$/m.exec(stdout)?.[1] ?? 'unknown';
+    return value.includes('openblas') ? `OpenBLAS (${value})` : `reference BLAS (${value})`;
+  } catch {
+    void python;
+    return 'unknown';
+  }
+}
+
+export async function computeBench(o: ComputeOptions): Promise<void> {
+  console.log(`compute: d2l AlexNet ${o.resolution}×${o.resolution}, width ${o.width}, batch ${o.batch}, ` +
+    `one SGD step, median of ${o.steps} after ${o.warmup} warm-up, one thread each`);
+  const splitnet = await tfjsVariant(o, 'all');
+  const startingPoint = await tfjsVariant(o, 'filter-only');
+  const torch = o.torch ? await torchVariant(o) : undefined;
+  const blas = o.torch ? await blasOfTorch(o.python) : undefined;
+  const row = (name: string, r: StepResult) =>
+    console.log(`  ${name.padEnd(44)} ${r.error ? `skipped: ${r.error}` : `${r.imagesPerSec.toFixed(2).padStart(7)} img/s  (${r.medianStepMs.toFixed(0)} ms/step)`}`);
+  row('wasm + splitnet kernels', splitnet);
+  row('wasm + Conv2DBackpropFilter only', startingPoint);
+  if (torch) row(`${torch.framework}, 1 thread, ${blas}`, torch);
+  const speedup = splitnet.imagesPerSec / startingPoint.imagesPerSec;
+  console.log(`  splitnet kernels vs starting point: ${speedup.toFixed(2)}×`);
+  let ratio: number | undefined;
+  if (torch && !torch.error) {
+    ratio = splitnet.imagesPerSec / torch.imagesPerSec;
+    console.log(`  wasm / PyTorch: ${ratio.toFixed(2)} (starting point: ${(startingPoint.imagesPerSec / torch.imagesPerSec).toFixed(2)})`);
+  }
+  const out = join(here, 'results', 'compute.json');
+  await mkdir(dirname(out), { recursive: true });
+  await writeFile(out, JSON.stringify({
+    bench: 'compute', date: new Date().toISOString(), options: o,
+    results: { splitnet, startingPoint, torch: torch ?? null }, torchBlas: blas ?? null,
+    speedupVsStartingPoint: speedup, ratioToTorch: ratio ?? null,
+  }, null, 2) + '\n');
+  console.log(`  wrote ${out}`);
+}

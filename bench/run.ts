@@ -1,0 +1,24 @@
+/**
+ * Benchmarks: `npm run bench -- <name> [flags]`. Each prints its figures and
+ * writes bench/results/<name>.json. Speed is measured here, never in tests.
+ */
+import { Command, Option } from 'commander';
+import { computeBench } from './compute.js';
+
+const program = new Command('bench').description('splitnet benchmarks').showHelpAfterError();
+
+program
+  .command('compute')
+  .description('images/s of one SGD training step: splitnet wasm vs the starting point vs PyTorch CPU')
+  .addOption(new Option('--resolution <px>', 'input side').default(96).argParser(Number))
+  .addOption(new Option('--width <w>', 'channel multiplier').default(1).argParser(Number))
+  .addOption(new Option('--batch <n>', 'batch size').default(32).argParser(Number))
+  .addOption(new Option('--steps <n>', 'timed steps').default(8).argParser(Number))
+  .addOption(new Option('--warmup <n>', 'untimed steps first').default(2).argParser(Number))
+  .option('--no-torch', 'skip the PyTorch reference')
+  .option('--python <path>', 'python with torch', '/usr/bin/python3')
+  .action(async (o: { resolution: number; width: number; batch: number; steps: number; warmup: number; torch: boolean; python: string }) => {
+    await computeBench(o);
+  });
+
+await program.parseAsync(process.argv);

@@ -1,0 +1,44 @@
+import * as tf from '@tensorflow/tfjs';
+import { initBackend } from '../../src/backend.js';
+
+/** wasm with splitnet's kernels, and the cpu backend as the reference. */
+export async function setupBackends(): Promise<void> {
+  await initBackend('wasm');
+  tf.env().set('PROD', true); // silences the cpu backend's "install tfjs-node" banner
+}
+
+/** Runs fn with `name` active, returns plain arrays (tensors cannot cross backends). */
+export async function onBackend<T>(name: 'wasm' | 'cpu', fn: () => T): Promise<T> {
+  const before = tf.getBackend();
+  await tf.setBackend(name);
+  try {
+    return fn();
+  } finally {
+    await tf.setBackend(before);
+  }
+}
+
+/** max |a - b| / max |b|: a relative error that ignores near-zero entries' noise. */
+export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`relError: lengths differ: ${a.length} vs ${b.length}`);
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
+  }
+  return scale === 0 ? diff : diff / scale;
+}
+
+/** Deterministic values in [-1, 1). */
+export function pseudoRandom(count: number, seed: number): Float32Array {
+  const out = new Float32Array(count);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < count; i++) {
+    s ^= s << 13; s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5; s >>>= 0;
+    out[i] = (s / 2 ** 32) * 2 - 1;
+  }
+  return out;
+}
