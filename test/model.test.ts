@@ -87,7 +87,7 @@ describe('building and running the net', () => {
   it("uses the paper's initialization for original: N(0, 0.01), biases 1 in conv2/4/5 and fc6/fc7", () => {
     const spec = alexnet({ arch: 'original', width: 0.25, resolution: 99 });
     const m = buildModel(spec, { seed: 1 });
-    const w = m.params.get('fc6.t0.kernel')!.dataSync();
+    const w = Array.from(m.params.get('fc6.t0.kernel')!.dataSync());
     const mean = w.reduce((a, b) => a + b, 0) / w.length;
     const std = Math.sqrt(w.reduce((a, b) => a + (b - mean) ** 2, 0) / w.length);
     expect(Math.abs(mean)).toBeLessThan(1e-3);

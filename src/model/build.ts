@@ -52,15 +52,16 @@ export function buildModel(spec: ModelSpec, opts: BuildOptions): Model {
   }
   const params = new Map<string, tf.Variable>();
   for (const s of shapesOf(spec)) {
-    if (s.layer.kind !== 'conv' && s.layer.kind !== 'dense') continue;
+    const layer = s.layer;
+    if (layer.kind !== 'conv' && layer.kind !== 'dense') continue;
     for (const t of towers) {
-      const kName = paramName(spec, s.layer.name, t, 'kernel');
-      const bName = paramName(spec, s.layer.name, t, 'bias');
+      const kName = paramName(spec, layer.name, t, 'kernel');
+      const bName = paramName(spec, layer.name, t, 'bias');
       const shape = kernelShape(s);
       // tfjs variable names are process-global; ours live in the map, so several
       // models (a test's reference and its split) can coexist.
       params.set(kName, tf.tidy(() => tf.variable(tf.tensor(initKernel(spec, opts.seed, kName, shape), shape))));
-      params.set(bName, tf.tidy(() => tf.variable(tf.fill([s.layer.perTower], s.layer.biasInit))));
+      params.set(bName, tf.tidy(() => tf.variable(tf.fill([layer.perTower], layer.biasInit))));
     }
   }
   return { spec, towers, params };
