@@ -8,11 +8,25 @@ import { UsageError, oneLine } from './errors.js';
 import { alexnet } from './model/alexnet.js';
 import { ARCHS, type Arch } from './model/spec.js';
 import { formatSummary, summarize } from './model/summary.js';
+import { fetchFashionMnist } from './data/fetch.js';
+import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig } from './train/config.js';
+import { train } from './train/loop.js';
+import { formatRunSummary } from './train/summary.js';
 
 function intArg(flag: string) {
   return (v: string): number => {
     if (!/^\d+$/.test(v)) throw new UsageError(`${flag}: expected a positive integer, got '${v}'`);
     return Number(v);
+  };
+}
+
+function listArg(flag: string) {
+  return (v: string): number[] => {
+    if (v.trim() === '') return [];
+    return v.split(',').map((p) => {
+      if (!/^\d+$/.test(p.trim())) throw new UsageError(`${flag}: expected comma-separated epochs, got '${v}'`);
+      return Number(p);
+    });
   };
 }
 
@@ -59,7 +73,80 @@ export function buildProgram(): Command {
       }
     });
 
+  const data = program.command('data').description('the Fashion-MNIST data set');
+  data
+    .command('fetch')
+    .description("download the four IDX files from Fashion-MNIST's own mirror and verify them")
+    .option('--data <dir>', 'where to put them', 'data/fashion-mnist')
+    .action(async (o: { data: string }) => {
+      const r = await fetchFashionMnist(o.data);
+      console.log(`Fashion-MNIST in ${r.dir}: ${r.fetched.length} downloaded, ${r.present.length} already present, all verified`);
+    });
+
+  program
+    .command('train')
+    .description('train AlexNet on Fashion-MNIST (the default run is CPU-sized: a few minutes on 2 cores)')
+    .addOption(new Option('--mode <mode>', 'how to spread the work').choices(['single', 'model', 'data']).default('single'))
+    .addOption(new Option('--recipe <name>', "preset: 'd2l' is the seed's full recipe (224×224, batch 128, lr 0.01, plain SGD, 10 epochs), for a GPU box").choices(['cpu', 'd2l']).default('cpu'))
+    .addOption(new Option('--arch <name>', 'architecture').choices(ARCHS))
+    .option('--width <w>', 'channel multiplier', numberArg('--width'))
+    .option('--resolution <px>', 'input side (Fashion-MNIST is resized from 28)', intArg('--resolution'))
+    .addOption(new Option('--channels <c>', 'input channels').choices(['1', '3']).argParser(Number))
+    .option('--batch <n>', 'batch size', intArg('--batch'))
+    .option('--epochs <n>', 'epochs', intArg('--epochs'))
+    .option('--lr <rate>', 'learning rate', numberArg('--lr'))
+    .option('--momentum <m>', 'SGD momentum (0: plain SGD)', numberArg('--momentum'))
+    .option('--weight-decay <wd>', 'L2 weight decay', numberArg('--weight-decay'))
+    .option('--lr-decay-epochs <list>', 'epochs (0-based, comma-separated) at which lr is multiplied by --lr-decay', listArg('--lr-decay-epochs'))
+    .option('--lr-decay <factor>', 'learning-rate factor at each decay epoch', numberArg('--lr-decay'))
+    .option('--seed <n>', 'seed for weights, data order, dropout and augmentation', intArg('--seed'))
+    .option('--augment', 'random crops and horizontal flips')
+    .option('--train-samples <n>', 'train on the first n samples only (0: all)', intArg('--train-samples'))
+    .option('--test-samples <n>', 'evaluate on the first n test samples only (0: all)', intArg('--test-samples'))
+    .option('--data <dir>', 'directory with the four Fashion-MNIST files (else $SPLITNET_DATA, ./data/fashion-mnist, /usr/share/datasets/fashion-mnist)')
+    .option('--synthetic', 'train on generated images instead (benchmarks)')
+    .option('--checkpoint-every <steps>', 'write a checkpoint every n steps (0: only at the end)', intArg('--checkpoint-every'))
+    .option('--eval-batch <n>', 'batch size for evaluation', intArg('--eval-batch'))
+    .option('--out <dir>', 'run directory for metrics.jsonl and the checkpoint (default runs/<time>)')
+    .option('--resume <dir>', 'continue the run in <dir> from its checkpoint, with its saved config')
+    .option('--no-progress', 'no progress bar')
+    .action(async (o: TrainFlags) => {
+      if (o.mode !== 'single') {
+        throw new UsageError(`--mode ${o.mode}: the cluster runtime is not built yet; this version trains in one process (--mode single)`);
+      }
+      if (o.resume !== undefined && o.out !== undefined && o.resume !== o.out) {
+        throw new UsageError('--resume and --out name different directories: a resumed run continues in its own directory');
+      }
+      const config = o.resume !== undefined ? CPU_DEFAULTS : trainConfigFromFlags(o, program.opts<{ backend: BackendChoice }>().backend);
+      const outDir = o.resume ?? o.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
+      const result = await train({ config, outDir, resume: o.resume !== undefined, progress: o.progress });
+      console.log(formatRunSummary(result, outDir));
+    });
+
   return program;
+}
+
+interface TrainFlags {
+  mode: string; recipe: 'cpu' | 'd2l'; arch?: Arch; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
+  epochs?: number; lr?: number; momentum?: number; weightDecay?: number; lrDecayEpochs?: number[]; lrDecay?: number;
+  seed?: number; augment?: boolean; trainSamples?: number; testSamples?: number; data?: string; synthetic?: boolean;
+  checkpointEvery?: number; evalBatch?: number; out?: string; resume?: string; progress: boolean;
+}
+
+function trainConfigFromFlags(o: TrainFlags, backend: BackendChoice): TrainConfig {
+  const base: TrainConfig = { ...CPU_DEFAULTS, ...(o.recipe === 'd2l' ? D2L_RECIPE : {}) };
+  const set = <K extends keyof TrainConfig>(k: K, v: TrainConfig[K] | undefined) => { if (v !== undefined) base[k] = v; };
+  set('arch', o.arch); set('width', o.width); set('resolution', o.resolution); set('channels', o.channels);
+  set('batch', o.batch); set('epochs', o.epochs); set('lr', o.lr); set('momentum', o.momentum);
+  set('weightDecay', o.weightDecay); set('lrDecayEpochs', o.lrDecayEpochs); set('lrDecay', o.lrDecay); set('seed', o.seed);
+  set('augment', o.augment); set('trainSamples', o.trainSamples); set('testSamples', o.testSamples);
+  set('dataDir', o.data); set('checkpointEvery', o.checkpointEvery); set('evalBatch', o.evalBatch);
+  if (o.synthetic) base.data = 'synthetic';
+  if (o.arch === 'original' && o.channels === undefined) base.channels = 3; // the 2012 net's RGB input, Fashion-MNIST's grey repeated
+  base.backend = backend;
+  const cfg = parseTrainConfig(base, 'flags');
+  alexnet({ arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10 }); // checks the size now, not after loading data
+  return cfg;
 }
 
 export async function main(argv: string[]): Promise<number> {

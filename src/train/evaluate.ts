@@ -1,0 +1,32 @@
+import * as tf from '@tensorflow/tfjs';
+import { makeBatch, type BatchOptions } from '../data/batches.js';
+import type { LabeledImages } from '../data/fashion-mnist.js';
+import type { Model } from '../model/build.js';
+import { forward } from '../model/forward.js';
+import { crossEntropy } from './step.js';
+
+export interface Evaluation {
+  accuracy: number;
+  loss: number;
+  samples: number;
+}
+
+/** Accuracy and mean loss over the first `limit` samples (0: all), without dropout. */
+export function evaluate(model: Model, data: LabeledImages, opts: BatchOptions & { batch: number; limit: number }): Evaluation {
+  const n = opts.limit > 0 ? Math.min(opts.limit, data.count) : data.count;
+  let correct = 0;
+  let lossSum = 0;
+  for (let start = 0; start < n; start += opts.batch) {
+    const samples = Array.from({ length: Math.min(opts.batch, n - start) }, (_, i) => start + i);
+    const { x, y } = makeBatch(data, samples, { resolution: opts.resolution, channels: opts.channels });
+    const [hits, loss] = tf.tidy(() => {
+      const logits = forward(model, x);
+      const hit = tf.sum(tf.cast(tf.equal(tf.argMax(logits, 1), y), 'int32'));
+      return [hit.dataSync()[0]!, crossEntropy(logits, y).dataSync()[0]!];
+    });
+    correct += hits;
+    lossSum += loss * samples.length;
+    tf.dispose([x, y]);
+  }
+  return { accuracy: correct / n, loss: lossSum / n, samples: n };
+}
