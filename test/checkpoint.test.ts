@@ -1,0 +1,129 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { readCheckpointState, restoreTensors, saveCheckpoint, STATE_FILE, TENSORS_FILE } from '../src/checkpoint/checkpoint.js';
+import { readSafetensors, writeSafetensors } from '../src/checkpoint/safetensors.js';
+import { fromTorch, permute, toTorch } from '../src/checkpoint/torch-layout.js';
+import { alexnet } from '../src/model/alexnet.js';
+import { buildModel, disposeModel } from '../src/model/build.js';
+import { CPU_DEFAULTS } from '../src/train/config.js';
+import { Sgd } from '../src/train/sgd.js';
+import { setupBackends } from './helpers/backends.js';
+import { tempDir } from './helpers/idx-files.js';
+
+beforeAll(setupBackends);
+
+describe('safetensors', () => {
+  it('round-trips names, shapes, values and metadata', () => {
+    const path = join(tempDir(), 'a.safetensors');
+    writeSafetensors(path, [
+      { name: 'w', shape: [2, 3], data: Float32Array.from([1, 2, 3, 4, 5, 6]) },
+      { name: 'b', shape: [3], data: Float32Array.from([-1, 0.5, 7]) },
+    ], { note: 'x' });
+    const f = readSafetensors(path);
+    expect(f.metadata).toEqual({ note: 'x' });
+    expect(f.tensors.get('w')).toEqual({ name: 'w', shape: [2, 3], data: Float32Array.from([1, 2, 3, 4, 5, 6]) });
+    expect(Array.from(f.tensors.get('b')!.data)).toEqual([-1, 0.5, 7]);
+    // the header length field and 8-byte alignment follow the format
+    const raw = readFileSync(path);
+    expect(Number(raw.readBigUInt64LE(0)) % 8).toBe(0);
+  });
+
+  it('refuses a corrupt file, naming it', () => {
+    const dir = tempDir();
+    const path = join(dir, 'bad.safetensors');
+    writeFileSync(path, Buffer.from([1, 2, 3]));
+    expect(() => readSafetensors(path)).toThrow(`${path}: truncated: 3 bytes, no safetensors header`);
+    const huge = Buffer.alloc(16);
+    huge.writeBigUInt64LE(10_000n, 0);
+    writeFileSync(path, huge);
+    expect(() => readSafetensors(path)).toThrow(`${path}: header length 10000 does not fit a 16-byte file`);
+    writeSafetensors(path, [{ name: 'w', shape: [4], data: new Float32Array(4) }]);
+    const cut = readFileSync(path).subarray(0, -4);
+    writeFileSync(path, cut);
+    expect(() => readSafetensors(path)).toThrow(/w: bytes \[0, 16\) do not hold \[4\] float32 within 12 data bytes/);
+  });
+});
+
+describe('PyTorch layout', () => {
+  it('permute moves axes: [2,3] -> [3,2] and a 4D case against index arithmetic', () => {
+    expect(Array.from(permute(Float32Array.from([1, 2, 3, 4, 5, 6]), [2, 3], [1, 0]).data)).toEqual([1, 4, 2, 5, 3, 6]);
+    const shape = [2, 3, 4, 5];
+    const data = Float32Array.from({ length: 120 }, (_, i) => i);
+    const { data: out, shape: outShape } = permute(data, shape, [3, 2, 0, 1]);
+    expect(outShape).toEqual([5, 4, 2, 3]);
+    // out[o, i, h, w] = in[h, w, i, o]
+    expect(out[((4 * 4 + 1) * 2 + 1) * 3 + 2]).toBe(((1 * 3 + 2) * 4 + 1) * 5 + 4);
+  });
+
+  for (const arch of ['d2l', 'original'] as const) {
+    it(`every ${arch} parameter round-trips, conv as [out,in,kh,kw], dense as [out,in]`, () => {
+      const spec = alexnet({ arch, width: 1 / 16, resolution: 67, classes: 10 });
+      const m = buildModel(spec, { seed: 2 });
+      for (const [name, v] of m.params) {
+        const ours = v.dataSync() as Float32Array;
+        const t = toTorch(spec, name, v.shape, ours);
+        expect(t.name).toBe(name.replace(/kernel$/, 'weight'));
+        if (v.rank === 4) expect(t.shape).toEqual([v.shape[3], v.shape[2], v.shape[0], v.shape[1]]);
+        if (v.rank === 2) expect(t.shape).toEqual([v.shape[1], v.shape[0]]);
+        expect(Array.from(fromTorch(spec, name, v.shape, t.data))).toEqual(Array.from(ours));
+      }
+      disposeModel(m);
+    });
+  }
+
+  it("reorders fc6's inputs from our (tower, h, w, c) to PyTorch's (tower·c, h, w)", () => {
+    const spec = alexnet({ arch: 'original', width: 1 / 16, resolution: 99, classes: 10 });
+    // pool5 per tower is [8, 2, 2]: 32 inputs per tower, 64 in all; fc6 has 128 units per tower
+    const inF = 64;
+    const data = Float32Array.from({ length: inF * 128 }, (_, i) => Math.floor(i / 128)); // value = our input index
+    const t = toTorch(spec, 'fc6.t0.kernel', [inF, 128], data);
+    const torchIndex = (tower: number, c: number, h: number, w: number) => ((tower * 8 + c) * 2 + h) * 2 + w;
+    const ourIndex = (tower: number, c: number, h: number, w: number) => tower * 32 + (h * 2 + w) * 8 + c;
+    for (const [tower, c, h, w] of [[0, 0, 0, 1], [1, 3, 1, 0], [1, 7, 1, 1]] as const) {
+      expect(t.data[0 * inF + torchIndex(tower, c, h, w)]).toBe(ourIndex(tower, c, h, w));
+    }
+  });
+});
+
+describe('checkpoints', () => {
+  it('restore weights and momentum exactly', () => {
+    const dir = tempDir();
+    const spec = alexnet({ arch: 'd2l', width: 1 / 16, resolution: 67 });
+    const a = buildModel(spec, { seed: 1 });
+    const opt = new Sgd({ lr: 0.1, momentum: 0.9, weightDecay: 0 });
+    const grads = Object.fromEntries([...a.params].map(([n, v]) => [n, tf.onesLike(v)]));
+    opt.apply(a.params, grads);
+    saveCheckpoint(dir, a, opt, { ...CPU_DEFAULTS, width: 1 / 16, resolution: 67 }, { epoch: 0, step: 3, globalStep: 3 });
+    const b = buildModel(spec, { seed: 99 });
+    const opt2 = new Sgd({ lr: 0.1, momentum: 0.9, weightDecay: 0 });
+    restoreTensors(dir, b, opt2);
+    for (const [name, v] of a.params) {
+      expect(Array.from(b.params.get(name)!.dataSync())).toEqual(Array.from(v.dataSync()));
+      expect(Array.from(opt2.velocity.get(name)!.dataSync())).toEqual(Array.from(opt.velocity.get(name)!.dataSync()));
+    }
+    const state = readCheckpointState(dir);
+    expect(state.position).toEqual({ epoch: 0, step: 3, globalStep: 3 });
+    expect(state.config.width).toBe(1 / 16);
+    tf.dispose(Object.values(grads));
+    [a, b].forEach(disposeModel);
+  });
+
+  it('refuses a state file whose tensor file was replaced, or a bad state file', () => {
+    const dir = tempDir();
+    const spec = alexnet({ arch: 'd2l', width: 1 / 16, resolution: 67 });
+    const m = buildModel(spec, { seed: 1 });
+    const opt = new Sgd({ lr: 0.1, momentum: 0, weightDecay: 0 });
+    saveCheckpoint(dir, m, opt, CPU_DEFAULTS, { epoch: 0, step: 1, globalStep: 1 });
+    writeFileSync(join(dir, TENSORS_FILE), Buffer.alloc(16));
+    expect(() => readCheckpointState(dir)).toThrow(/checkpoint\.safetensors: 16 bytes: checkpoint\.json was written with a \d+-byte tensor file/);
+    const state = JSON.parse(readFileSync(join(dir, STATE_FILE), 'utf8'));
+    writeFileSync(join(dir, STATE_FILE), JSON.stringify({ ...state, config: { ...state.config, lr: 'fast' } }));
+    expect(() => readCheckpointState(dir)).toThrow(/checkpoint\.json: lr: /);
+    writeFileSync(join(dir, STATE_FILE), JSON.stringify({ ...state, config: { ...state.config, colour: 'red' } }));
+    expect(() => readCheckpointState(dir)).toThrow(/checkpoint\.json: \(top level\) 'colour': /);
+    expect(() => readCheckpointState(tempDir())).toThrow(/checkpoint\.json: not found: nothing to resume in this directory/);
+    disposeModel(m);
+  });
+});
