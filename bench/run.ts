@@ -4,6 +4,7 @@
  */
 import { Command, Option } from 'commander';
 import { computeBench } from './compute.js';
+import { loopBench } from './loop.js';
 
 const program = new Command('bench').description('splitnet benchmarks').showHelpAfterError();
 
@@ -19,6 +20,18 @@ program
   .option('--python <path>', 'python with torch', '/usr/bin/python3')
   .action(async (o: { resolution: number; width: number; batch: number; steps: number; warmup: number; torch: boolean; python: string }) => {
     await computeBench(o);
+  });
+
+program
+  .command('loop')
+  .description('the single-device training loop vs the bare training step, in one process')
+  .addOption(new Option('--resolution <px>', 'input side').default(96).argParser(Number))
+  .addOption(new Option('--width <w>', 'channel multiplier').default(1).argParser(Number))
+  .addOption(new Option('--batch <n>', 'batch size').default(32).argParser(Number))
+  .addOption(new Option('--steps <n>', 'timed steps per variant').default(10).argParser(Number))
+  .addOption(new Option('--data <source>', 'where batches come from').choices(['fashion-mnist', 'synthetic']).default('fashion-mnist'))
+  .action(async (o: { resolution: number; width: number; batch: number; steps: number; data: 'synthetic' | 'fashion-mnist' }) => {
+    await loopBench(o);
   });
 
 await program.parseAsync(process.argv);

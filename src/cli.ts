@@ -9,6 +9,7 @@ import { alexnet } from './model/alexnet.js';
 import { ARCHS, type Arch } from './model/spec.js';
 import { formatSummary, summarize } from './model/summary.js';
 import { fetchFashionMnist } from './data/fetch.js';
+import { findDataDir, loadSplit } from './data/fashion-mnist.js';
 import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig } from './train/config.js';
 import { train } from './train/loop.js';
 import { formatRunSummary } from './train/summary.js';
@@ -81,6 +82,17 @@ export function buildProgram(): Command {
     .action(async (o: { data: string }) => {
       const r = await fetchFashionMnist(o.data);
       console.log(`Fashion-MNIST in ${r.dir}: ${r.fetched.length} downloaded, ${r.present.length} already present, all verified`);
+    });
+
+  data
+    .command('check')
+    .description('find the data set (--data, $SPLITNET_DATA, ./data/fashion-mnist, Debian\'s directory) and verify every file')
+    .option('--data <dir>', 'look only here')
+    .action((o: { data?: string }) => {
+      const dir = findDataDir(o.data);
+      const train = loadSplit(dir, 'train', { verify: true });
+      const test = loadSplit(dir, 't10k', { verify: true });
+      console.log(`Fashion-MNIST in ${dir}: ${train.count} train, ${test.count} test images, checksums verified`);
     });
 
   program

@@ -6,7 +6,7 @@ import { gzipSync } from 'node:zlib';
 import * as tf from '@tensorflow/tfjs';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { epochOrder, makeBatch, PIXEL_MEAN, PIXEL_STD } from '../src/data/batches.js';
-import { findDataDir, loadSplit, searchPath } from '../src/data/fashion-mnist.js';
+import { dataFile, findDataDir, loadSplit, searchPath } from '../src/data/fashion-mnist.js';
 import { fetchFashionMnist } from '../src/data/fetch.js';
 import { syntheticImages } from '../src/data/synthetic.js';
 import { setupBackends } from './helpers/backends.js';
@@ -15,12 +15,20 @@ import { idxBytes, tempDir, writeTinyDataset } from './helpers/idx-files.js';
 beforeAll(setupBackends);
 
 const DEBIAN = '/usr/share/datasets/fashion-mnist';
+/** The real data set, wherever `npm run setup` put it (CI: Debian's package). */
+function realDataDir(): string {
+  try {
+    return findDataDir();
+  } catch (err) {
+    throw new Error(`these tests read the real Fashion-MNIST: run 'npm run setup' first (${(err as Error).message})`);
+  }
+}
 
 describe('Fashion-MNIST files', () => {
   it('loads the real data set and verifies its content checksums', () => {
-    expect(existsSync(DEBIAN), `${DEBIAN} is installed by .ci/run (dataset-fashion-mnist)`).toBe(true);
-    const train = loadSplit(DEBIAN, 'train', { verify: true });
-    const test = loadSplit(DEBIAN, 't10k', { verify: true });
+    const dir = realDataDir();
+    const train = loadSplit(dir, 'train', { verify: true });
+    const test = loadSplit(dir, 't10k', { verify: true });
     expect([train.count, test.count]).toEqual([60_000, 10_000]);
     expect(train.images.length).toBe(60_000 * 784);
     // every class appears 6,000 times in the training set
@@ -155,7 +163,8 @@ describe('splitnet data fetch', () => {
 
   it('downloads the four files, verifies them, and skips verified ones the second time', async () => {
     const names = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'];
-    const files = Object.fromEntries(names.map((n) => [`${n}.gz`, readFileSync(join(DEBIAN, `${n}.gz`))]));
+    const real = realDataDir();
+    const files = Object.fromEntries(names.map((n) => [`${n}.gz`, readFileSync(dataFile(real, n)!)]));
     const url = await mirror(files);
     const dir = join(tempDir(), 'fm');
     const first = await fetchFashionMnist(dir, url);

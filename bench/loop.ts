@@ -1,0 +1,73 @@
+/**
+ * `npm run bench -- loop`: what the single-device training loop (batches
+ * from the data pipeline, metrics, progress, keyed dropout) costs on top of
+ * the bare SGD step the compute benchmark times. Same net, batch and process;
+ * bare steps are timed before and after the loop so drift shows.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { initBackend } from '../src/backend.js';
+import { alexnet } from '../src/model/alexnet.js';
+import { buildModel, disposeModel } from '../src/model/build.js';
+import { CPU_DEFAULTS, type TrainConfig } from '../src/train/config.js';
+import { train } from '../src/train/loop.js';
+import { Sgd } from '../src/train/sgd.js';
+import { trainStep } from '../src/train/step.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+export interface LoopOptions { resolution: number; width: number; batch: number; steps: number; data: 'synthetic' | 'fashion-mnist' }
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+function bareSteps(cfg: TrainConfig, steps: number): number[] {
+  const spec = alexnet({ arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10 });
+  const model = buildModel(spec, { seed: cfg.seed });
+  const opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
+  const x = tf.randomUniform([cfg.batch, cfg.resolution, cfg.resolution, cfg.channels], 0, 1, 'float32', 7) as tf.Tensor4D;
+  const y = tf.tensor1d(Array.from({ length: cfg.batch }, (_, i) => i % 10), 'int32');
+  const ms: number[] = [];
+  for (let i = 0; i < steps + 2; i++) {
+    const t0 = performance.now();
+    trainStep(model, opt, x, y, { seed: cfg.seed, step: i, firstSample: 0 });
+    if (i >= 2) ms.push(performance.now() - t0);
+  }
+  tf.dispose([x, y]);
+  opt.dispose();
+  disposeModel(model);
+  return ms;
+}
+
+export async function loopBench(o: LoopOptions): Promise<void> {
+  const cfg: TrainConfig = {
+    ...CPU_DEFAULTS, backend: 'wasm', data: o.data, resolution: o.resolution, width: o.width, batch: o.batch,
+    epochs: 1, trainSamples: (o.steps + 2) * o.batch, testSamples: o.batch, checkpointEvery: 0, evalBatch: o.batch,
+  };
+  await initBackend('wasm');
+  console.log(`loop: d2l AlexNet ${o.resolution}×${o.resolution}, width ${o.width}, batch ${o.batch}, ${o.steps} steps each, ${o.data} data, wasm`);
+  const before = bareSteps(cfg, o.steps);
+  const outDir = mkdtempSync(join(tmpdir(), 'splitnet-bench-'));
+  await train({ config: cfg, outDir, log: () => {}, progress: true });
+  const records = (await readFile(join(outDir, 'metrics.jsonl'), 'utf8')).trim().split('\n')
+    .map((l) => JSON.parse(l) as { type: string; imagesPerSec?: number })
+    .filter((r) => r.type === 'step').slice(2); // the loop's first two steps are its warm-up
+  const loopMs = records.map((r) => (o.batch / r.imagesPerSec!) * 1000);
+  const after = bareSteps(cfg, o.steps);
+  const bare = median([...before, ...after]);
+  const loop = median(loopMs);
+  const overhead = loop / bare - 1;
+  console.log(`  bare step (before, after)   ${median(before).toFixed(0)} ms, ${median(after).toFixed(0)} ms  -> ${(o.batch / bare * 1000).toFixed(2)} img/s`);
+  console.log(`  training loop step          ${loop.toFixed(0)} ms  -> ${(o.batch / loop * 1000).toFixed(2)} img/s`);
+  console.log(`  loop overhead               ${(overhead * 100).toFixed(1)}%  (data pipeline, metrics, progress, event-loop yield)`);
+  const out = join(here, 'results', 'loop.json');
+  await mkdir(dirname(out), { recursive: true });
+  await writeFile(out, JSON.stringify({ bench: 'loop', date: new Date().toISOString(), options: o, bareStepMs: { before, after }, loopStepMs: loopMs, overhead }, null, 2) + '\n');
+  console.log(`  wrote ${out}`);
+}
