@@ -98,7 +98,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           ...(cfg.augment ? { augment: { seed: cfg.seed, epoch: pos.epoch } } : {}),
         });
         // Dropout is keyed by the global step: a resumed run draws the same masks.
+        const tStep = performance.now();
         const loss = trainStep(model, opt, x, y, { seed: cfg.seed, step: pos.globalStep, firstSample: 0 });
+        const stepMs = performance.now() - tStep;
         tf.dispose([x, y]);
         if (!Number.isFinite(loss)) throw new Error(`loss is ${loss} at epoch ${pos.epoch} step ${pos.step}: lower --lr`);
         pos.step++;
@@ -111,7 +113,10 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         lossCount++;
         const imagesPerSec = cfg.batch / seconds;
         progress?.update(pos.epoch * stepsPerEpoch + pos.step, loss, imagesPerSec);
-        metrics.write({ type: 'step', epoch: pos.epoch, step: pos.step - 1, globalStep: pos.globalStep, loss, lr: opt.opts.lr, imagesPerSec, time: new Date().toISOString() });
+        metrics.write({
+          type: 'step', epoch: pos.epoch, step: pos.step - 1, globalStep: pos.globalStep, loss, lr: opt.opts.lr, imagesPerSec,
+          stepMs, loopMs: (performance.now() - t0), time: new Date().toISOString(),
+        });
         if (cfg.checkpointEvery > 0 && pos.globalStep % cfg.checkpointEvery === 0) saveCheckpoint(opts.outDir, model, opt, cfg, pos);
         await yieldToEventLoop(); // lets SIGINT/SIGTERM and the progress timer in
         if (interrupted || (opts.maxSteps !== undefined && stepsThisRun >= opts.maxSteps)) {
