@@ -12,11 +12,22 @@ import { fetchFashionMnist } from './data/fetch.js';
 import { findDataDir, loadSplit } from './data/fashion-mnist.js';
 import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig } from './train/config.js';
 import { train } from './train/loop.js';
+import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './cluster/config.js';
+import { runDataParallel } from './cluster/coordinator.js';
+import { planDevices } from './cluster/launcher.js';
+import { runWorker } from './cluster/worker.js';
 import { formatRunSummary } from './train/summary.js';
 
 function intArg(flag: string) {
   return (v: string): number => {
     if (!/^\d+$/.test(v)) throw new UsageError(`${flag}: expected a positive integer, got '${v}'`);
+    return Number(v);
+  };
+}
+
+function intOrZeroArg(flag: string) {
+  return (v: string): number => {
+    if (!/^\d+$/.test(v)) throw new UsageError(`${flag}: expected a whole number, got '${v}'`);
     return Number(v);
   };
 }
@@ -95,51 +106,101 @@ export function buildProgram(): Command {
       console.log(`Fashion-MNIST in ${dir}: ${train.count} train, ${test.count} test images, checksums verified`);
     });
 
-  program
-    .command('train')
+  addTrainFlags(program.command('train')
     .description('train AlexNet on Fashion-MNIST (the default run is CPU-sized: a few minutes on 2 cores)')
-    .addOption(new Option('--mode <mode>', 'how to spread the work').choices(['single', 'model', 'data']).default('single'))
+    .addOption(new Option('--mode <mode>', 'single: this process; data/model: the cluster in --config').choices(['single', 'model', 'data']).default('single'))
+    .option('--config <file>', 'cluster config for --mode data|model', 'cluster.config.json'))
+    .action(async (o: TrainFlags) => runTrain(o, program.opts<{ backend: BackendChoice }>().backend));
+
+  addTrainFlags(program.command('launch')
+    .description('train across the cluster in --config: one worker process per device, a coordinator here')
+    .addOption(new Option('--mode <mode>', 'data: replicas with ring all-reduce; model: the 2012 split; single: one process').choices(['single', 'model', 'data']).default('data'))
+    .option('--config <file>', 'cluster config', 'cluster.config.json')
+    .option('--no-overlap', 'all-reduce only after backward (for comparison)'))
+    .action(async (o: TrainFlags) => runTrain(o, program.opts<{ backend: BackendChoice }>().backend));
+
+  program
+    .command('worker')
+    .description('a worker process (started by the launcher, not by people)')
+    .requiredOption('--coordinator <endpoint>', 'the coordinator, e.g. tcp://127.0.0.1:5550')
+    .requiredOption('--rank <r>', 'this worker\'s rank', intOrZeroArg('--rank'))
+    .option('--device <d>', "'cpu' or a GPU index", 'cpu')
+    .option('--register-ms <ms>', 'how long to wait for the coordinator', intArg('--register-ms'), 60_000)
+    .action(async (o: { coordinator: string; rank: number; device: string; registerMs: number }) => {
+      // Ctrl-C in the terminal reaches the whole process group: the coordinator decides.
+      process.on('SIGINT', () => {});
+      const backend = program.opts<{ backend: BackendChoice }>().backend;
+      const code = await runWorker({ coordinator: o.coordinator, rank: o.rank, device: o.device, backend, registerMs: o.registerMs });
+      if (code !== 0) throw new WorkerExit(code);
+    });
+
+  return program;
+}
+
+function addTrainFlags(cmd: Command): Command {
+  return cmd
     .addOption(new Option('--recipe <name>', "preset: 'd2l' is the seed's full recipe (224×224, batch 128, lr 0.01, plain SGD, 10 epochs), for a GPU box").choices(['cpu', 'd2l']).default('cpu'))
     .addOption(new Option('--arch <name>', 'architecture').choices(ARCHS))
     .option('--width <w>', 'channel multiplier', numberArg('--width'))
     .option('--resolution <px>', 'input side (Fashion-MNIST is resized from 28)', intArg('--resolution'))
     .addOption(new Option('--channels <c>', 'input channels').choices(['1', '3']).argParser(Number))
-    .option('--batch <n>', 'batch size', intArg('--batch'))
+    .option('--batch <n>', 'global batch size', intArg('--batch'))
     .option('--epochs <n>', 'epochs', intArg('--epochs'))
     .option('--lr <rate>', 'learning rate', numberArg('--lr'))
     .option('--momentum <m>', 'SGD momentum (0: plain SGD)', numberArg('--momentum'))
     .option('--weight-decay <wd>', 'L2 weight decay', numberArg('--weight-decay'))
     .option('--lr-decay-epochs <list>', 'epochs (0-based, comma-separated) at which lr is multiplied by --lr-decay', listArg('--lr-decay-epochs'))
     .option('--lr-decay <factor>', 'learning-rate factor at each decay epoch', numberArg('--lr-decay'))
-    .option('--seed <n>', 'seed for weights, data order, dropout and augmentation', intArg('--seed'))
+    .option('--seed <n>', 'seed for weights, data order, dropout and augmentation', intOrZeroArg('--seed'))
     .option('--augment', 'random crops and horizontal flips')
-    .option('--train-samples <n>', 'train on the first n samples only (0: all)', intArg('--train-samples'))
-    .option('--test-samples <n>', 'evaluate on the first n test samples only (0: all)', intArg('--test-samples'))
+    .option('--train-samples <n>', 'train on the first n samples only (0: all)', intOrZeroArg('--train-samples'))
+    .option('--test-samples <n>', 'evaluate on the first n test samples only (0: all)', intOrZeroArg('--test-samples'))
     .option('--data <dir>', 'directory with the four Fashion-MNIST files (else $SPLITNET_DATA, ./data/fashion-mnist, /usr/share/datasets/fashion-mnist)')
     .option('--synthetic', 'train on generated images instead (benchmarks)')
-    .option('--checkpoint-every <steps>', 'write a checkpoint every n steps (0: only at the end)', intArg('--checkpoint-every'))
+    .option('--checkpoint-every <steps>', 'write a checkpoint every n steps (0: only at the end)', intOrZeroArg('--checkpoint-every'))
     .option('--eval-batch <n>', 'batch size for evaluation', intArg('--eval-batch'))
     .option('--out <dir>', 'run directory for metrics.jsonl and the checkpoint (default runs/<time>)')
     .option('--resume <dir>', 'continue the run in <dir> from its checkpoint, with its saved config')
-    .option('--no-progress', 'no progress bar')
-    .action(async (o: TrainFlags) => {
-      if (o.mode !== 'single') {
-        throw new UsageError(`--mode ${o.mode}: the cluster runtime is not built yet; this version trains in one process (--mode single)`);
-      }
-      if (o.resume !== undefined && o.out !== undefined && o.resume !== o.out) {
-        throw new UsageError('--resume and --out name different directories: a resumed run continues in its own directory');
-      }
-      const config = o.resume !== undefined ? CPU_DEFAULTS : trainConfigFromFlags(o, program.opts<{ backend: BackendChoice }>().backend);
-      const outDir = o.resume ?? o.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
-      const result = await train({ config, outDir, resume: o.resume !== undefined, progress: o.progress });
-      console.log(formatRunSummary(result, outDir));
-    });
+    .option('--no-progress', 'no progress bar');
+}
 
-  return program;
+/** A worker's non-zero exit, already reported: main() exits with its code and prints nothing more. */
+class WorkerExit extends Error {
+  constructor(readonly code: number) { super(`worker exit ${code}`); }
+}
+
+async function runTrain(o: TrainFlags, backend: BackendChoice): Promise<void> {
+  if (o.resume !== undefined && o.out !== undefined && o.resume !== o.out) {
+    throw new UsageError('--resume and --out name different directories: a resumed run continues in its own directory');
+  }
+  const config = o.resume !== undefined ? CPU_DEFAULTS : trainConfigFromFlags(o, backend);
+  const outDir = o.resume ?? o.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
+  const resume = o.resume !== undefined;
+  let mode = o.mode;
+  let workers: WorkerSpec[] = [];
+  let cluster: ClusterConfig | undefined;
+  if (mode !== 'single') {
+    cluster = loadClusterConfig(o.config ?? 'cluster.config.json');
+    const plan = planDevices(cluster);
+    if (plan.single !== undefined) {
+      console.log(`splitnet: ${plan.single}`);
+      mode = 'single';
+    } else {
+      if (plan.note !== undefined) console.log(`splitnet: ${plan.note}`);
+      workers = plan.workers;
+    }
+  }
+  if (mode === 'model') {
+    throw new UsageError('--mode model: the two-tower split is not built yet; use --mode data or --mode single');
+  }
+  const result = mode === 'data'
+    ? await runDataParallel({ cluster: cluster!, workers, config, outDir, resume, overlap: o.overlap !== false, progress: o.progress })
+    : await train({ config, outDir, resume, progress: o.progress });
+  console.log(formatRunSummary(result, outDir));
 }
 
 interface TrainFlags {
-  mode: string; recipe: 'cpu' | 'd2l'; arch?: Arch; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
+  mode: string; config?: string; overlap?: boolean; recipe: 'cpu' | 'd2l'; arch?: Arch; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
   epochs?: number; lr?: number; momentum?: number; weightDecay?: number; lrDecayEpochs?: number[]; lrDecay?: number;
   seed?: number; augment?: boolean; trainSamples?: number; testSamples?: number; data?: string; synthetic?: boolean;
   checkpointEvery?: number; evalBatch?: number; out?: string; resume?: string; progress: boolean;
@@ -167,6 +228,7 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (err) {
+    if (err instanceof WorkerExit) return err.code;
     if (err instanceof CommanderError) {
       // --help and --version end here too, with exit code 0.
       if (err.exitCode === 0) return 0;

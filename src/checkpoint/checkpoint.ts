@@ -12,6 +12,7 @@ import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'n
 import { join } from 'node:path';
 import { DataFileError } from '../data/idx.js';
 import type { Model } from '../model/build.js';
+import type { ModelSpec } from '../model/spec.js';
 import type { Sgd } from '../train/sgd.js';
 import { parseTrainConfig, type TrainConfig } from '../train/config.js';
 import { readSafetensors, writeSafetensors, type NamedTensor } from './safetensors.js';
@@ -39,25 +40,38 @@ export interface CheckpointState {
   savedAt: string;
 }
 
-export function saveCheckpoint(dir: string, model: Model, opt: Sgd, config: TrainConfig, position: Position): void {
+/** A parameter (or momentum buffer) in our layout, under our name. */
+export interface PlainTensor { name: string; shape: number[]; data: Float32Array }
+
+/** Writes a checkpoint from plain arrays: what the coordinator of a cluster run holds. */
+export function saveCheckpointTensors(
+  dir: string, spec: ModelSpec, params: PlainTensor[], momentum: PlainTensor[], config: TrainConfig, position: Position,
+): void {
   const tensors: NamedTensor[] = [];
-  for (const [name, v] of model.params) {
-    const t = toTorch(model.spec, name, v.shape, v.dataSync() as Float32Array);
-    tensors.push(t);
-    const m = opt.velocity.get(name);
+  const moms = new Map(momentum.map((m) => [m.name, m]));
+  for (const p of params) {
+    tensors.push(toTorch(spec, p.name, p.shape, p.data));
+    const m = moms.get(p.name);
     if (m !== undefined) {
-      const tm = toTorch(model.spec, name, m.shape, m.dataSync() as Float32Array);
+      const tm = toTorch(spec, p.name, m.shape, m.data);
       tensors.push({ ...tm, name: `momentum.${tm.name}` });
     }
   }
   const path = join(dir, TENSORS_FILE);
-  writeSafetensors(path, tensors, { format: FORMAT, arch: model.spec.arch });
+  writeSafetensors(path, tensors, { format: FORMAT, arch: spec.arch });
   const state: CheckpointState = {
     format: FORMAT, version: VERSION, config, position, tensorsBytes: statSync(path).size, savedAt: new Date().toISOString(),
   };
   const tmp = join(dir, `${STATE_FILE}.tmp-${process.pid}`);
   writeFileSync(tmp, JSON.stringify(state, null, 2) + '\n');
   renameSync(tmp, join(dir, STATE_FILE));
+}
+
+export function saveCheckpoint(dir: string, model: Model, opt: Sgd, config: TrainConfig, position: Position): void {
+  const plain = (name: string, v: tf.Variable): PlainTensor => ({ name, shape: v.shape, data: v.dataSync() as Float32Array });
+  const params = [...model.params].map(([n, v]) => plain(n, v));
+  const momentum = [...opt.velocity].map(([n, v]) => plain(n, v));
+  saveCheckpointTensors(dir, model.spec, params, momentum, config, position);
 }
 
 /** Reads and checks a checkpoint's state file. */
@@ -86,31 +100,54 @@ export function readCheckpointState(dir: string): CheckpointState {
   return { ...(raw as CheckpointState), config, position: p };
 }
 
-/** Loads parameters and momentum buffers into a model built from the checkpoint's config. */
-export function restoreTensors(dir: string, model: Model, opt: Sgd): void {
+/**
+ * A checkpoint's tensors in our layout: every parameter in `shapes`, and the
+ * momentum buffers that are present. Checks names and shapes.
+ */
+export function readCheckpointTensors(dir: string, spec: ModelSpec, shapes: Map<string, number[]>): { params: PlainTensor[]; momentum: PlainTensor[] } {
   const path = join(dir, TENSORS_FILE);
   const file = readSafetensors(path);
-  for (const [name, v] of model.params) {
-    const load = (key: string, target: tf.Variable) => {
+  const params: PlainTensor[] = [];
+  const momentum: PlainTensor[] = [];
+  for (const [name, shape] of shapes) {
+    const size = shape.reduce((a, b) => a * b, 1);
+    const expected = toTorch(spec, name, shape, new Float32Array(size)).shape;
+    const take = (key: string): Float32Array | undefined => {
       const t = file.tensors.get(key);
-      if (t === undefined) throw new DataFileError(path, `no tensor ${key}`);
-      const expected = toTorch(model.spec, name, v.shape, new Float32Array(v.size)).shape;
-      if (t.shape.join(',') !== expected.join(',')) {
-        throw new DataFileError(path, `${key} is [${t.shape}], the model needs [${expected}]`);
-      }
-      tf.tidy(() => target.assign(tf.tensor(fromTorch(model.spec, name, v.shape, t.data), v.shape)));
+      if (t === undefined) return undefined;
+      if (t.shape.join(',') !== expected.join(',')) throw new DataFileError(path, `${key} is [${t.shape}], the model needs [${expected}]`);
+      return fromTorch(spec, name, shape, t.data);
     };
-    load(torchName(name), v);
-    if (opt.opts.momentum !== 0) {
-      const mk = `momentum.${torchName(name)}`;
-      if (file.tensors.has(mk)) {
-        let m = opt.velocity.get(name);
-        if (m === undefined) {
-          m = tf.variable(tf.zerosLike(v), false);
-          opt.velocity.set(name, m);
-        }
-        load(mk, m);
-      }
-    }
+    const p = take(torchName(name));
+    if (p === undefined) throw new DataFileError(path, `no tensor ${torchName(name)}`);
+    params.push({ name, shape, data: p });
+    const m = take(`momentum.${torchName(name)}`);
+    if (m !== undefined) momentum.push({ name, shape, data: m });
   }
+  return { params, momentum };
+}
+
+/** Loads plain tensors into a model's parameters and the optimizer's momentum buffers. */
+export function loadIntoModel(model: Model, opt: Sgd, t: { params: PlainTensor[]; momentum: PlainTensor[] }): void {
+  for (const p of t.params) {
+    const v = model.params.get(p.name);
+    if (v === undefined) throw new Error(`checkpoint: the model has no parameter ${p.name}`);
+    tf.tidy(() => v.assign(tf.tensor(p.data, v.shape)));
+  }
+  if (opt.opts.momentum === 0) return;
+  for (const m of t.momentum) {
+    let buf = opt.velocity.get(m.name);
+    if (buf === undefined) {
+      buf = tf.variable(tf.zeros(m.shape), false);
+      opt.velocity.set(m.name, buf);
+    }
+    const target = buf;
+    tf.tidy(() => target.assign(tf.tensor(m.data, m.shape)));
+  }
+}
+
+/** Loads parameters and momentum buffers into a model built from the checkpoint's config. */
+export function restoreTensors(dir: string, model: Model, opt: Sgd): void {
+  const shapes = new Map([...model.params].map(([n, v]) => [n, v.shape]));
+  loadIntoModel(model, opt, readCheckpointTensors(dir, model.spec, shapes));
 }

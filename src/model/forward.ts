@@ -6,16 +6,18 @@ import type { LayerSpec } from './spec.js';
 export interface ForwardOptions {
   /** present when training: dropout is applied with masks drawn from this key */
   dropout?: DropoutKey;
+  /** wraps each parameter where it is used: data-parallel training hooks its gradient */
+  paramHook?: (name: string, v: tf.Variable) => tf.Tensor;
 }
 
 /** One tower's activation: [B, H, W, C] maps, or [B, F] after flatten. */
 type Acts = tf.Tensor[];
 
-function param(model: Model, layer: string, tower: number, kind: 'kernel' | 'bias'): tf.Variable {
+function param(model: Model, layer: string, tower: number, kind: 'kernel' | 'bias', opts: ForwardOptions): tf.Tensor {
   const name = paramName(model.spec, layer, tower, kind);
   const v = model.params.get(name);
   if (v === undefined) throw new Error(`forward: this process does not own parameter ${name}`);
-  return v;
+  return opts.paramHook ? opts.paramHook(name, v) : v;
 }
 
 /** The input each tower's layer reads: its own tower's output, or all towers' concatenated. */
@@ -55,10 +57,10 @@ function applyLayer(model: Model, layer: LayerSpec, a: tf.Tensor, tower: number,
     case 'conv':
       return tf.fused.conv2d({
         x: a as tf.Tensor4D,
-        filter: param(model, layer.name, tower, 'kernel') as tf.Tensor4D,
+        filter: param(model, layer.name, tower, 'kernel', opts) as tf.Tensor4D,
         strides: layer.stride,
         pad: layer.pad === 0 ? 'valid' : layer.pad,
-        bias: param(model, layer.name, tower, 'bias'),
+        bias: param(model, layer.name, tower, 'bias', opts),
         activation: layer.relu ? 'relu' : 'linear',
       });
     case 'lrn':
@@ -70,8 +72,8 @@ function applyLayer(model: Model, layer: LayerSpec, a: tf.Tensor, tower: number,
     case 'dense':
       return tf.fused.matMul({
         a: a as tf.Tensor2D,
-        b: param(model, layer.name, tower, 'kernel') as tf.Tensor2D,
-        bias: param(model, layer.name, tower, 'bias'),
+        b: param(model, layer.name, tower, 'kernel', opts) as tf.Tensor2D,
+        bias: param(model, layer.name, tower, 'bias', opts),
         activation: layer.relu ? 'relu' : 'linear',
       });
     case 'dropout': {

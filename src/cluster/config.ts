@@ -1,0 +1,102 @@
+/**
+ * cluster.config.json: where the coordinator listens, the workers (one per
+ * device), transport, timeouts and the all-reduce bucket size. Validated on
+ * load; every problem is one line that names the key.
+ */
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { UsageError } from '../errors.js';
+
+const Port = z.number().int().min(1).max(65_535);
+
+export const WorkerSchema = z.strictObject({
+  /** where the worker runs; anything but a loopback name is started over ssh */
+  host: z.string().min(1),
+  /** 'cpu' or the index of a GPU on that host */
+  device: z.union([z.literal('cpu'), z.number().int().min(0)]),
+  /** the worker's peer port (tcp) for worker-to-worker links */
+  port: Port,
+});
+
+export const ClusterConfigSchema = z.strictObject({
+  coordinator: z.strictObject({ host: z.string().min(1), port: Port }),
+  transport: z.enum(['tcp', 'ipc']),
+  workers: z.array(WorkerSchema).min(1),
+  /** milliseconds */
+  timeouts: z.strictObject({
+    /** a started worker must say hello within this */
+    registerMs: z.number().int().positive(),
+    /** floor of a step's deadline; the deadline grows with the measured step time */
+    stepMs: z.number().int().positive(),
+    /** SIGTERM, then SIGKILL after this */
+    shutdownGraceMs: z.number().int().positive(),
+  }).default({ registerMs: 60_000, stepMs: 120_000, shutdownGraceMs: 3_000 }),
+  /** ZMTP heartbeats (run by libzmq's I/O thread, so a busy step does not starve them), milliseconds */
+  heartbeat: z.strictObject({ intervalMs: z.number().int().positive(), timeoutMs: z.number().int().positive() })
+    .default({ intervalMs: 1_000, timeoutMs: 15_000 }),
+  /** gradient bytes per all-reduce bucket (PyTorch DDP's default: 25 MiB) */
+  bucketBytes: z.number().int().min(1024).default(25 * 2 ** 20),
+  /** replicas compare weight checksums every this many steps (0: only at the start) */
+  checksumEvery: z.number().int().min(0).default(50),
+  /** remote workers: the command that runs `splitnet worker ...` on a host; {host} and {command} are filled in */
+  ssh: z.string().default('ssh -o BatchMode=yes {host} {command}'),
+  /** the largest message a process accepts from the network, bytes */
+  maxMessageBytes: z.number().int().positive().default(2 ** 30),
+});
+
+export type ClusterConfig = z.infer<typeof ClusterConfigSchema>;
+export type WorkerSpec = z.infer<typeof WorkerSchema>;
+
+function describeIssue(where: string, issue: z.core.$ZodIssue): string {
+  const key = issue.path.length > 0 ? issue.path.join('.') : '(top level)';
+  const keys = issue.code === 'unrecognized_keys' ? ` unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `'${k}'`).join(', ')}` : '';
+  return `${where}: ${key}:${keys || ` ${issue.message}`}`;
+}
+
+/** Validates a parsed config: schema, then duplicate ports and devices. */
+export function parseClusterConfig(raw: unknown, where = 'cluster config'): ClusterConfig {
+  const r = ClusterConfigSchema.safeParse(raw);
+  if (!r.success) throw new UsageError(describeIssue(where, r.error.issues[0]!));
+  const cfg = r.data;
+  const seenPorts = new Map<string, string>();
+  const claim = (host: string, port: number, key: string) => {
+    const k = `${host}:${port}`;
+    const prev = seenPorts.get(k);
+    if (prev !== undefined) throw new UsageError(`${where}: ${key}: port ${port} on ${host} is already used by ${prev}`);
+    seenPorts.set(k, key);
+  };
+  claim(cfg.coordinator.host, cfg.coordinator.port, 'coordinator.port');
+  const seenDevices = new Map<string, number>();
+  cfg.workers.forEach((w, i) => {
+    claim(w.host, w.port, `workers.${i}.port`);
+    if (w.device !== 'cpu') {
+      const k = `${w.host}/gpu${w.device}`;
+      const prev = seenDevices.get(k);
+      if (prev !== undefined) throw new UsageError(`${where}: workers.${i}.device: GPU ${w.device} on ${w.host} is already workers.${prev}'s`);
+      seenDevices.set(k, i);
+    }
+  });
+  if (cfg.heartbeat.timeoutMs <= cfg.heartbeat.intervalMs) {
+    throw new UsageError(`${where}: heartbeat.timeoutMs: ${cfg.heartbeat.timeoutMs} must exceed heartbeat.intervalMs ${cfg.heartbeat.intervalMs}`);
+  }
+  return cfg;
+}
+
+export function loadClusterConfig(path: string): ClusterConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new UsageError(`${path}: cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new UsageError(`${path}: not JSON (${(err as Error).message})`);
+  }
+  return parseClusterConfig(raw, path);
+}
+
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
+export const isLocal = (host: string): boolean => LOOPBACK.has(host) || host.startsWith('127.');

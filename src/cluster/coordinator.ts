@@ -1,0 +1,279 @@
+/**
+ * The coordinator (the process that runs `splitnet launch` / `train --mode
+ * data`): it starts one worker per device, hands out the config, drives the
+ * step schedule, collects losses, metrics, evaluations and checkpoints, and
+ * stops everything. When anything fails, everything stops: the first failure
+ * (a worker's error, an exit, a disconnect, a malformed message, a missed
+ * deadline) aborts the run, every worker is told and then terminated, and the
+ * error names the worker and the reason.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import * as zmq from 'zeromq';
+import {
+  readCheckpointState, readCheckpointTensors, saveCheckpointTensors, type PlainTensor, type Position,
+} from '../checkpoint/checkpoint.js';
+import { alexnet } from '../model/alexnet.js';
+import { shapesOf } from '../model/shapes.js';
+import { paramName } from '../model/build.js';
+import type { ModelSpec } from '../model/spec.js';
+import { learningRate, type TrainConfig } from '../train/config.js';
+import { MetricsLog } from '../train/metrics.js';
+import { Progress } from '../train/progress.js';
+import type { TrainResult } from '../train/loop.js';
+import { loadRunDataCounts } from './data-counts.js';
+import type { ClusterConfig, WorkerSpec } from './config.js';
+import { startWorker, stopWorkers, type LaunchedWorker } from './launcher.js';
+import { decodeToCoordinator, encodeToWorker, type Decoded, type ToCoordinator } from './protocol.js';
+import { bindAddress, endpoint, Inbox, receiveLoop, socketOptions } from './transport.js';
+
+export class ClusterError extends Error {
+  override readonly name = 'ClusterError';
+}
+
+export interface ClusterRunOptions {
+  cluster: ClusterConfig;
+  workers: WorkerSpec[];
+  config: TrainConfig;
+  outDir: string;
+  resume?: boolean;
+  /** start all-reduce from gradient hooks during backward (default true) */
+  overlap?: boolean;
+  maxSteps?: number;
+  log?: (line: string) => void;
+  progress?: boolean;
+  /** extra environment for local workers (tests) */
+  workerEnv?: NodeJS.ProcessEnv;
+}
+
+export interface StepStats { computeMs: number[]; allreduceWaitMs: number[]; bytesSent: number[]; wallMs: number }
+
+export interface ClusterResult extends TrainResult {
+  world: number;
+  stats: StepStats[];
+}
+
+type Msg = Decoded<ToCoordinator>;
+
+function paramShapes(spec: ModelSpec): Map<string, number[]> {
+  const shapes = new Map<string, number[]>();
+  for (const s of shapesOf(spec)) {
+    const l = s.layer;
+    if (l.kind !== 'conv' && l.kind !== 'dense') continue;
+    for (let t = 0; t < spec.towers; t++) {
+      shapes.set(paramName(spec, l.name, t, 'kernel'), l.kind === 'conv' ? [l.kernel, l.kernel, s.fanIn, l.perTower] : [s.fanIn, l.perTower]);
+      shapes.set(paramName(spec, l.name, t, 'bias'), [l.perTower]);
+    }
+  }
+  return shapes;
+}
+
+export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterResult> {
+  const wallStart = performance.now();
+  const log = opts.log ?? ((l: string) => console.log(l));
+  const { cluster } = opts;
+  const world = opts.workers.length;
+  mkdirSync(opts.outDir, { recursive: true });
+  const state = opts.resume ? readCheckpointState(opts.outDir) : undefined;
+  const cfg = state?.config ?? opts.config;
+  if (cfg.batch % world !== 0) throw new ClusterError(`global batch ${cfg.batch} does not split evenly over ${world} workers`);
+  const spec = alexnet({ arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10 });
+  const shapes = paramShapes(spec);
+  const resumeTensors = state ? readCheckpointTensors(opts.outDir, spec, shapes) : undefined;
+  const counts = loadRunDataCounts(cfg);
+  const stepsPerEpoch = Math.floor(counts.train / cfg.batch);
+  if (stepsPerEpoch === 0) throw new ClusterError(`batch ${cfg.batch} is larger than the ${counts.train} training samples`);
+
+  const coordinatorEp = endpoint(cluster.transport, cluster.coordinator.host, cluster.coordinator.port);
+  const peers = opts.workers.map((w) => endpoint(cluster.transport, w.host, w.port));
+  const router = new zmq.Router({ ...socketOptions(cluster.heartbeat), mandatory: true });
+  const inboxes = opts.workers.map(() => new Inbox<Msg>());
+  const launched: LaunchedWorker[] = [];
+  let failure: ClusterError | undefined;
+  let shuttingDown = false;
+  const fail = (err: ClusterError) => {
+    if (failure || shuttingDown) return;
+    failure = err;
+    for (const b of inboxes) b.fail(err);
+  };
+  const name = (rank: number) => launched[rank]?.describe() ?? `worker ${rank}`;
+  const send = (rank: number, msg: Parameters<typeof encodeToWorker>[0], tensors: Float32Array[] = []) =>
+    router.send([Buffer.from(`w${rank}`), ...encodeToWorker(msg, tensors)]).catch((err: Error) => fail(new ClusterError(`${name(rank)}: cannot be reached: ${err.message}`)));
+  /** The next message of `kind` from `rank`; a worker's error, or anything else, fails the run. */
+  const expectFrom = async <K extends ToCoordinator['kind']>(rank: number, kind: K, ms: number, what: string): Promise<Decoded<Extract<ToCoordinator, { kind: K }>>> => {
+    let m: Msg;
+    try {
+      m = await inboxes[rank]!.next(ms, `${name(rank)}: ${what}`);
+    } catch (err) {
+      const e = failure ?? new ClusterError((err as Error).message);
+      fail(e);
+      throw e;
+    }
+    if (m.msg.kind === kind) return m as Decoded<Extract<ToCoordinator, { kind: K }>>;
+    const e = new ClusterError(m.msg.kind === 'error' ? `${name(rank)} failed: ${m.msg.reason}` : `${name(rank)} sent '${m.msg.kind}' while ${what} was awaited`);
+    fail(e);
+    throw e;
+  };
+
+  let interrupted = false;
+  const onSignal = () => { interrupted = true; };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const pos: Position = state?.position ?? { epoch: 0, step: 0, globalStep: 0 };
+  const result: ClusterResult = {
+    config: cfg, position: pos, finished: false, epochs: [], losses: [], trainSeconds: 0, imagesPerSec: 0, wallSeconds: 0,
+    params: new Map(), world, stats: [],
+  };
+  const progress = opts.progress === false ? undefined : new Progress(cfg.epochs * stepsPerEpoch, `train ×${world}`);
+  try {
+    // 1. Listen, start the workers, wait for every hello.
+    await router.bind(bindAddress(coordinatorEp));
+    router.events.on('disconnect', (ev) => {
+      if (!shuttingDown) fail(new ClusterError(`a worker disconnected from ${ev.address} (its process died or the network failed)`));
+    });
+    receiveLoop(router, (frames) => {
+      const id = frames[0]!.toString();
+      const rank = /^w(\d+)$/.test(id) ? Number(id.slice(1)) : -1;
+      if (rank < 0 || rank >= world) {
+        process.stderr.write(`coordinator: refused a message from unknown peer '${id.slice(0, 64)}'\n`);
+        return;
+      }
+      try {
+        inboxes[rank]!.push(decodeToCoordinator(frames.slice(1), cluster.maxMessageBytes));
+      } catch (err) {
+        fail(new ClusterError(`${name(rank)} sent a malformed message: ${(err as Error).message}`));
+      }
+    }, (err) => fail(new ClusterError(`coordinator socket: ${err.message}`)));
+    opts.workers.forEach((w, rank) => {
+      const lw = startWorker(rank, w, cluster, coordinatorEp, opts.workerEnv);
+      launched.push(lw);
+      void lw.exited.then(({ code, signal }) => {
+        if (shuttingDown) return;
+        const last = lw.stderrTail.length > 0 ? `: ${lw.stderrTail[lw.stderrTail.length - 1]}` : '';
+        fail(new ClusterError(`${lw.describe()} exited ${signal ? `on ${signal}` : `with code ${code}`} at epoch ${pos.epoch} step ${pos.step}${last}`));
+      });
+    });
+    log(`splitnet launch: data-parallel over ${world} workers (${opts.workers.map((w) => `${w.host}/${w.device}`).join(', ')}), ` +
+      `global batch ${cfg.batch} (${cfg.batch / world} per worker), bucket ${(cluster.bucketBytes / 2 ** 20).toFixed(1)} MiB`);
+    const hellos = await Promise.all(opts.workers.map((_, r) =>
+      expectFrom(r, 'hello', cluster.timeouts.registerMs, `registration (hello) within ${cluster.timeouts.registerMs / 1000} s`)));
+    hellos.forEach((h, r) => {
+      if (h.msg.rank !== r) fail(new ClusterError(`${name(r)} registered as rank ${h.msg.rank}`));
+    });
+
+    // 2. Setup: config, peers, and (resuming) the checkpoint's tensors. Replicas must agree on the weights.
+    const tensors: PlainTensor[] = resumeTensors ? [...resumeTensors.params, ...resumeTensors.momentum.map((m) => ({ ...m, name: `momentum.${m.name}` }))] : [];
+    for (let r = 0; r < world; r++) {
+      await send(r, {
+        kind: 'setup', rank: r, world, mode: 'data', train: cfg as unknown as Record<string, unknown>, peers,
+        bucketBytes: cluster.bucketBytes, heartbeat: cluster.heartbeat, maxMessageBytes: cluster.maxMessageBytes,
+        tensors: tensors.map((t) => ({ name: t.name, shape: t.shape })),
+      }, tensors.map((t) => t.data));
+    }
+    const readies = await Promise.all(opts.workers.map((_, r) => expectFrom(r, 'ready', cluster.timeouts.registerMs * 2, 'ready (model built)')));
+    const sums = readies.map((m) => m.msg.checksum);
+    if (new Set(sums).size !== 1) throw fail2(new ClusterError(`replicas start from different weights: checksums ${sums.map((c, r) => `worker ${r} ${c}`).join(', ')}`));
+    log(`  ${readies[0]!.msg.params.toLocaleString('en-US')} parameters per replica, weights identical (checksum ${sums[0]}), ${readies[0]!.msg.backend} backend`);
+
+    // 3. The step schedule.
+    const metrics = new MetricsLog(join(opts.outDir, 'metrics.jsonl'));
+    if (state) metrics.write({ type: 'resume', globalStep: pos.globalStep, time: new Date().toISOString() });
+    const stepMsSeen: number[] = [];
+    const deadline = () => {
+      const sorted = [...stepMsSeen].sort((a, b) => a - b);
+      const median = sorted.length > 0 ? sorted[Math.floor(sorted.length / 2)]! : 0;
+      return Math.max(cluster.timeouts.stepMs, 10 * median);
+    };
+    const saveCheckpoint = async () => {
+      await send(0, { kind: 'getState' });
+      const st = await expectFrom(0, 'state', deadline(), 'the model state for a checkpoint');
+      const ps: PlainTensor[] = [];
+      const ms: PlainTensor[] = [];
+      st.msg.tensors.forEach((m, i) => {
+        const t = { name: m.name.replace(/^momentum\./, ''), shape: m.shape, data: st.tensors[i]! };
+        (m.name.startsWith('momentum.') ? ms : ps).push(t);
+      });
+      saveCheckpointTensors(opts.outDir, spec, ps, ms, cfg, pos);
+      return ps;
+    };
+    let stepsThisRun = 0;
+    for (; pos.epoch < cfg.epochs; pos.epoch++, pos.step = 0) {
+      const lr = learningRate(cfg, pos.epoch);
+      let lossSum = 0;
+      let lossCount = 0;
+      for (; pos.step < stepsPerEpoch; ) {
+        const t0 = performance.now();
+        const checksum = cluster.checksumEvery > 0 && (pos.globalStep + 1) % cluster.checksumEvery === 0;
+        for (let r = 0; r < world; r++) {
+          await send(r, { kind: 'step', globalStep: pos.globalStep, epoch: pos.epoch, step: pos.step, lr, checksum, overlap: opts.overlap ?? true });
+        }
+        const done = await Promise.all(opts.workers.map((_, r) => expectFrom(r, 'stepDone', deadline(), `step ${pos.globalStep}`)));
+        const wallMs = performance.now() - t0;
+        stepMsSeen.push(wallMs);
+        if (checksum) {
+          const cs = done.map((d) => d.msg.checksum);
+          if (new Set(cs).size !== 1) throw fail2(new ClusterError(`replicas diverged at step ${pos.globalStep}: checksums ${cs.map((c, r) => `worker ${r} ${c}`).join(', ')}`));
+        }
+        // Equal shards: the global batch's mean loss is the mean of the shards' means.
+        const loss = done.reduce((s, d) => s + d.msg.loss * d.msg.samples, 0) / done.reduce((s, d) => s + d.msg.samples, 0);
+        result.stats.push({ computeMs: done.map((d) => d.msg.computeMs), allreduceWaitMs: done.map((d) => d.msg.allreduceWaitMs), bytesSent: done.map((d) => d.msg.bytesSent), wallMs });
+        pos.step++;
+        pos.globalStep++;
+        stepsThisRun++;
+        result.losses.push(loss);
+        result.trainSeconds += wallMs / 1000;
+        lossSum += loss;
+        lossCount++;
+        const imagesPerSec = cfg.batch / (wallMs / 1000);
+        progress?.update(pos.epoch * stepsPerEpoch + pos.step, loss, imagesPerSec);
+        metrics.write({ type: 'step', epoch: pos.epoch, step: pos.step - 1, globalStep: pos.globalStep, loss, lr, imagesPerSec, stepMs: Math.max(...done.map((d) => d.msg.computeMs)), loopMs: wallMs, time: new Date().toISOString() });
+        if (cfg.checkpointEvery > 0 && pos.globalStep % cfg.checkpointEvery === 0) await saveCheckpoint();
+        if (interrupted || (opts.maxSteps !== undefined && stepsThisRun >= opts.maxSteps)) {
+          progress?.stop();
+          const ps = await saveCheckpoint();
+          for (const p of ps) result.params.set(p.name, p.data);
+          log(`stopped at epoch ${pos.epoch} step ${pos.step}: checkpoint in ${opts.outDir}; continue with --resume ${opts.outDir}`);
+          return result;
+        }
+      }
+      progress?.stop();
+      for (let r = 0; r < world; r++) await send(r, { kind: 'evaluate', epoch: pos.epoch });
+      const evs = await Promise.all(opts.workers.map((_, r) => expectFrom(r, 'evalDone', deadline() * 10, `evaluation of epoch ${pos.epoch}`)));
+      const samples = evs.reduce((s, e) => s + e.msg.samples, 0);
+      const accuracy = evs.reduce((s, e) => s + e.msg.correct, 0) / samples;
+      const testLoss = evs.reduce((s, e) => s + e.msg.lossSum, 0) / samples;
+      const trainLoss = lossSum / Math.max(1, lossCount);
+      result.epochs.push({ epoch: pos.epoch, accuracy, loss: testLoss, samples, trainLoss });
+      metrics.write({ type: 'epoch', epoch: pos.epoch, trainLoss, testAccuracy: accuracy, testLoss, testSamples: samples, seconds: result.trainSeconds, time: new Date().toISOString() });
+      log(`epoch ${pos.epoch + 1}/${cfg.epochs}: train loss ${trainLoss.toFixed(4)}, test accuracy ${(accuracy * 100).toFixed(2)}% (${samples} images), test loss ${testLoss.toFixed(4)}`);
+    }
+    const ps = await saveCheckpoint();
+    for (const p of ps) result.params.set(p.name, p.data);
+    result.finished = true;
+    return result;
+  } catch (err) {
+    throw failure ?? (err instanceof ClusterError ? err : new ClusterError(err instanceof Error ? err.message : String(err)));
+  } finally {
+    progress?.stop();
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    // 4. Stop: a clean shutdown when all went well, abort otherwise; then make sure.
+    const ok = failure === undefined;
+    shuttingDown = true;
+    for (let r = 0; r < launched.length; r++) {
+      await router.send([Buffer.from(`w${r}`), ...encodeToWorker(ok ? { kind: 'shutdown' } : { kind: 'abort', reason: failure!.message })]).catch(() => {});
+    }
+    const exits = Promise.all(launched.map((w) => w.exited));
+    await Promise.race([exits, new Promise((r) => setTimeout(r, cluster.timeouts.shutdownGraceMs))]);
+    await stopWorkers(launched, cluster.timeouts.shutdownGraceMs);
+    router.close();
+    const images = result.losses.length * cfg.batch;
+    result.imagesPerSec = result.trainSeconds > 0 ? images / result.trainSeconds : 0;
+    result.wallSeconds = (performance.now() - wallStart) / 1000;
+  }
+
+  function fail2(err: ClusterError): ClusterError {
+    fail(err);
+    return err;
+  }
+}

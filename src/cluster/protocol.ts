@@ -1,0 +1,157 @@
+/**
+ * Every message between coordinator and workers, and between workers, is
+ * here. A message is one msgpack header frame (a discriminated union with a
+ * protocol version) plus zero or more raw tensor frames (a Float32Array's
+ * bytes, never re-encoded). Nothing from the network is trusted: `decode*`
+ * checks the version, the shape of the header, the frame count and every
+ * frame's size, and refuses anything else with a reason.
+ */
+import { Packr } from 'msgpackr';
+import { z } from 'zod';
+
+export const PROTOCOL_VERSION = 1;
+
+/** Raised for any message that is malformed or unexpected; the text is the reason. */
+export class ProtocolError extends Error {
+  override readonly name = 'ProtocolError';
+}
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+const TensorMeta = z.strictObject({ name: z.string().min(1).max(256), shape: z.array(z.number().int().min(0)).max(8) });
+export type TensorMeta = z.infer<typeof TensorMeta>;
+
+const v = z.literal(PROTOCOL_VERSION);
+const Count = z.number().int().min(0);
+
+// ---- coordinator -> worker --------------------------------------------------
+
+const Setup = z.strictObject({
+  v, kind: z.literal('setup'),
+  rank: Count, world: z.number().int().min(1).max(1024),
+  mode: z.enum(['data', 'model']),
+  /** the training config (validated again by the worker with the trainer's schema) */
+  train: z.record(z.string(), z.unknown()),
+  /** every worker's peer endpoint, by rank; this worker binds peers[rank] */
+  peers: z.array(z.string().min(1)),
+  bucketBytes: z.number().int().positive(),
+  heartbeat: z.strictObject({ intervalMs: z.number().int().positive(), timeoutMs: z.number().int().positive() }),
+  maxMessageBytes: z.number().int().positive(),
+  /** resume: parameters (and momentum.<name>) in our layout, one frame each */
+  tensors: z.array(TensorMeta),
+});
+const Step = z.strictObject({
+  v, kind: z.literal('step'), globalStep: Count, epoch: Count, step: Count, lr: z.number().positive(),
+  /** send a weight checksum back with stepDone */
+  checksum: z.boolean(),
+  /** start all-reduce buckets from gradient hooks while backward runs */
+  overlap: z.boolean(),
+});
+const Evaluate = z.strictObject({ v, kind: z.literal('evaluate'), epoch: Count });
+const GetState = z.strictObject({ v, kind: z.literal('getState') });
+const Shutdown = z.strictObject({ v, kind: z.literal('shutdown') });
+const Abort = z.strictObject({ v, kind: z.literal('abort'), reason: z.string() });
+
+export const ToWorker = z.discriminatedUnion('kind', [Setup, Step, Evaluate, GetState, Shutdown, Abort]);
+export type ToWorker = z.infer<typeof ToWorker>;
+
+// ---- worker -> coordinator --------------------------------------------------
+
+const Hello = z.strictObject({ v, kind: z.literal('hello'), rank: Count, pid: z.number().int().positive(), host: z.string(), device: z.string() });
+const Ready = z.strictObject({ v, kind: z.literal('ready'), checksum: z.string(), backend: z.string(), params: Count });
+const StepDone = z.strictObject({
+  v, kind: z.literal('stepDone'), globalStep: Count, loss: z.number(), samples: Count,
+  /** forward + backward + update, milliseconds */
+  computeMs: z.number().min(0),
+  /** from the end of backward to the last reduced bucket: all-reduce time not hidden behind backward */
+  allreduceWaitMs: z.number().min(0),
+  /** bytes this worker sent to peers during the step */
+  bytesSent: Count,
+  checksum: z.string().optional(),
+});
+const EvalDone = z.strictObject({ v, kind: z.literal('evalDone'), epoch: Count, correct: Count, lossSum: z.number(), samples: Count });
+const State = z.strictObject({ v, kind: z.literal('state'), tensors: z.array(TensorMeta) });
+const WorkerError = z.strictObject({ v, kind: z.literal('error'), reason: z.string() });
+const Bye = z.strictObject({ v, kind: z.literal('bye') });
+
+export const ToCoordinator = z.discriminatedUnion('kind', [Hello, Ready, StepDone, EvalDone, State, WorkerError, Bye]);
+export type ToCoordinator = z.infer<typeof ToCoordinator>;
+
+// ---- worker -> worker -------------------------------------------------------
+
+const Ring = z.strictObject({
+  v, kind: z.literal('ring'), step: Count, bucket: Count,
+  /** reduce-scatter or all-gather */
+  phase: z.enum(['rs', 'ag']), round: Count, chunk: Count,
+});
+export const ToPeer = z.discriminatedUnion('kind', [Ring]);
+export type ToPeer = z.infer<typeof ToPeer>;
+
+// ---- frames -----------------------------------------------------------------
+
+/** A message without its version: what code constructs; encode adds `v`. */
+type Unversioned<T> = T extends unknown ? Omit<T, 'v'> : never;
+
+export interface Decoded<T> {
+  msg: T;
+  /** the raw tensor frames, as float32 (copied only when a frame is misaligned) */
+  tensors: Float32Array[];
+}
+
+function encode(msg: object, tensors: Float32Array[]): Buffer[] {
+  const header = packr.pack({ v: PROTOCOL_VERSION, ...msg });
+  return [header, ...tensors.map((t) => Buffer.from(t.buffer, t.byteOffset, t.byteLength))];
+}
+
+export const encodeToWorker = (msg: Unversioned<ToWorker>, tensors: Float32Array[] = []): Buffer[] => encode(msg, tensors);
+export const encodeToCoordinator = (msg: Unversioned<ToCoordinator>, tensors: Float32Array[] = []): Buffer[] => encode(msg, tensors);
+export const encodeToPeer = (msg: Unversioned<ToPeer>, tensors: Float32Array[] = []): Buffer[] => encode(msg, tensors);
+
+function asFloat32(frame: Buffer, what: string): Float32Array {
+  if (frame.byteLength % 4 !== 0) throw new ProtocolError(`${what}: ${frame.byteLength} bytes is not a whole number of float32`);
+  if (frame.byteOffset % 4 === 0) return new Float32Array(frame.buffer, frame.byteOffset, frame.byteLength / 4);
+  const copy = new Float32Array(frame.byteLength / 4);
+  new Uint8Array(copy.buffer).set(frame);
+  return copy;
+}
+
+function decode<S extends z.ZodType>(schema: S, frames: Buffer[], maxBytes: number): Decoded<z.infer<S>> {
+  if (frames.length === 0) throw new ProtocolError('empty message: no header frame');
+  const total = frames.reduce((n, f) => n + f.byteLength, 0);
+  if (total > maxBytes) throw new ProtocolError(`message of ${total} bytes exceeds the limit of ${maxBytes}`);
+  let header: unknown;
+  try {
+    header = packr.unpack(frames[0]!);
+  } catch (err) {
+    throw new ProtocolError(`header frame is not msgpack (${(err as Error).message})`);
+  }
+  if (typeof header !== 'object' || header === null) throw new ProtocolError(`header is ${typeof header}, expected a map`);
+  const version = (header as { v?: unknown }).v;
+  if (version !== PROTOCOL_VERSION) throw new ProtocolError(`protocol version ${String(version)}, expected ${PROTOCOL_VERSION}`);
+  const r = schema.safeParse(header);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    const kind = String((header as { kind?: unknown }).kind);
+    throw new ProtocolError(`bad '${kind}' message: ${issue.path.join('.') || '(header)'}: ${issue.message}`);
+  }
+  const msg = r.data as { kind: string; tensors?: TensorMeta[] };
+  const body = frames.slice(1);
+  const metas: TensorMeta[] = msg.kind === 'ring' ? [{ name: 'chunk', shape: [-1] }] : (msg.tensors ?? []);
+  if (body.length !== metas.length) {
+    throw new ProtocolError(`'${msg.kind}' message declares ${metas.length} tensor frame(s), carries ${body.length}`);
+  }
+  const tensors = body.map((f, i) => {
+    const meta = metas[i]!;
+    const t = asFloat32(f, `'${msg.kind}' tensor ${meta.name}`);
+    if (meta.shape[0] !== -1) {
+      const want = meta.shape.reduce((a, b) => a * b, 1);
+      if (t.length !== want) throw new ProtocolError(`'${msg.kind}' tensor ${meta.name}: [${meta.shape}] needs ${want} floats, frame has ${t.length}`);
+    }
+    return t;
+  });
+  return { msg: r.data, tensors };
+}
+
+export const decodeToWorker = (frames: Buffer[], maxBytes: number): Decoded<ToWorker> => decode(ToWorker, frames, maxBytes);
+export const decodeToCoordinator = (frames: Buffer[], maxBytes: number): Decoded<ToCoordinator> => decode(ToCoordinator, frames, maxBytes);
+export const decodeToPeer = (frames: Buffer[], maxBytes: number): Decoded<ToPeer> => decode(ToPeer, frames, maxBytes);

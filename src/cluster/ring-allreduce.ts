@@ -1,0 +1,149 @@
+/**
+ * Ring all-reduce (Patarasuk & Yuan 2009; Horovod, NCCL) of gradient buckets
+ * over direct worker-to-worker sockets: each worker sends only to its
+ * successor (rank + 1) and receives only from its predecessor.
+ *
+ * Contract (as PyTorch DDP's reducer): every worker plans the same buckets in
+ * the same order from the model description; a bucket of L floats is split
+ * into N chunks; N-1 reduce-scatter rounds leave worker r with the sum of
+ * chunk r+1, N-1 all-gather rounds hand every sum around; each worker sends
+ * 2(N-1)/N × L floats per bucket. The average is the sum divided by N.
+ */
+import { ProtocolError, type ToPeer } from './protocol.js';
+import { Inbox } from './transport.js';
+
+export interface BucketParam { name: string; offset: number; size: number }
+export interface Bucket { index: number; size: number; params: BucketParam[] }
+
+/**
+ * Groups parameters, given in the order backward produces their gradients,
+ * into buckets of at most `bucketBytes` (a larger parameter gets its own).
+ */
+export function planBuckets(params: Array<{ name: string; size: number }>, bucketBytes: number): Bucket[] {
+  const buckets: Bucket[] = [];
+  let current: Bucket | undefined;
+  for (const p of params) {
+    if (current === undefined || (current.size + p.size) * 4 > bucketBytes && current.size > 0) {
+      current = { index: buckets.length, size: 0, params: [] };
+      buckets.push(current);
+    }
+    current.params.push({ name: p.name, offset: current.size, size: p.size });
+    current.size += p.size;
+  }
+  return buckets;
+}
+
+const mod = (a: number, n: number) => ((a % n) + n) % n;
+
+/** [begin, end) of chunk c of a bucket of `size` floats split in `world` chunks. */
+export function chunkRange(size: number, world: number, c: number): [number, number] {
+  return [Math.floor((c * size) / world), Math.floor(((c + 1) * size) / world)];
+}
+
+export type SendFrames = (msg: Omit<ToPeer, 'v'>, data: Float32Array) => void;
+
+export class RingAllReduce {
+  /** bytes handed to the successor since construction */
+  bytesSent = 0;
+  private readonly mail = new Map<string, Inbox<Float32Array>>();
+  private step = -1;
+  /** floats per bucket, the same on every worker */
+  private sizes: number[] = [];
+
+  constructor(
+    readonly rank: number,
+    readonly world: number,
+    private readonly send: SendFrames,
+    private readonly waitMs: number,
+  ) {}
+
+  /** The bucket plan: floats per bucket, in the fixed order every worker uses. */
+  configure(bucketSizes: number[]): void {
+    this.sizes = [...bucketSizes];
+  }
+
+  /**
+   * Starts a step. A faster predecessor may already have sent this step's
+   * first chunks (they wait in the mailbox); anything older is dropped.
+   */
+  beginStep(step: number): void {
+    this.step = step;
+    for (const key of this.mail.keys()) if (Number(key.split('/')[0]) < step) this.mail.delete(key);
+  }
+
+  private box(key: string): Inbox<Float32Array> {
+    let b = this.mail.get(key);
+    if (b === undefined) {
+      b = new Inbox<Float32Array>();
+      this.mail.set(key, b);
+    }
+    return b;
+  }
+
+  /** A message from the predecessor (from the socket's receive loop). Throws ProtocolError if unexpected. */
+  deliver(msg: Extract<ToPeer, { kind: 'ring' }>, data: Float32Array): void {
+    // The current step, or the next one: the predecessor may start it before this worker does.
+    if (msg.step !== this.step && msg.step !== this.step + 1) throw new ProtocolError(`ring message for step ${msg.step} during step ${this.step}`);
+    if (msg.bucket >= this.sizes.length) throw new ProtocolError(`ring message for bucket ${msg.bucket}: a step has ${this.sizes.length}`);
+    if (msg.round >= this.world - 1) throw new ProtocolError(`ring message for round ${msg.round}: a ring of ${this.world} has ${this.world - 1}`);
+    const expectedChunk = msg.phase === 'rs' ? mod(this.rank - msg.round - 1, this.world) : mod(this.rank - msg.round, this.world);
+    if (msg.chunk !== expectedChunk) throw new ProtocolError(`ring ${msg.phase} round ${msg.round}: chunk ${msg.chunk}, expected ${expectedChunk}`);
+    const [b, e] = chunkRange(this.sizes[msg.bucket]!, this.world, msg.chunk);
+    if (data.length !== e - b) throw new ProtocolError(`ring chunk ${msg.chunk} of bucket ${msg.bucket}: ${data.length} floats, expected ${e - b}`);
+    this.box(`${msg.step}/${msg.bucket}/${msg.phase}/${msg.round}`).push(data);
+  }
+
+  /** Fails every wait (a peer died, the run is aborting). */
+  fail(err: Error): void {
+    for (const b of this.mail.values()) b.fail(err);
+    this.failure = err;
+  }
+  private failure: Error | undefined;
+
+  private sendChunk(bucket: number, phase: 'rs' | 'ag', round: number, data: Float32Array): void {
+    const chunk = phase === 'rs' ? mod(this.rank - round, this.world) : mod(this.rank + 1 - round, this.world);
+    const [b, e] = chunkRange(data.length, this.world, chunk);
+    const slice = data.subarray(b, e);
+    this.send({ kind: 'ring', step: this.step, bucket, phase, round, chunk }, slice);
+    this.bytesSent += slice.byteLength;
+  }
+
+  /**
+   * The first reduce-scatter send of a bucket, issued synchronously: called
+   * from a gradient hook, libzmq's I/O thread transmits it while backward
+   * goes on.
+   */
+  start(bucket: number, data: Float32Array): void {
+    if (this.world > 1) this.sendChunk(bucket, 'rs', 0, data);
+  }
+
+  /**
+   * Completes a started bucket; on return `data` holds the average over all
+   * workers. Frames go out zero-copy, so nothing is written to a chunk after
+   * it was sent until the ring has provably consumed it: the owner scales its
+   * summed chunk by 1/N *before* handing it around, not after.
+   */
+  async finish(bucket: number, data: Float32Array): Promise<void> {
+    const n = this.world;
+    if (n === 1) return;
+    const receive = (phase: 'rs' | 'ag', round: number) => {
+      if (this.failure) throw this.failure;
+      return this.box(`${this.step}/${bucket}/${phase}/${round}`).next(this.waitMs, `ring all-reduce bucket ${bucket} ${phase} round ${round} from worker ${mod(this.rank - 1, n)}`);
+    };
+    for (let round = 0; round < n - 1; round++) {
+      if (round > 0) this.sendChunk(bucket, 'rs', round, data);
+      const [b] = chunkRange(data.length, n, mod(this.rank - round - 1, n));
+      const incoming = await receive('rs', round);
+      for (let i = 0; i < incoming.length; i++) data[b + i]! += incoming[i]!;
+    }
+    // This worker now owns the full sum of chunk rank+1.
+    const [ob, oe] = chunkRange(data.length, n, mod(this.rank + 1, n));
+    const inv = 1 / n;
+    for (let i = ob; i < oe; i++) data[i]! *= inv;
+    for (let round = 0; round < n - 1; round++) {
+      this.sendChunk(bucket, 'ag', round, data);
+      const [b] = chunkRange(data.length, n, mod(this.rank - round, n));
+      data.set(await receive('ag', round), b);
+    }
+  }
+}

@@ -1,0 +1,214 @@
+/**
+ * The worker process (`splitnet worker`, started by the launcher, one per
+ * device). It registers with the coordinator, builds its replica, links to its
+ * ring neighbours and then does what it is told, one command at a time. It
+ * exits when told to, when the coordinator disconnects (no orphans), or on
+ * any error, which it first reports to the coordinator.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { hostname } from 'node:os';
+import * as zmq from 'zeromq';
+import { initBackend, type BackendChoice } from '../backend.js';
+import { loadIntoModel, type PlainTensor } from '../checkpoint/checkpoint.js';
+import { epochOrder, makeBatch } from '../data/batches.js';
+import { alexnet } from '../model/alexnet.js';
+import { buildModel, countParams, type Model } from '../model/build.js';
+import { DataParallelReplica, weightChecksum } from '../parallel/data-parallel.js';
+import { parseTrainConfig, type TrainConfig } from '../train/config.js';
+import { loadRunData, type RunData } from '../train/data.js';
+import { evaluate } from '../train/evaluate.js';
+import { Sgd } from '../train/sgd.js';
+import { decodeToPeer, decodeToWorker, encodeToCoordinator, encodeToPeer, type ToWorker } from './protocol.js';
+import { RingAllReduce } from './ring-allreduce.js';
+import { bindAddress, Inbox, receiveLoop, socketOptions } from './transport.js';
+
+export interface WorkerArgs {
+  coordinator: string;
+  rank: number;
+  device: string;
+  backend: BackendChoice;
+  /** how long to wait for the coordinator's setup, ms */
+  registerMs: number;
+}
+
+type Setup = Extract<ToWorker, { kind: 'setup' }>;
+
+/** Why this worker stops: reported to the coordinator before exiting. */
+class WorkerFailure extends Error {}
+
+export async function runWorker(args: WorkerArgs): Promise<number> {
+  const dealer = new zmq.Dealer({ routingId: `w${args.rank}`, ...socketOptions({ intervalMs: 1000, timeoutMs: 15_000 }) });
+  const fromCoordinator = new Inbox<{ msg: ToWorker; tensors: Float32Array[] }>();
+  let maxBytes = 2 ** 30;
+  const sendUp = (msg: Parameters<typeof encodeToCoordinator>[0], tensors: Float32Array[] = []) =>
+    dealer.send(encodeToCoordinator(msg, tensors));
+  const sockets: zmq.Socket[] = [dealer];
+  let exitCode = 1;
+  try {
+    dealer.connect(args.coordinator);
+    dealer.events.on('disconnect', () => fromCoordinator.fail(new WorkerFailure(`coordinator ${args.coordinator} disconnected`)));
+    receiveLoop(dealer, (frames) => {
+      try {
+        fromCoordinator.push(decodeToWorker(frames, maxBytes));
+      } catch (err) {
+        // Refuse and report; a coordinator that sends garbage cannot run this worker.
+        fromCoordinator.fail(new WorkerFailure(`refused a message from the coordinator: ${(err as Error).message}`));
+      }
+    }, (err) => fromCoordinator.fail(err));
+
+    await sendUp({ kind: 'hello', rank: args.rank, pid: process.pid, host: hostname(), device: args.device });
+    const first = await fromCoordinator.next(args.registerMs, `setup from the coordinator at ${args.coordinator}`);
+    if (first.msg.kind !== 'setup') throw new WorkerFailure(`expected 'setup' first, got '${first.msg.kind}'`);
+    const setup = first.msg;
+    maxBytes = setup.maxMessageBytes;
+    const cfg = parseTrainConfig(setup.train, 'setup.train');
+    const session = await prepare(args, setup, cfg, first.tensors, sockets);
+    await sendUp({ kind: 'ready', checksum: weightChecksum(session.model), backend: session.backendName, params: countParams(session.model) });
+
+    for (;;) {
+      const { msg } = await fromCoordinator.next(24 * 3600_000, 'the next command');
+      switch (msg.kind) {
+        case 'step': {
+          const r = await session.step(msg);
+          await sendUp(r);
+          break;
+        }
+        case 'evaluate': {
+          await sendUp(session.evaluateShard(msg.epoch));
+          break;
+        }
+        case 'getState': {
+          const { meta, data } = session.state();
+          await sendUp({ kind: 'state', tensors: meta }, data);
+          break;
+        }
+        case 'shutdown':
+          await sendUp({ kind: 'bye' });
+          exitCode = 0;
+          return exitCode;
+        case 'abort':
+          return 1;
+        case 'setup':
+          throw new WorkerFailure("a second 'setup' during training");
+        default: {
+          const never: never = msg;
+          throw new WorkerFailure(`unknown command ${JSON.stringify(never)}`);
+        }
+      }
+    }
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`worker ${args.rank}: ${reason}\n`);
+    try {
+      await Promise.race([sendUp({ kind: 'error', reason }), new Promise((r) => setTimeout(r, 500))]);
+    } catch { /* the coordinator may be gone: nothing more to tell */ }
+    return exitCode === 0 ? 1 : exitCode;
+  } finally {
+    for (const s of sockets) s.close();
+  }
+}
+
+interface Session {
+  model: Model;
+  backendName: string;
+  step(msg: Extract<ToWorker, { kind: 'step' }>): Promise<Extract<Parameters<typeof encodeToCoordinator>[0], { kind: 'stepDone' }>>;
+  evaluateShard(epoch: number): Extract<Parameters<typeof encodeToCoordinator>[0], { kind: 'evalDone' }>;
+  state(): { meta: Array<{ name: string; shape: number[] }>; data: Float32Array[] };
+}
+
+/** Builds the replica, loads resumed weights, opens the ring links. */
+async function prepare(args: WorkerArgs, setup: Setup, cfg: TrainConfig, tensors: Float32Array[], sockets: zmq.Socket[]): Promise<Session> {
+  if (setup.mode !== 'data') throw new WorkerFailure(`mode '${setup.mode}' is not served by this worker version`);
+  if (setup.rank !== args.rank) throw new WorkerFailure(`setup for rank ${setup.rank} sent to worker ${args.rank}`);
+  if (setup.peers.length !== setup.world) throw new WorkerFailure(`setup lists ${setup.peers.length} peers for a world of ${setup.world}`);
+  if (cfg.batch % setup.world !== 0) throw new WorkerFailure(`global batch ${cfg.batch} does not split evenly over ${setup.world} replicas`);
+  const backend = await initBackend(cfg.backend === 'auto' ? args.backend : cfg.backend);
+  const data: RunData = loadRunData(cfg);
+  const spec = alexnet({ arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10 });
+  const model = buildModel(spec, { seed: cfg.seed });
+  const opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
+  if (setup.tensors.length > 0) {
+    const params: PlainTensor[] = [];
+    const momentum: PlainTensor[] = [];
+    setup.tensors.forEach((m, i) => {
+      const t = { name: m.name.replace(/^momentum\./, ''), shape: m.shape, data: tensors[i]! };
+      (m.name.startsWith('momentum.') ? momentum : params).push(t);
+    });
+    loadIntoModel(model, opt, { params, momentum });
+  }
+
+  // Ring links: receive from rank-1 on our own PULL, send to rank+1 over a PUSH.
+  const world = setup.world;
+  const opts = socketOptions(setup.heartbeat);
+  const pull = new zmq.Pull(opts);
+  const push = new zmq.Push({ ...opts, sendHighWaterMark: 0 });
+  sockets.push(pull, push);
+  const peerFailure: { err?: Error } = {};
+  const ring = new RingAllReduce(args.rank, world, (msg, chunk) => {
+    // Not awaited: zeromq queues the frames synchronously and libzmq's I/O
+    // thread sends them, also while a synchronous backward pass runs.
+    push.send(encodeToPeer(msg, [chunk])).catch((err: Error) => ring.fail(new WorkerFailure(`sending to worker ${(args.rank + 1) % world}: ${err.message}`)));
+  }, 10 * 60_000);
+  const replica = new DataParallelReplica(model, opt, ring, setup.bucketBytes);
+  if (world > 1) {
+    await pull.bind(bindAddress(setup.peers[args.rank]!));
+    push.connect(setup.peers[(args.rank + 1) % world]!);
+    const pred = (args.rank - 1 + world) % world;
+    receiveLoop(pull, (frames) => {
+      try {
+        const { msg, tensors: [chunk] } = decodeToPeer(frames, setup.maxMessageBytes);
+        ring.deliver(msg, chunk!);
+      } catch (err) {
+        const e = new WorkerFailure(`refused a message from worker ${pred}: ${(err as Error).message}`);
+        peerFailure.err = e;
+        ring.fail(e);
+      }
+    }, (err) => ring.fail(err));
+    pull.events.on('disconnect', () => ring.fail(new WorkerFailure(`worker ${pred} disconnected`)));
+  }
+  const shard = cfg.batch / world;
+  const stepsPerEpoch = Math.floor(data.train.count / cfg.batch);
+  let order: { epoch: number; samples: Uint32Array } = { epoch: -1, samples: new Uint32Array(0) };
+
+  return {
+    model,
+    backendName: backend.name,
+    async step(msg) {
+      if (msg.step >= stepsPerEpoch) throw new WorkerFailure(`step ${msg.step} of epoch ${msg.epoch}: an epoch has ${stepsPerEpoch}`);
+      if (order.epoch !== msg.epoch) order = { epoch: msg.epoch, samples: epochOrder(data.train.count, cfg.seed, msg.epoch) };
+      const first = msg.step * cfg.batch + args.rank * shard;
+      const { x, y } = makeBatch(data.train, order.samples.subarray(first, first + shard), {
+        resolution: cfg.resolution, channels: cfg.channels,
+        ...(cfg.augment ? { augment: { seed: cfg.seed, epoch: msg.epoch } } : {}),
+      });
+      opt.opts.lr = msg.lr;
+      const bytesBefore = ring.bytesSent;
+      try {
+        const r = await replica.step(x, y, msg.globalStep, { seed: cfg.seed, step: msg.globalStep, firstSample: args.rank * shard }, msg.overlap);
+        if (peerFailure.err) throw peerFailure.err;
+        return {
+          kind: 'stepDone', globalStep: msg.globalStep, loss: r.loss, samples: shard, computeMs: r.computeMs,
+          allreduceWaitMs: r.allreduceWaitMs, bytesSent: ring.bytesSent - bytesBefore,
+          ...(msg.checksum ? { checksum: weightChecksum(model) } : {}),
+        };
+      } finally {
+        tf.dispose([x, y]);
+      }
+    },
+    evaluateShard(epoch) {
+      const n = data.test.count;
+      const begin = Math.floor((args.rank * n) / world);
+      const end = Math.floor(((args.rank + 1) * n) / world);
+      const part = { ...data.test, count: end - begin, images: data.test.images.subarray(begin * 784, end * 784), labels: data.test.labels.subarray(begin, end) };
+      const ev = evaluate(model, part, { resolution: cfg.resolution, channels: cfg.channels, batch: cfg.evalBatch, limit: 0 });
+      return { kind: 'evalDone', epoch, correct: Math.round(ev.accuracy * ev.samples), lossSum: ev.loss * ev.samples, samples: ev.samples };
+    },
+    state() {
+      const meta: Array<{ name: string; shape: number[] }> = [];
+      const out: Float32Array[] = [];
+      for (const [name, v] of model.params) { meta.push({ name, shape: v.shape }); out.push(v.dataSync() as Float32Array); }
+      for (const [name, v] of opt.velocity) { meta.push({ name: `momentum.${name}`, shape: v.shape }); out.push(v.dataSync() as Float32Array); }
+      return { meta, data: out };
+    },
+  };
+}

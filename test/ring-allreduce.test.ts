@@ -1,0 +1,79 @@
+/**
+ * The ring all-reduce against the naive one (tinygrad's test_multitensor
+ * style): N rings wired in memory, random buckets, every worker must end with
+ * the plain average, bit for bit the same on every worker.
+ */
+import { describe, expect, it } from 'vitest';
+import { chunkRange, planBuckets, RingAllReduce } from '../src/cluster/ring-allreduce.js';
+import type { ToPeer } from '../src/cluster/protocol.js';
+import { pseudoRandom } from './helpers/backends.js';
+
+function wire(world: number): RingAllReduce[] {
+  const rings: RingAllReduce[] = [];
+  for (let r = 0; r < world; r++) {
+    rings.push(new RingAllReduce(r, world, (msg, data) => {
+      // Deliver later and without copying, as a zero-copy socket may: a sender
+      // that writes to a chunk after sending it corrupts what arrives.
+      setTimeout(() => rings[(r + 1) % world]!.deliver(msg as Extract<ToPeer, { kind: 'ring' }>, data), Math.random() * 3);
+    }, 5_000));
+  }
+  return rings;
+}
+let sizes: number[] = [];
+
+describe('ring all-reduce', () => {
+  for (const world of [2, 3, 4, 5]) {
+    it(`averages ${world} workers' buckets exactly as the naive sum/N, identically on every worker`, async () => {
+      sizes = [1, 7, 64, 1000, 3];
+      const rings = wire(world);
+      rings.forEach((ring) => ring.configure(sizes));
+      const data = rings.map((_, r) => sizes.map((s, b) => pseudoRandom(s, 100 * r + b + 1)));
+      const expected = sizes.map((s, b) => {
+        const out = new Float32Array(s);
+        for (let i = 0; i < s; i++) {
+          let sum = 0;
+          for (let r = 0; r < world; r++) sum += data[r]![b]![i]!;
+          out[i] = sum / world;
+        }
+        return out;
+      });
+      for (const step of [0, 1]) {
+        const copies = data.map((d) => d.map((x) => x.slice()));
+        rings.forEach((ring) => ring.beginStep(step));
+        rings.forEach((ring, r) => sizes.forEach((_, b) => ring.start(b, copies[r]![b]!)));
+        await Promise.all(rings.flatMap((ring, r) => sizes.map((_, b) => ring.finish(b, copies[r]![b]!))));
+        for (let b = 0; b < sizes.length; b++) {
+          for (let r = 0; r < world; r++) {
+            expect(Array.from(copies[r]![b]!), `worker ${r} bucket ${b}`).toEqual(Array.from(copies[0]![b]!));
+            const e = expected[b]!;
+            expect(Math.max(...copies[r]![b]!.map((v, i) => Math.abs(v - e[i]!)))).toBeLessThan(1e-6);
+          }
+        }
+      }
+      // each worker sent 2(N-1)/N of every bucket
+      const total = sizes.reduce((a, b) => a + b, 0);
+      for (const ring of rings) expect(Math.abs(ring.bytesSent / 2 - 2 * ((world - 1) / world) * total * 4)).toBeLessThanOrEqual(8 * sizes.length * world);
+    });
+  }
+
+  it('refuses a message for another step, bucket, round or chunk, or of the wrong size', () => {
+    const ring = new RingAllReduce(1, 3, () => {}, 1000);
+    ring.configure([30, 30]);
+    ring.beginStep(5);
+    const ok = { kind: 'ring' as const, v: 1 as const, step: 5, bucket: 1, phase: 'rs' as const, round: 0, chunk: 0 };
+    expect(() => ring.deliver(ok, new Float32Array(10))).not.toThrow();
+    expect(() => ring.deliver({ ...ok, step: 4 }, new Float32Array(10))).toThrow('ring message for step 4 during step 5');
+    expect(() => ring.deliver({ ...ok, step: 6 }, new Float32Array(10))).not.toThrow(); // the next step may start early
+    expect(() => ring.deliver({ ...ok, step: 7 }, new Float32Array(10))).toThrow('ring message for step 7 during step 5');
+    expect(() => ring.deliver({ ...ok, bucket: 2 }, new Float32Array(10))).toThrow('ring message for bucket 2: a step has 2');
+    expect(() => ring.deliver({ ...ok, round: 2 }, new Float32Array(10))).toThrow('ring message for round 2: a ring of 3 has 2');
+    expect(() => ring.deliver({ ...ok, chunk: 1 }, new Float32Array(10))).toThrow('ring rs round 0: chunk 1, expected 0');
+    expect(() => ring.deliver(ok, new Float32Array(9))).toThrow('ring chunk 0 of bucket 1: 9 floats, expected 10');
+  });
+
+  it('plans buckets in the given order, at most bucketBytes each', () => {
+    const b = planBuckets([{ name: 'a', size: 10 }, { name: 'b', size: 10 }, { name: 'c', size: 100 }, { name: 'd', size: 1 }], 80);
+    expect(b.map((x) => x.params.map((p) => p.name))).toEqual([['a', 'b'], ['c'], ['d']]);
+    expect(chunkRange(10, 3, 2)).toEqual([6, 10]);
+  });
+});
