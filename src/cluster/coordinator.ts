@@ -23,7 +23,7 @@ import { Progress } from '../train/progress.js';
 import type { TrainResult } from '../train/loop.js';
 import { loadRunDataCounts } from './data-counts.js';
 import type { ClusterConfig, WorkerSpec } from './config.js';
-import { startWorker, stopWorkers, type LaunchedWorker } from './launcher.js';
+import { startWorker, stopWorkers, type LaunchedWorker, type WorkerCommandOverride } from './launcher.js';
 import { decodeToCoordinator, encodeToWorker, type Decoded, type ToCoordinator } from './protocol.js';
 import { bindAddress, endpoint, Inbox, receiveLoop, socketOptions } from './transport.js';
 
@@ -44,7 +44,15 @@ export interface ClusterRunOptions {
   progress?: boolean;
   /** extra environment for local workers (tests) */
   workerEnv?: NodeJS.ProcessEnv;
+  /** replaces a rank's worker command (tests: hung or hostile workers) */
+  workerCommand?: WorkerCommandOverride;
+  /** observes the run (tests: kill a worker at a given step) */
+  onEvent?: (e: ClusterEvent) => void;
 }
+
+export type ClusterEvent =
+  | { type: 'started'; pids: number[] }
+  | { type: 'step'; globalStep: number };
 
 export interface StepStats { computeMs: number[]; allreduceWaitMs: number[]; bytesSent: number[]; wallMs: number }
 
@@ -128,9 +136,9 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
   try {
     // 1. Listen, start the workers, wait for every hello.
     await router.bind(bindAddress(coordinatorEp));
-    router.events.on('disconnect', (ev) => {
-      if (!shuttingDown) fail(new ClusterError(`a worker disconnected from ${ev.address} (its process died or the network failed)`));
-    });
+    // A ROUTER's disconnect events do not say which peer left (and unknown
+    // peers come and go): a worker's death is seen by its process's exit (the
+    // local child, or the ssh session of a remote one) and by step deadlines.
     receiveLoop(router, (frames) => {
       const id = frames[0]!.toString();
       const rank = /^w(\d+)$/.test(id) ? Number(id.slice(1)) : -1;
@@ -145,7 +153,7 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
       }
     }, (err) => fail(new ClusterError(`coordinator socket: ${err.message}`)));
     opts.workers.forEach((w, rank) => {
-      const lw = startWorker(rank, w, cluster, coordinatorEp, opts.workerEnv);
+      const lw = startWorker(rank, w, cluster, coordinatorEp, opts.workerEnv, opts.workerCommand);
       launched.push(lw);
       void lw.exited.then(({ code, signal }) => {
         if (shuttingDown) return;
@@ -153,7 +161,8 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
         fail(new ClusterError(`${lw.describe()} exited ${signal ? `on ${signal}` : `with code ${code}`} at epoch ${pos.epoch} step ${pos.step}${last}`));
       });
     });
-    log(`splitnet launch: data-parallel over ${world} workers (${opts.workers.map((w) => `${w.host}/${w.device}`).join(', ')}), ` +
+    opts.onEvent?.({ type: 'started', pids: launched.map((w) => w.child.pid ?? -1) });
+    log(`splitnet launch: data-parallel over ${world} workers (${launched.map((w) => w.describe()).join(', ')}), ` +
       `global batch ${cfg.batch} (${cfg.batch / world} per worker), bucket ${(cluster.bucketBytes / 2 ** 20).toFixed(1)} MiB`);
     const hellos = await Promise.all(opts.workers.map((_, r) =>
       expectFrom(r, 'hello', cluster.timeouts.registerMs, `registration (hello) within ${cluster.timeouts.registerMs / 1000} s`)));
@@ -227,6 +236,7 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
         const imagesPerSec = cfg.batch / (wallMs / 1000);
         progress?.update(pos.epoch * stepsPerEpoch + pos.step, loss, imagesPerSec);
         metrics.write({ type: 'step', epoch: pos.epoch, step: pos.step - 1, globalStep: pos.globalStep, loss, lr, imagesPerSec, stepMs: Math.max(...done.map((d) => d.msg.computeMs)), loopMs: wallMs, time: new Date().toISOString() });
+        opts.onEvent?.({ type: 'step', globalStep: pos.globalStep });
         if (cfg.checkpointEvery > 0 && pos.globalStep % cfg.checkpointEvery === 0) await saveCheckpoint();
         if (interrupted || (opts.maxSteps !== undefined && stepsThisRun >= opts.maxSteps)) {
           progress?.stop();

@@ -67,13 +67,21 @@ export function planDevices(cluster: ClusterConfig, gpus: number[] = discoverGpu
 
 const shellQuote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
-export function startWorker(rank: number, spec: WorkerSpec, cluster: ClusterConfig, coordinator: string, extraEnv: NodeJS.ProcessEnv = {}): LaunchedWorker {
+/** Replaces the worker command for one rank (tests start hung or hostile stand-ins this way). */
+export type WorkerCommandOverride = (rank: number) => { command: string; args: string[] } | undefined;
+
+export function startWorker(
+  rank: number, spec: WorkerSpec, cluster: ClusterConfig, coordinator: string, extraEnv: NodeJS.ProcessEnv = {}, override?: WorkerCommandOverride,
+): LaunchedWorker {
   const { command, args } = workerCommand();
   const workerArgs = ['worker', '--coordinator', coordinator, '--rank', String(rank), '--device', String(spec.device),
     '--register-ms', String(cluster.timeouts.registerMs)];
   const deviceEnv: NodeJS.ProcessEnv = spec.device === 'cpu' ? { CUDA_VISIBLE_DEVICES: '' } : { CUDA_VISIBLE_DEVICES: String(spec.device), TF_FORCE_GPU_ALLOW_GROWTH: 'true' };
   let child: ChildProcess;
-  if (isLocal(spec.host)) {
+  const replaced = override?.(rank);
+  if (replaced !== undefined) {
+    child = spawn(replaced.command, [...replaced.args, ...workerArgs], { env: { ...process.env, ...extraEnv, ...deviceEnv }, stdio: ['ignore', 'inherit', 'pipe'] });
+  } else if (isLocal(spec.host)) {
     child = spawn(command, [...args, ...workerArgs], { env: { ...process.env, ...extraEnv, ...deviceEnv }, stdio: ['ignore', 'inherit', 'pipe'] });
   } else {
     // Remote: `splitnet` must be installed there; the template decides how to get a shell on the host.

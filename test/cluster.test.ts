@@ -1,0 +1,101 @@
+/**
+ * The cluster runtime with real worker processes on loopback: a clean run
+ * leaves nothing behind; a crash, a silent worker, a malformed or outdated
+ * message each stop everything with the worker's name and the reason.
+ */
+import { fileURLToPath } from 'node:url';
+import * as zmq from 'zeromq';
+import { describe, expect, it } from 'vitest';
+import { ClusterError, runDataParallel, type ClusterRunOptions } from '../src/cluster/coordinator.js';
+import { CPU_DEFAULTS, type TrainConfig } from '../src/train/config.js';
+import { localCluster } from './helpers/cluster.js';
+import { tempDir } from './helpers/idx-files.js';
+
+const CONFIG: TrainConfig = {
+  ...CPU_DEFAULTS, backend: 'wasm', data: 'synthetic', width: 1 / 8, resolution: 67, batch: 8, epochs: 1,
+  trainSamples: 48, testSamples: 16, checkpointEvery: 0,
+};
+const quiet = { log: () => {}, progress: false } as const;
+const HOSTILE = fileURLToPath(new URL('./fixtures/hostile-worker.mjs', import.meta.url));
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+async function run(extra: Partial<ClusterRunOptions>, clusterOverrides: Record<string, unknown> = {}) {
+  const cluster = await localCluster(2, clusterOverrides);
+  let pids: number[] = [];
+  const onEvent = extra.onEvent;
+  const started = Date.now();
+  const result = runDataParallel({
+    cluster, workers: cluster.workers, config: CONFIG, outDir: tempDir(), ...quiet, ...extra,
+    onEvent: (e) => { if (e.type === 'started') pids = e.pids; onEvent?.(e); },
+  });
+  return { result, pids: () => pids, cluster, started };
+}
+
+describe('cluster runtime', () => {
+  it('launches, trains and shuts down cleanly: every worker exits, the ports are free again', async () => {
+    const { result, pids, cluster } = await run({});
+    const r = await result;
+    expect(r.finished).toBe(true);
+    expect(pids()).toHaveLength(2);
+    for (const pid of pids()) expect(alive(pid), `worker pid ${pid}`).toBe(false);
+    const probe = new zmq.Pull();
+    await probe.bind(`tcp://127.0.0.1:${cluster.coordinator.port}`); // would throw EADDRINUSE
+    probe.close();
+  });
+
+  it('a worker that dies mid-run stops everything, naming it', async () => {
+    let victim = -1;
+    const { result, pids } = await run({
+      onEvent: (e) => {
+        if (e.type === 'started') victim = e.pids[1]!;
+        if (e.type === 'step' && e.globalStep === 2) process.kill(victim, 'SIGKILL');
+      },
+    });
+    const err = await result.catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ClusterError);
+    // Either the coordinator sees the exit first, or worker 0 sees its ring predecessor go and says so.
+    expect((err as Error).message).toMatch(new RegExp(`worker 1 \\(127\\.0\\.0\\.1, cpu, pid ${victim}\\) exited on SIGKILL at epoch 0 step 2|worker 0 .* failed: worker 1 disconnected`));
+    for (const pid of pids()) expect(alive(pid)).toBe(false);
+  });
+
+  it('a worker that never registers is noticed within the register timeout and killed', async () => {
+    const { result, pids, started } = await run(
+      { workerCommand: (rank) => (rank === 1 ? { command: process.execPath, args: [HOSTILE, 'hang'] } : undefined) },
+      { timeouts: { registerMs: 3_000, stepMs: 30_000, shutdownGraceMs: 1_000 } },
+    );
+    await expect(result).rejects.toThrow(/worker 1 \(127\.0\.0\.1, cpu, pid \d+\): registration \(hello\) within 3 s: nothing within 3\.0 s/);
+    expect(Date.now() - started).toBeLessThan(15_000);
+    for (const pid of pids()) expect(alive(pid)).toBe(false);
+  });
+
+  it('a malformed message from a worker stops the run with the reason', async () => {
+    const { result, pids } = await run({ workerCommand: (rank) => (rank === 1 ? { command: process.execPath, args: [HOSTILE, 'garbage'] } : undefined) });
+    await expect(result).rejects.toThrow(/worker 1 \(127\.0\.0\.1, cpu, pid \d+\) sent a malformed message: header frame is not msgpack/);
+    for (const pid of pids()) expect(alive(pid)).toBe(false);
+  });
+
+  it('a message of another protocol version is refused with the versions', async () => {
+    const { result } = await run({ workerCommand: (rank) => (rank === 0 ? { command: process.execPath, args: [HOSTILE, 'old'] } : undefined) });
+    await expect(result).rejects.toThrow(/worker 0 .* sent a malformed message: protocol version 99, expected 1/);
+  });
+
+  it('an unknown peer is refused and the run goes on', async () => {
+    const { result, cluster } = await run({
+      onEvent: (e) => {
+        if (e.type !== 'started') return;
+        const intruder = new zmq.Dealer({ routingId: 'intruder', linger: 0 });
+        intruder.connect(`tcp://127.0.0.1:${cluster.coordinator.port}`);
+        void intruder.send([Buffer.from([0xc1])]).finally(() => setTimeout(() => intruder.close(), 200));
+      },
+    });
+    expect((await result).finished).toBe(true);
+  });
+});
