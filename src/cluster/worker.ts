@@ -44,9 +44,17 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
     dealer.send(encodeToCoordinator(msg, tensors));
   const sockets: zmq.Socket[] = [dealer];
   let exitCode = 1;
+  let coordinatorGone = false;
   try {
     dealer.connect(args.coordinator);
-    dealer.events.on('disconnect', () => fromCoordinator.fail(new WorkerFailure(`coordinator ${args.coordinator} disconnected`)));
+    // The coordinator is gone (it exited, crashed or was killed): there is no
+    // one to work for. Closing the socket also ends a send that would wait for
+    // it forever, so the worker exits instead of lingering as an orphan.
+    dealer.events.on('disconnect', () => {
+      fromCoordinator.fail(new WorkerFailure(`coordinator ${args.coordinator} disconnected`));
+      coordinatorGone = true;
+      setImmediate(() => dealer.close());
+    });
     receiveLoop(dealer, (frames) => {
       try {
         fromCoordinator.push(decodeToWorker(frames, maxBytes));
@@ -99,12 +107,14 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);
     process.stderr.write(`worker ${args.rank}: ${reason}\n`);
-    try {
-      await Promise.race([sendUp({ kind: 'error', reason }), new Promise((r) => setTimeout(r, 500))]);
-    } catch { /* the coordinator may be gone: nothing more to tell */ }
+    if (!coordinatorGone && !dealer.closed) {
+      try {
+        await Promise.race([sendUp({ kind: 'error', reason }), new Promise((r) => setTimeout(r, 500))]);
+      } catch { /* the coordinator may be gone: nothing more to tell */ }
+    }
     return exitCode === 0 ? 1 : exitCode;
   } finally {
-    for (const s of sockets) s.close();
+    for (const s of sockets) if (!s.closed) s.close();
   }
 }
 

@@ -1,0 +1,65 @@
+/**
+ * `splitnet launch` as a real process tree: killing the coordinator takes
+ * the workers with it, and a data-parallel run resumes to the weights of one
+ * that never stopped.
+ */
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { runDataParallel } from '../src/cluster/coordinator.js';
+import { CPU_DEFAULTS, type TrainConfig } from '../src/train/config.js';
+import { localCluster } from './helpers/cluster.js';
+import { tempDir } from './helpers/idx-files.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+
+describe('the process tree', () => {
+  it('when the coordinator is killed, every worker exits by itself', async () => {
+    const cluster = await localCluster(2);
+    const dir = tempDir();
+    const cfgPath = join(dir, 'cluster.json');
+    writeFileSync(cfgPath, JSON.stringify(cluster));
+    const coord = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', '--backend', 'wasm', 'launch', '--config', cfgPath,
+      '--synthetic', '--width', '0.125', '--resolution', '67', '--batch', '8', '--train-samples', '4000', '--out', join(dir, 'run'), '--no-progress'],
+    { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const pids = await new Promise<number[]>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no worker pids in 60 s; output: ${out}`)), 60_000);
+      coord.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        const found = [...out.matchAll(/pid (\d+)\)/g)].map((m) => Number(m[1]));
+        if (found.length === 2 && /parameters per replica/.test(out)) { clearTimeout(timer); resolve(found); }
+      });
+    });
+    expect(pids.every(alive)).toBe(true);
+    coord.kill('SIGKILL');
+    const deadline = Date.now() + 20_000;
+    while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    expect(pids.filter(alive), 'workers still running 20 s after the coordinator died').toEqual([]);
+  });
+});
+
+describe('data-parallel checkpoints', () => {
+  const CONFIG: TrainConfig = {
+    ...CPU_DEFAULTS, backend: 'wasm', data: 'synthetic', width: 1 / 8, resolution: 67, batch: 8, epochs: 2,
+    trainSamples: 24, testSamples: 8, augment: true, checkpointEvery: 0,
+  };
+  const quiet = { log: () => {}, progress: false } as const;
+
+  it('a run stopped after 2 steps and resumed ends with the weights of one that never stopped', async () => {
+    const c1 = await localCluster(2);
+    const straight = await runDataParallel({ cluster: c1, workers: c1.workers, config: CONFIG, outDir: tempDir(), ...quiet });
+    const dir = tempDir();
+    const c2 = await localCluster(2);
+    const first = await runDataParallel({ cluster: c2, workers: c2.workers, config: CONFIG, outDir: dir, maxSteps: 2, ...quiet });
+    expect(first.finished).toBe(false);
+    const c3 = await localCluster(2);
+    const resumed = await runDataParallel({ cluster: c3, workers: c3.workers, config: { ...CONFIG, lr: 5 }, outDir: dir, resume: true, ...quiet });
+    expect(resumed.finished).toBe(true);
+    expect([...first.losses, ...resumed.losses]).toEqual(straight.losses);
+    for (const [name, w] of straight.params) expect(resumed.params.get(name), name).toEqual(w);
+  });
+});
