@@ -5,6 +5,7 @@
 import { Command, Option } from 'commander';
 import { computeBench } from './compute.js';
 import { loopBench } from './loop.js';
+import { clusterBench } from './cluster.js';
 
 const program = new Command('bench').description('splitnet benchmarks').showHelpAfterError();
 
@@ -32,6 +33,19 @@ program
   .addOption(new Option('--data <source>', 'where batches come from').choices(['fashion-mnist', 'synthetic']).default('fashion-mnist'))
   .action(async (o: { resolution: number; width: number; batch: number; steps: number; data: 'synthetic' | 'fashion-mnist' }) => {
     await loopBench(o);
+  });
+
+program
+  .command('cluster')
+  .description('data-parallel scaling, the 1-worker cluster vs the in-process loop, bytes on the wire, overlap')
+  .addOption(new Option('--resolution <px>', 'input side').default(96).argParser(Number))
+  .addOption(new Option('--width <w>', 'channel multiplier').default(1).argParser(Number))
+  .addOption(new Option('--batch <n>', 'global batch size').default(64).argParser(Number))
+  .addOption(new Option('--steps <n>', 'timed steps per variant').default(8).argParser(Number))
+  .addOption(new Option('--warmup <n>', 'untimed steps first').default(2).argParser(Number))
+  .addOption(new Option('--data <source>', 'where batches come from').choices(['fashion-mnist', 'synthetic']).default('fashion-mnist'))
+  .action(async (o: { resolution: number; width: number; batch: number; steps: number; warmup: number; data: 'synthetic' | 'fashion-mnist' }) => {
+    await clusterBench(o);
   });
 
 await program.parseAsync(process.argv);

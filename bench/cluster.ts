@@ -1,0 +1,109 @@
+/**
+ * `npm run bench -- cluster`: the cluster runtime and data-parallel training,
+ * d2l AlexNet (default 96×96, width 1, global batch 64) on wasm, in one run:
+ *   - the in-process single loop                       (reference)
+ *   - a 1-worker cluster                                (the runtime's own cost)
+ *   - 2 workers, all-reduce overlapped with backward    (scaling)
+ *   - 2 workers, all-reduce after backward              (what overlap hides)
+ * and the bytes each worker sends per step against 2(N-1)/N × parameter bytes.
+ * Writes bench/results/cluster.json.
+ */
+import { mkdtempSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createServer } from 'node:net';
+import { parseClusterConfig } from '../src/cluster/config.js';
+import { runDataParallel, type ClusterResult } from '../src/cluster/coordinator.js';
+import { CPU_DEFAULTS, type TrainConfig } from '../src/train/config.js';
+import { train } from '../src/train/loop.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+export interface ClusterBenchOptions { resolution: number; width: number; batch: number; steps: number; warmup: number; data: 'synthetic' | 'fashion-mnist' }
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<ReturnType<typeof createServer>>((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => resolve(s));
+  })));
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+async function cluster(world: number) {
+  const [coord, ...peers] = await freePorts(world + 1);
+  return parseClusterConfig({
+    coordinator: { host: '127.0.0.1', port: coord }, transport: 'tcp',
+    workers: peers.map((port) => ({ host: '127.0.0.1', device: 'cpu', port })),
+  });
+}
+
+export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
+  const total = o.steps + o.warmup;
+  const cfg: TrainConfig = {
+    ...CPU_DEFAULTS, backend: 'wasm', data: o.data, resolution: o.resolution, width: o.width, batch: o.batch,
+    epochs: 1, trainSamples: total * o.batch, testSamples: o.batch, checkpointEvery: 0, evalBatch: o.batch,
+  };
+  const quiet = { log: () => {}, progress: false } as const;
+  console.log(`cluster: d2l AlexNet ${o.resolution}×${o.resolution}, width ${o.width}, global batch ${o.batch}, ` +
+    `${o.steps} timed steps after ${o.warmup}, ${o.data} data, wasm, one thread per process`);
+
+  // 1. the in-process loop
+  const outDir = mkdtempSync(join(tmpdir(), 'splitnet-bench-'));
+  await train({ config: cfg, outDir, ...quiet });
+  const singleMs = (await readFile(join(outDir, 'metrics.jsonl'), 'utf8')).trim().split('\n')
+    .map((l) => JSON.parse(l) as { type: string; loopMs?: number }).filter((r) => r.type === 'step').slice(o.warmup).map((r) => r.loopMs!);
+
+  // 2-4. clusters
+  const runCluster = async (world: number, overlap: boolean): Promise<ClusterResult> => {
+    const c = await cluster(world);
+    return runDataParallel({ cluster: c, workers: c.workers, config: cfg, outDir: mkdtempSync(join(tmpdir(), 'splitnet-bench-')), overlap, ...quiet });
+  };
+  const one = await runCluster(1, true);
+  const twoOverlap = await runCluster(2, true);
+  const twoAfter = await runCluster(2, false);
+  const timed = (r: ClusterResult) => r.stats.slice(o.warmup);
+  const stepMs = (r: ClusterResult) => median(timed(r).map((s) => s.wallMs));
+  const ips = (ms: number) => (o.batch / ms) * 1000;
+
+  const single = median(singleMs);
+  const c1 = stepMs(one);
+  const c2 = stepMs(twoOverlap);
+  const c2after = stepMs(twoAfter);
+  const paramBytes = [...twoOverlap.params.values()].reduce((n, p) => n + p.byteLength, 0);
+  const expectedBytes = ((2 * (2 - 1)) / 2) * paramBytes;
+  const sent = timed(twoOverlap).flatMap((s) => s.bytesSent);
+  const waitOverlap = mean(timed(twoOverlap).flatMap((s) => s.allreduceWaitMs));
+  const waitAfter = mean(timed(twoAfter).flatMap((s) => s.allreduceWaitMs));
+  const hidden = 1 - waitOverlap / waitAfter;
+
+  const line = (label: string, ms: number, extra = '') => console.log(`  ${label.padEnd(40)} ${ips(ms).toFixed(2).padStart(7)} img/s  (${ms.toFixed(0)} ms/step)${extra}`);
+  line('single process (in-process loop)', single);
+  line('1-worker cluster', c1, `  ${((c1 / single - 1) * 100).toFixed(1)}% slower than the loop`);
+  line('2 workers, all-reduce overlapped', c2, `  ${(c1 / c2).toFixed(2)}× the 1-worker cluster, ${(single / c2).toFixed(2)}× the loop`);
+  line('2 workers, all-reduce after backward', c2after);
+  console.log(`  bytes sent per worker per step          ${(mean(sent) / 2 ** 20).toFixed(2)} MiB vs 2(N-1)/N × ${(paramBytes / 2 ** 20).toFixed(2)} MiB of parameters = ` +
+    `${(expectedBytes / 2 ** 20).toFixed(2)} MiB (${((mean(sent) / expectedBytes - 1) * 100).toFixed(2)}%)`);
+  console.log(`  all-reduce wait after backward          ${waitOverlap.toFixed(1)} ms overlapped vs ${waitAfter.toFixed(1)} ms after: ${(hidden * 100).toFixed(0)}% hidden behind backward`);
+
+  const out = join(here, 'results', 'cluster.json');
+  await mkdir(dirname(out), { recursive: true });
+  await writeFile(out, JSON.stringify({
+    bench: 'cluster', date: new Date().toISOString(), options: o,
+    stepMs: { single, oneWorker: c1, twoWorkers: c2, twoWorkersNoOverlap: c2after },
+    imagesPerSec: { single: ips(single), oneWorker: ips(c1), twoWorkers: ips(c2), twoWorkersNoOverlap: ips(c2after) },
+    scaling2vs1: c1 / c2, scaling2vsLoop: single / c2, oneWorkerOverhead: c1 / single - 1,
+    bytesPerWorkerPerStep: mean(sent), expectedBytes, allreduceWaitMs: { overlap: waitOverlap, after: waitAfter }, hiddenShare: hidden,
+    raw: { singleMs, one: one.stats, twoOverlap: twoOverlap.stats, twoAfter: twoAfter.stats },
+  }, null, 2) + '\n');
+  console.log(`  wrote ${out}`);
+}
