@@ -125,7 +125,8 @@ function decode<S extends z.ZodType>(schema: S, frames: Buffer[], maxBytes: numb
   } catch (err) {
     throw new ProtocolError(`header frame is not msgpack (${(err as Error).message})`);
   }
-  if (typeof header !== 'object' || header === null) throw new ProtocolError(`header is ${typeof header}, expected a map`);
+  if (Array.isArray(header)) throw new ProtocolError('header is an array, expected a map');
+  if (typeof header !== 'object' || header === null) throw new ProtocolError(`header is ${header === null ? 'null' : typeof header}, expected a map`);
   const version = (header as { v?: unknown }).v;
   if (version !== PROTOCOL_VERSION) throw new ProtocolError(`protocol version ${String(version)}, expected ${PROTOCOL_VERSION}`);
   const r = schema.safeParse(header);

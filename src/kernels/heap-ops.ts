@@ -71,3 +71,16 @@ export function flipSwapFilter(backend: KernelBackend, w: TensorInfo): TensorInf
   }
   return out;
 }
+
+/**
+ * Copies a float32 tensor's values into `dst` at `offset` with one copy: on
+ * wasm straight from the heap, elsewhere through dataSync.
+ */
+export function copyTensorInto(t: { dataId: object; shape: number[]; dtype: string; size: number }, backend: KernelBackend, dst: Float32Array, offset: number, dataSync: () => Float32Array): void {
+  const b = backend as unknown as Partial<HeapBackend>;
+  if (typeof b.typedArrayFromHeap === 'function' && t.dtype === 'float32') {
+    dst.set(b.typedArrayFromHeap({ dataId: t.dataId, shape: t.shape, dtype: 'float32' }), offset);
+    return;
+  }
+  dst.set(dataSync(), offset);
+}

@@ -12,6 +12,7 @@
  * compares weight checksums.
  */
 import * as tf from '@tensorflow/tfjs';
+import { copyTensorInto } from '../kernels/heap-ops.js';
 import type { Model } from '../model/build.js';
 import type { DropoutKey } from '../model/dropout.js';
 import { forward } from '../model/forward.js';
@@ -57,14 +58,14 @@ export class DataParallelReplica {
       const at = this.where.get(name)!;
       if (seen.has(name)) throw new Error(`data-parallel: gradient of ${name} arrived twice in one backward pass`);
       seen.add(name);
-      bufs[at.bucket]!.set(dy.dataSync() as Float32Array, at.offset);
+      copyTensorInto(dy, tf.backend(), bufs[at.bucket]!, at.offset, () => dy.dataSync() as Float32Array);
       filled[at.bucket]! += at.size;
       if (overlap && filled[at.bucket] === this.buckets[at.bucket]!.size) this.ring.start(at.bucket, bufs[at.bucket]!);
     };
     // Identity in the forward pass; in the backward pass it sees the parameter's whole gradient.
     const hook = (name: string, v: tf.Variable) =>
       tf.customGrad(((w: tf.Tensor) => ({
-        value: tf.clone(w),
+        value: tf.reshape(w, w.shape), // a new tensor on the same data: no copy
         gradFunc: (dy: tf.Tensor) => { onGradient(name, dy); return dy; },
       })) as unknown as Parameters<typeof tf.customGrad>[0])(v);
 

@@ -1,0 +1,54 @@
+import { pack } from 'msgpackr';
+import { describe, expect, it } from 'vitest';
+import {
+  decodeToCoordinator, decodeToPeer, decodeToWorker, encodeToCoordinator, encodeToPeer, encodeToWorker, PROTOCOL_VERSION,
+} from '../src/cluster/protocol.js';
+
+const MAX = 1 << 20;
+
+describe('protocol', () => {
+  it('round-trips a header with raw tensor frames, without re-encoding the bytes', () => {
+    const t = Float32Array.from([1, 2, 3, 4, 5, 6]);
+    const frames = encodeToCoordinator({ kind: 'state', tensors: [{ name: 'w', shape: [2, 3] }] }, [t]);
+    expect(frames[1]!.buffer).toBe(t.buffer); // the tensor frame is a view, not a copy
+    const d = decodeToCoordinator(frames, MAX);
+    expect(d.msg).toEqual({ v: PROTOCOL_VERSION, kind: 'state', tensors: [{ name: 'w', shape: [2, 3] }] });
+    expect(Array.from(d.tensors[0]!)).toEqual([1, 2, 3, 4, 5, 6]);
+  });
+
+  it('copies a misaligned tensor frame instead of failing', () => {
+    const frames = encodeToPeer({ kind: 'ring', step: 0, bucket: 0, phase: 'rs', round: 0, chunk: 0 }, [Float32Array.from([7, 8])]);
+    const shifted = Buffer.alloc(9).subarray(1);
+    frames[1]!.copy(shifted);
+    expect(Array.from(decodeToPeer([frames[0]!, shifted], MAX).tensors[0]!)).toEqual([7, 8]);
+  });
+
+  const header = (o: unknown) => pack(o);
+  const refusals: Array<[string, Buffer[], string]> = [
+    ['an empty message', [], 'empty message: no header frame'],
+    ['a header that is not msgpack', [Buffer.from([0x92, 0x01])], 'header frame is not msgpack (Unexpected end of MessagePack data)'],
+    ['a header that is not a map', [header([1, 2])], 'header is an array, expected a map'],
+    ['a header that is a string', [header('hello')], 'header is string, expected a map'],
+    ['another protocol version', [header({ v: 2, kind: 'shutdown' })], 'protocol version 2, expected 1'],
+    ['an unknown kind', [header({ v: 1, kind: 'reboot' })], "bad 'reboot' message: kind: Invalid discriminator value. Expected 'setup' | 'step' | 'evaluate' | 'getState' | 'shutdown' | 'abort'"],
+    ['a missing field', [header({ v: 1, kind: 'step', globalStep: 1 })], "bad 'step' message: epoch: Invalid input: expected number, received undefined"],
+    ['an extra field', [header({ v: 1, kind: 'shutdown', now: true })], "bad 'shutdown' message: (header): Unrecognized key: \"now\""],
+    ['a tensor frame too many', [header({ v: 1, kind: 'shutdown' }), Buffer.alloc(4)], "'shutdown' message declares 0 tensor frame(s), carries 1"],
+    ['a tensor of the wrong size', [header({ v: 1, kind: 'setup', rank: 0, world: 1, mode: 'data', train: {}, peers: ['x'], bucketBytes: 1, heartbeat: { intervalMs: 1, timeoutMs: 2 }, maxMessageBytes: 1, tensors: [{ name: 'w', shape: [2, 2] }] }), Buffer.alloc(12)],
+      "'setup' tensor w: [2,2] needs 4 floats, frame has 3"],
+    ['a frame that is not whole floats', [header({ v: 1, kind: 'setup', rank: 0, world: 1, mode: 'data', train: {}, peers: ['x'], bucketBytes: 1, heartbeat: { intervalMs: 1, timeoutMs: 2 }, maxMessageBytes: 1, tensors: [{ name: 'w', shape: [1] }] }), Buffer.alloc(5)],
+      "'setup' tensor w: 5 bytes is not a whole number of float32"],
+    ['an oversized message', [header({ v: 1, kind: 'shutdown' }), Buffer.alloc(MAX)], `exceeds the limit of ${MAX}`],
+  ];
+  for (const [what, frames, reason] of refusals) {
+    it(`refuses ${what} with the reason`, () => {
+      expect(() => decodeToWorker(frames, MAX)).toThrow(reason);
+    });
+  }
+
+  it('keeps directions apart: a worker message is not a coordinator command', () => {
+    const hello = encodeToCoordinator({ kind: 'hello', rank: 0, pid: 1, host: 'h', device: 'cpu' });
+    expect(() => decodeToWorker(hello, MAX)).toThrow("bad 'hello' message: kind: Invalid discriminator value");
+    expect(() => decodeToCoordinator(encodeToWorker({ kind: 'shutdown' }), MAX)).toThrow("bad 'shutdown' message");
+  });
+});
