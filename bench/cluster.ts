@@ -21,7 +21,7 @@ import { train } from '../src/train/loop.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-export interface ClusterBenchOptions { resolution: number; width: number; batch: number; steps: number; warmup: number; data: 'synthetic' | 'fashion-mnist' }
+export interface ClusterBenchOptions { resolution: number; width: number; batch: number; steps: number; warmup: number; passes: number; data: 'synthetic' | 'fashion-mnist' }
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -57,33 +57,45 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
   console.log(`cluster: d2l AlexNet ${o.resolution}×${o.resolution}, width ${o.width}, global batch ${o.batch}, ` +
     `${o.steps} timed steps after ${o.warmup}, ${o.data} data, wasm, one thread per process`);
 
-  // 1. the in-process loop
-  const outDir = mkdtempSync(join(tmpdir(), 'splitnet-bench-'));
-  await train({ config: cfg, outDir, ...quiet });
-  const singleMs = (await readFile(join(outDir, 'metrics.jsonl'), 'utf8')).trim().split('\n')
-    .map((l) => JSON.parse(l) as { type: string; loopMs?: number }).filter((r) => r.type === 'step').slice(o.warmup).map((r) => r.loopMs!);
-
-  // 2-4. clusters
+  // The machine's speed drifts by tens of percent over minutes: the four
+  // variants run in turn, `passes` times, and each figure is a median over all
+  // its passes' timed steps.
   const runCluster = async (world: number, overlap: boolean): Promise<ClusterResult> => {
     const c = await cluster(world);
     return runDataParallel({ cluster: c, workers: c.workers, config: cfg, outDir: mkdtempSync(join(tmpdir(), 'splitnet-bench-')), overlap, ...quiet });
   };
-  const one = await runCluster(1, true);
-  const twoOverlap = await runCluster(2, true);
-  const twoAfter = await runCluster(2, false);
   const timed = (r: ClusterResult) => r.stats.slice(o.warmup);
-  const stepMs = (r: ClusterResult) => median(timed(r).map((s) => s.wallMs));
+  const singleMs: number[] = [];
+  const oneStats: ClusterResult['stats'] = [];
+  const twoStats: ClusterResult['stats'] = [];
+  const afterStats: ClusterResult['stats'] = [];
+  let paramBytes = 0;
+  for (let pass = 0; pass < o.passes; pass++) {
+    const outDir = mkdtempSync(join(tmpdir(), 'splitnet-bench-'));
+    await train({ config: cfg, outDir, ...quiet });
+    singleMs.push(...(await readFile(join(outDir, 'metrics.jsonl'), 'utf8')).trim().split('\n')
+      .map((l) => JSON.parse(l) as { type: string; loopMs?: number }).filter((r) => r.type === 'step').slice(o.warmup).map((r) => r.loopMs!));
+    oneStats.push(...timed(await runCluster(1, true)));
+    const two = await runCluster(2, true);
+    twoStats.push(...timed(two));
+    paramBytes = [...two.params.values()].reduce((n, p) => n + p.byteLength, 0);
+    afterStats.push(...timed(await runCluster(2, false)));
+    console.log(`  pass ${pass + 1}/${o.passes} done`);
+  }
+  const stepMs = (stats: ClusterResult['stats']) => median(stats.map((s) => s.wallMs));
   const ips = (ms: number) => (o.batch / ms) * 1000;
 
   const single = median(singleMs);
-  const c1 = stepMs(one);
-  const c2 = stepMs(twoOverlap);
-  const c2after = stepMs(twoAfter);
-  const paramBytes = [...twoOverlap.params.values()].reduce((n, p) => n + p.byteLength, 0);
+  const c1 = stepMs(oneStats);
+  const c2 = stepMs(twoStats);
+  const c2after = stepMs(afterStats);
   const expectedBytes = ((2 * (2 - 1)) / 2) * paramBytes;
-  const sent = timed(twoOverlap).flatMap((s) => s.bytesSent);
-  const waitOverlap = mean(timed(twoOverlap).flatMap((s) => s.allreduceWaitMs));
-  const waitAfter = mean(timed(twoAfter).flatMap((s) => s.allreduceWaitMs));
+  const sent = twoStats.flatMap((s) => s.bytesSent);
+  // The slower worker's wait is the all-reduce itself; the faster one's adds the skew between them.
+  const slowerWait = (stats: ClusterResult['stats']) => median(stats.map((s) => s.allreduceWaitMs[s.computeMs.indexOf(Math.max(...s.computeMs))]!));
+  const waitOverlap = slowerWait(twoStats);
+  const waitAfter = slowerWait(afterStats);
+  const skew = median(twoStats.map((s) => Math.max(...s.computeMs) - Math.min(...s.computeMs)));
   const hidden = 1 - waitOverlap / waitAfter;
 
   const line = (label: string, ms: number, extra = '') => console.log(`  ${label.padEnd(40)} ${ips(ms).toFixed(2).padStart(7)} img/s  (${ms.toFixed(0)} ms/step)${extra}`);
@@ -93,7 +105,8 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
   line('2 workers, all-reduce after backward', c2after);
   console.log(`  bytes sent per worker per step          ${(mean(sent) / 2 ** 20).toFixed(2)} MiB vs 2(N-1)/N × ${(paramBytes / 2 ** 20).toFixed(2)} MiB of parameters = ` +
     `${(expectedBytes / 2 ** 20).toFixed(2)} MiB (${((mean(sent) / expectedBytes - 1) * 100).toFixed(2)}%)`);
-  console.log(`  all-reduce wait after backward          ${waitOverlap.toFixed(1)} ms overlapped vs ${waitAfter.toFixed(1)} ms after: ${(hidden * 100).toFixed(0)}% hidden behind backward`);
+  console.log(`  all-reduce time left after backward     ${waitOverlap.toFixed(1)} ms overlapped vs ${waitAfter.toFixed(1)} ms after (slower worker, median): ${(hidden * 100).toFixed(0)}% hidden behind backward`);
+  console.log(`  compute skew between the two workers    ${skew.toFixed(0)} ms per step (median): the faster one waits that long`);
 
   const out = join(here, 'results', 'cluster.json');
   await mkdir(dirname(out), { recursive: true });
@@ -102,8 +115,8 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
     stepMs: { single, oneWorker: c1, twoWorkers: c2, twoWorkersNoOverlap: c2after },
     imagesPerSec: { single: ips(single), oneWorker: ips(c1), twoWorkers: ips(c2), twoWorkersNoOverlap: ips(c2after) },
     scaling2vs1: c1 / c2, scaling2vsLoop: single / c2, oneWorkerOverhead: c1 / single - 1,
-    bytesPerWorkerPerStep: mean(sent), expectedBytes, allreduceWaitMs: { overlap: waitOverlap, after: waitAfter }, hiddenShare: hidden,
-    raw: { singleMs, one: one.stats, twoOverlap: twoOverlap.stats, twoAfter: twoAfter.stats },
+    bytesPerWorkerPerStep: mean(sent), expectedBytes, allreduceWaitMs: { overlap: waitOverlap, after: waitAfter }, hiddenShare: hidden, skewMs: skew,
+    raw: { singleMs, one: oneStats, twoOverlap: twoStats, twoAfter: afterStats },
   }, null, 2) + '\n');
   console.log(`  wrote ${out}`);
 }

@@ -43,8 +43,9 @@ program
   .addOption(new Option('--batch <n>', 'global batch size').default(64).argParser(Number))
   .addOption(new Option('--steps <n>', 'timed steps per variant').default(8).argParser(Number))
   .addOption(new Option('--warmup <n>', 'untimed steps first').default(2).argParser(Number))
+  .addOption(new Option('--passes <n>', 'times each variant runs, in turn').default(2).argParser(Number))
   .addOption(new Option('--data <source>', 'where batches come from').choices(['fashion-mnist', 'synthetic']).default('fashion-mnist'))
-  .action(async (o: { resolution: number; width: number; batch: number; steps: number; warmup: number; data: 'synthetic' | 'fashion-mnist' }) => {
+  .action(async (o: { resolution: number; width: number; batch: number; steps: number; warmup: number; passes: number; data: 'synthetic' | 'fashion-mnist' }) => {
     await clusterBench(o);
   });
 

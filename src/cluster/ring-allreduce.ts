@@ -35,6 +35,19 @@ export function planBuckets(params: Array<{ name: string; size: number }>, bucke
 
 const mod = (a: number, n: number) => ((a % n) + n) % n;
 
+/**
+ * dst[offset + i] += src[i]. A small function of its own so V8 optimizes it
+ * once for every bucket (inlined in the async ring loop it ran ~6x slower).
+ */
+function addInto(dst: Float32Array, offset: number, src: Float32Array): void {
+  const n = src.length;
+  for (let i = 0; i < n; i++) dst[offset + i]! += src[i]!;
+}
+
+function scale(data: Float32Array, begin: number, end: number, factor: number): void {
+  for (let i = begin; i < end; i++) data[i]! *= factor;
+}
+
 /** [begin, end) of chunk c of a bucket of `size` floats split in `world` chunks. */
 export function chunkRange(size: number, world: number, c: number): [number, number] {
   return [Math.floor((c * size) / world), Math.floor(((c + 1) * size) / world)];
@@ -133,13 +146,11 @@ export class RingAllReduce {
     for (let round = 0; round < n - 1; round++) {
       if (round > 0) this.sendChunk(bucket, 'rs', round, data);
       const [b] = chunkRange(data.length, n, mod(this.rank - round - 1, n));
-      const incoming = await receive('rs', round);
-      for (let i = 0; i < incoming.length; i++) data[b + i]! += incoming[i]!;
+      addInto(data, b, await receive('rs', round));
     }
     // This worker now owns the full sum of chunk rank+1.
     const [ob, oe] = chunkRange(data.length, n, mod(this.rank + 1, n));
-    const inv = 1 / n;
-    for (let i = ob; i < oe; i++) data[i]! *= inv;
+    scale(data, ob, oe, 1 / n);
     for (let round = 0; round < n - 1; round++) {
       this.sendChunk(bucket, 'ag', round, data);
       const [b] = chunkRange(data.length, n, mod(this.rank - round, n));
