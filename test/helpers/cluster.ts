@@ -1,17 +1,5 @@
-import { createServer } from 'node:net';
+import { freePorts } from '../../src/cluster/free-ports.js';
 import { parseClusterConfig, type ClusterConfig } from '../../src/cluster/config.js';
-
-/** Ports the OS says are free now (listen on 0, read, close). */
-export async function freePorts(n: number): Promise<number[]> {
-  const ports: number[] = [];
-  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<ReturnType<typeof createServer>>((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => resolve(s));
-  })));
-  for (const s of servers) ports.push((s.address() as { port: number }).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
 
 /** A local cluster of `workers` CPU workers on fresh loopback ports. */
 export async function localCluster(workers: number, overrides: Record<string, unknown> = {}): Promise<ClusterConfig> {
