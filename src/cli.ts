@@ -109,14 +109,16 @@ export function buildProgram(): Command {
   addTrainFlags(program.command('train')
     .description('train AlexNet on Fashion-MNIST (the default run is CPU-sized: a few minutes on 2 cores)')
     .addOption(new Option('--mode <mode>', 'single: this process; data/model: the cluster in --config').choices(['single', 'model', 'data']).default('single'))
-    .option('--config <file>', 'cluster config for --mode data|model', 'cluster.config.json'))
+    .option('--config <file>', 'cluster config for --mode data|model', 'cluster.config.json')
+    .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches')))
     .action(async (o: TrainFlags) => runTrain(o, program.opts<{ backend: BackendChoice }>().backend));
 
   addTrainFlags(program.command('launch')
     .description('train across the cluster in --config: one worker process per device, a coordinator here')
     .addOption(new Option('--mode <mode>', 'data: replicas with ring all-reduce; model: the 2012 split; single: one process').choices(['single', 'model', 'data']).default('data'))
     .option('--config <file>', 'cluster config', 'cluster.config.json')
-    .option('--no-overlap', 'all-reduce only after backward (for comparison)'))
+    .option('--no-overlap', 'all-reduce only after backward (for comparison)')
+    .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches')))
     .action(async (o: TrainFlags) => runTrain(o, program.opts<{ backend: BackendChoice }>().backend));
 
   program
@@ -173,6 +175,8 @@ async function runTrain(o: TrainFlags, backend: BackendChoice): Promise<void> {
   if (o.resume !== undefined && o.out !== undefined && o.resume !== o.out) {
     throw new UsageError('--resume and --out name different directories: a resumed run continues in its own directory');
   }
+  // The split is of the two-tower net: --mode model implies --arch original.
+  if (o.mode === 'model' && o.arch === undefined) o.arch = 'original';
   const config = o.resume !== undefined ? CPU_DEFAULTS : trainConfigFromFlags(o, backend);
   const outDir = o.resume ?? o.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
   const resume = o.resume !== undefined;
@@ -190,17 +194,17 @@ async function runTrain(o: TrainFlags, backend: BackendChoice): Promise<void> {
       workers = plan.workers;
     }
   }
-  if (mode === 'model') {
-    throw new UsageError('--mode model: the two-tower split is not built yet; use --mode data or --mode single');
-  }
-  const result = mode === 'data'
-    ? await runDataParallel({ cluster: cluster!, workers, config, outDir, resume, overlap: o.overlap !== false, progress: o.progress })
+  const result = mode === 'data' || mode === 'model'
+    ? await runDataParallel({
+      cluster: cluster!, workers, config, outDir, resume, mode, microBatches: o.microBatches ?? 1,
+      overlap: o.overlap !== false, progress: o.progress,
+    })
     : await train({ config, outDir, resume, progress: o.progress });
   console.log(formatRunSummary(result, outDir));
 }
 
 interface TrainFlags {
-  mode: string; config?: string; overlap?: boolean; recipe: 'cpu' | 'd2l'; arch?: Arch; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
+  mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: 'cpu' | 'd2l'; arch?: Arch; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
   epochs?: number; lr?: number; momentum?: number; weightDecay?: number; lrDecayEpochs?: number[]; lrDecay?: number;
   seed?: number; augment?: boolean; trainSamples?: number; testSamples?: number; data?: string; synthetic?: boolean;
   checkpointEvery?: number; evalBatch?: number; out?: string; resume?: string; progress: boolean;

@@ -37,6 +37,10 @@ export interface ClusterRunOptions {
   config: TrainConfig;
   outDir: string;
   resume?: boolean;
+  /** data: replicas with ring all-reduce (default); model: the 2012 two-tower split */
+  mode?: 'data' | 'model';
+  /** model mode: micro-batches per step */
+  microBatches?: number;
   /** start all-reduce from gradient hooks during backward (default true) */
   overlap?: boolean;
   maxSteps?: number;
@@ -84,7 +88,14 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
   mkdirSync(opts.outDir, { recursive: true });
   const state = opts.resume ? readCheckpointState(opts.outDir) : undefined;
   const cfg = state?.config ?? opts.config;
-  if (cfg.batch % world !== 0) throw new ClusterError(`global batch ${cfg.batch} does not split evenly over ${world} workers`);
+  const mode = opts.mode ?? 'data';
+  const micro = opts.microBatches ?? 1;
+  if (mode === 'data' && cfg.batch % world !== 0) throw new ClusterError(`global batch ${cfg.batch} does not split evenly over ${world} workers`);
+  if (mode === 'model') {
+    if (cfg.arch !== 'original') throw new ClusterError(`--mode model splits the two-tower 'original' net: add --arch original (this run is '${cfg.arch}')`);
+    if (world !== 2) throw new ClusterError(`--mode model needs exactly 2 workers, one per tower; the cluster has ${world}`);
+    if (cfg.batch % micro !== 0) throw new ClusterError(`batch ${cfg.batch} does not split into ${micro} micro-batches`);
+  }
   const spec = alexnet({ arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10 });
   const shapes = paramShapes(spec);
   const resumeTensors = state ? readCheckpointTensors(opts.outDir, spec, shapes) : undefined;
@@ -162,8 +173,11 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
       });
     });
     opts.onEvent?.({ type: 'started', pids: launched.map((w) => w.child.pid ?? -1) });
-    log(`splitnet launch: data-parallel over ${world} workers (${launched.map((w) => w.describe()).join(', ')}), ` +
-      `global batch ${cfg.batch} (${cfg.batch / world} per worker), bucket ${(cluster.bucketBytes / 2 ** 20).toFixed(1)} MiB`);
+    log(mode === 'data'
+      ? `splitnet launch: data-parallel over ${world} workers (${launched.map((w) => w.describe()).join(', ')}), ` +
+        `global batch ${cfg.batch} (${cfg.batch / world} per worker), bucket ${(cluster.bucketBytes / 2 ** 20).toFixed(1)} MiB`
+      : `splitnet launch: model-parallel, tower 0 on ${launched[0]!.describe()}, tower 1 on ${launched[1]!.describe()}, ` +
+        `batch ${cfg.batch}${micro > 1 ? ` in ${micro} micro-batches` : ''}`);
     const hellos = await Promise.all(opts.workers.map((_, r) =>
       expectFrom(r, 'hello', cluster.timeouts.registerMs, `registration (hello) within ${cluster.timeouts.registerMs / 1000} s`)));
     hellos.forEach((h, r) => {
@@ -174,15 +188,19 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
     const tensors: PlainTensor[] = resumeTensors ? [...resumeTensors.params, ...resumeTensors.momentum.map((m) => ({ ...m, name: `momentum.${m.name}` }))] : [];
     for (let r = 0; r < world; r++) {
       await send(r, {
-        kind: 'setup', rank: r, world, mode: 'data', train: cfg as unknown as Record<string, unknown>, peers,
+        kind: 'setup', rank: r, world, mode, microBatches: micro, train: cfg as unknown as Record<string, unknown>, peers,
         bucketBytes: cluster.bucketBytes, heartbeat: cluster.heartbeat, maxMessageBytes: cluster.maxMessageBytes,
         tensors: tensors.map((t) => ({ name: t.name, shape: t.shape })),
       }, tensors.map((t) => t.data));
     }
     const readies = await Promise.all(opts.workers.map((_, r) => expectFrom(r, 'ready', cluster.timeouts.registerMs * 2, 'ready (model built)')));
     const sums = readies.map((m) => m.msg.checksum);
-    if (new Set(sums).size !== 1) throw fail2(new ClusterError(`replicas start from different weights: checksums ${sums.map((c, r) => `worker ${r} ${c}`).join(', ')}`));
-    log(`  ${readies[0]!.msg.params.toLocaleString('en-US')} parameters per replica, weights identical (checksum ${sums[0]}), ${readies[0]!.msg.backend} backend`);
+    if (mode === 'data') {
+      if (new Set(sums).size !== 1) throw fail2(new ClusterError(`replicas start from different weights: checksums ${sums.map((c, r) => `worker ${r} ${c}`).join(', ')}`));
+      log(`  ${readies[0]!.msg.params.toLocaleString('en-US')} parameters per replica, weights identical (checksum ${sums[0]}), ${readies[0]!.msg.backend} backend`);
+    } else {
+      log(`  ${readies.map((m, r) => `tower ${r}: ${m.msg.params.toLocaleString('en-US')} parameters`).join(', ')}, ${readies[0]!.msg.backend} backend`);
+    }
 
     // 3. The step schedule.
     const metrics = new MetricsLog(join(opts.outDir, 'metrics.jsonl'));
@@ -193,15 +211,23 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
       const median = sorted.length > 0 ? sorted[Math.floor(sorted.length / 2)]! : 0;
       return Math.max(cluster.timeouts.stepMs, 10 * median);
     };
+    // Data mode: every replica holds all weights, rank 0's are saved. Model mode:
+    // each tower's worker holds its own, and the checkpoint merges them into the
+    // same file the two-tower net writes in one process.
+    const holders = mode === 'data' ? [0] : opts.workers.map((_, r) => r);
     const saveCheckpoint = async () => {
-      await send(0, { kind: 'getState' });
-      const st = await expectFrom(0, 'state', deadline(), 'the model state for a checkpoint');
+      for (const r of holders) await send(r, { kind: 'getState' });
+      const states = await Promise.all(holders.map((r) => expectFrom(r, 'state', deadline(), 'the model state for a checkpoint')));
       const ps: PlainTensor[] = [];
       const ms: PlainTensor[] = [];
-      st.msg.tensors.forEach((m, i) => {
-        const t = { name: m.name.replace(/^momentum\./, ''), shape: m.shape, data: st.tensors[i]! };
-        (m.name.startsWith('momentum.') ? ms : ps).push(t);
-      });
+      for (const st of states) {
+        st.msg.tensors.forEach((m, i) => {
+          const t = { name: m.name.replace(/^momentum\./, ''), shape: m.shape, data: st.tensors[i]! };
+          (m.name.startsWith('momentum.') ? ms : ps).push(t);
+        });
+      }
+      const order = [...shapes.keys()];
+      ps.sort((a, b) => order.indexOf(a.name) - order.indexOf(b.name));
       saveCheckpointTensors(opts.outDir, spec, ps, ms, cfg, pos);
       return ps;
     };
@@ -219,12 +245,18 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
         const done = await Promise.all(opts.workers.map((_, r) => expectFrom(r, 'stepDone', deadline(), `step ${pos.globalStep}`)));
         const wallMs = performance.now() - t0;
         stepMsSeen.push(wallMs);
-        if (checksum) {
+        if (checksum && mode === 'data') {
           const cs = done.map((d) => d.msg.checksum);
           if (new Set(cs).size !== 1) throw fail2(new ClusterError(`replicas diverged at step ${pos.globalStep}: checksums ${cs.map((c, r) => `worker ${r} ${c}`).join(', ')}`));
         }
-        // Equal shards: the global batch's mean loss is the mean of the shards' means.
-        const loss = done.reduce((s, d) => s + d.msg.loss * d.msg.samples, 0) / done.reduce((s, d) => s + d.msg.samples, 0);
+        // Data mode, equal shards: the global batch's mean loss is the mean of the shards' means.
+        // Model mode: both towers computed the loss from the same gathered logits.
+        const loss = mode === 'data'
+          ? done.reduce((s, d) => s + d.msg.loss * d.msg.samples, 0) / done.reduce((s, d) => s + d.msg.samples, 0)
+          : done[0]!.msg.loss;
+        if (mode === 'model' && Math.abs(done[1]!.msg.loss - loss) > 1e-5 * Math.max(1, Math.abs(loss))) {
+          throw fail2(new ClusterError(`the towers disagree on the loss at step ${pos.globalStep}: ${loss} vs ${done[1]!.msg.loss}`));
+        }
         result.stats.push({ computeMs: done.map((d) => d.msg.computeMs), allreduceWaitMs: done.map((d) => d.msg.allreduceWaitMs), bytesSent: done.map((d) => d.msg.bytesSent), wallMs });
         pos.step++;
         pos.globalStep++;
@@ -249,9 +281,11 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
       progress?.stop();
       for (let r = 0; r < world; r++) await send(r, { kind: 'evaluate', epoch: pos.epoch });
       const evs = await Promise.all(opts.workers.map((_, r) => expectFrom(r, 'evalDone', deadline() * 10, `evaluation of epoch ${pos.epoch}`)));
-      const samples = evs.reduce((s, e) => s + e.msg.samples, 0);
-      const accuracy = evs.reduce((s, e) => s + e.msg.correct, 0) / samples;
-      const testLoss = evs.reduce((s, e) => s + e.msg.lossSum, 0) / samples;
+      // Data mode: each replica evaluated a shard. Model mode: both towers evaluated every sample together.
+      const counted = mode === 'data' ? evs : [evs[0]!];
+      const samples = counted.reduce((s, e) => s + e.msg.samples, 0);
+      const accuracy = counted.reduce((s, e) => s + e.msg.correct, 0) / samples;
+      const testLoss = counted.reduce((s, e) => s + e.msg.lossSum, 0) / samples;
       const trainLoss = lossSum / Math.max(1, lossCount);
       result.epochs.push({ epoch: pos.epoch, accuracy, loss: testLoss, samples, trainLoss });
       metrics.write({ type: 'epoch', epoch: pos.epoch, trainLoss, testAccuracy: accuracy, testLoss, testSamples: samples, seconds: result.trainSeconds, time: new Date().toISOString() });
@@ -271,7 +305,9 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
     const ok = failure === undefined;
     shuttingDown = true;
     for (let r = 0; r < launched.length; r++) {
-      await router.send([Buffer.from(`w${r}`), ...encodeToWorker(ok ? { kind: 'shutdown' } : { kind: 'abort', reason: failure!.message })]).catch(() => {});
+      // Best effort, and never a wait without end: a stuck peer is killed below.
+      const told = router.send([Buffer.from(`w${r}`), ...encodeToWorker(ok ? { kind: 'shutdown' } : { kind: 'abort', reason: failure!.message })]).catch(() => {});
+      await Promise.race([told, new Promise((resolve) => setTimeout(resolve, 500))]);
     }
     const exits = Promise.all(launched.map((w) => w.exited));
     await Promise.race([exits, new Promise((r) => setTimeout(r, cluster.timeouts.shutdownGraceMs))]);

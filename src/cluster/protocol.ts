@@ -30,6 +30,8 @@ const Setup = z.strictObject({
   v, kind: z.literal('setup'),
   rank: Count, world: z.number().int().min(1).max(1024),
   mode: z.enum(['data', 'model']),
+  /** model mode: split each step's batch into this many micro-batches (gradients accumulate) */
+  microBatches: z.number().int().min(1).default(1),
   /** the training config (validated again by the worker with the trainer's schema) */
   train: z.record(z.string(), z.unknown()),
   /** every worker's peer endpoint, by rank; this worker binds peers[rank] */
@@ -84,7 +86,12 @@ const Ring = z.strictObject({
   /** reduce-scatter or all-gather */
   phase: z.enum(['rs', 'ag']), round: Count, chunk: Count,
 });
-export const ToPeer = z.discriminatedUnion('kind', [Ring]);
+const Xfer = z.strictObject({
+  v, kind: z.literal('xfer'),
+  /** which exchange: '<step>/<link>/<fwd|bwd>/<micro>' or 'eval<epoch>/<batch>/<link>' */
+  key: z.string().min(1).max(128),
+});
+export const ToPeer = z.discriminatedUnion('kind', [Ring, Xfer]);
 export type ToPeer = z.infer<typeof ToPeer>;
 
 // ---- frames -----------------------------------------------------------------
@@ -137,7 +144,7 @@ function decode<S extends z.ZodType>(schema: S, frames: Buffer[], maxBytes: numb
   }
   const msg = r.data as { kind: string; tensors?: TensorMeta[] };
   const body = frames.slice(1);
-  const metas: TensorMeta[] = msg.kind === 'ring' ? [{ name: 'chunk', shape: [-1] }] : (msg.tensors ?? []);
+  const metas: TensorMeta[] = msg.kind === 'ring' || msg.kind === 'xfer' ? [{ name: 'data', shape: [-1] }] : (msg.tensors ?? []);
   if (body.length !== metas.length) {
     throw new ProtocolError(`'${msg.kind}' message declares ${metas.length} tensor frame(s), carries ${body.length}`);
   }

@@ -53,7 +53,7 @@ export function chunkRange(size: number, world: number, c: number): [number, num
   return [Math.floor((c * size) / world), Math.floor(((c + 1) * size) / world)];
 }
 
-export type SendFrames = (msg: Omit<ToPeer, 'v'>, data: Float32Array) => void;
+export type SendFrames = (msg: Omit<Extract<ToPeer, { kind: 'ring' }>, 'v'>, data: Float32Array) => void;
 
 export class RingAllReduce {
   /** bytes handed to the successor since construction */

@@ -20,6 +20,8 @@ import { evaluate } from '../train/evaluate.js';
 import { Sgd } from '../train/sgd.js';
 import { decodeToPeer, decodeToWorker, encodeToCoordinator, encodeToPeer, type ToWorker } from './protocol.js';
 import { RingAllReduce } from './ring-allreduce.js';
+import { openModelSession } from './model-session.js';
+import type { Session } from './session.js';
 import { bindAddress, Inbox, receiveLoop, socketOptions } from './transport.js';
 
 export interface WorkerArgs {
@@ -45,6 +47,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
   const sockets: zmq.Socket[] = [dealer];
   let exitCode = 1;
   let coordinatorGone = false;
+  let session: Session | undefined;
   try {
     dealer.connect(args.coordinator);
     // The coordinator is gone (it exited, crashed or was killed): there is no
@@ -70,7 +73,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
     const setup = first.msg;
     maxBytes = setup.maxMessageBytes;
     const cfg = parseTrainConfig(setup.train, 'setup.train');
-    const session = await prepare(args, setup, cfg, first.tensors, sockets);
+    session = await prepare(args, setup, cfg, first.tensors, sockets);
     await sendUp({ kind: 'ready', checksum: weightChecksum(session.model), backend: session.backendName, params: countParams(session.model) });
 
     for (;;) {
@@ -114,38 +117,42 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
     }
     return exitCode === 0 ? 1 : exitCode;
   } finally {
+    session?.close(); // a model-parallel link's thread would keep the process alive
     for (const s of sockets) if (!s.closed) s.close();
   }
 }
 
-interface Session {
-  model: Model;
-  backendName: string;
-  step(msg: Extract<ToWorker, { kind: 'step' }>): Promise<Extract<Parameters<typeof encodeToCoordinator>[0], { kind: 'stepDone' }>>;
-  evaluateShard(epoch: number): Extract<Parameters<typeof encodeToCoordinator>[0], { kind: 'evalDone' }>;
-  state(): { meta: Array<{ name: string; shape: number[] }>; data: Float32Array[] };
+/** Loads the resumed tensors this worker's model owns (a tower owns half of them). */
+function resumeLoader(setup: Setup, tensors: Float32Array[]): (model: Model, opt: Sgd) => void {
+  return (model, opt) => {
+    if (setup.tensors.length === 0) return;
+    const params: PlainTensor[] = [];
+    const momentum: PlainTensor[] = [];
+    setup.tensors.forEach((m, i) => {
+      const name = m.name.replace(/^momentum\./, '');
+      if (!model.params.has(name)) return;
+      (m.name.startsWith('momentum.') ? momentum : params).push({ name, shape: m.shape, data: tensors[i]! });
+    });
+    if (params.length !== model.params.size) throw new WorkerFailure(`setup carries ${params.length} of this model's ${model.params.size} parameters`);
+    loadIntoModel(model, opt, { params, momentum });
+  };
 }
 
-/** Builds the replica, loads resumed weights, opens the ring links. */
+/** Builds the replica or tower, loads resumed weights, opens the peer links. */
 async function prepare(args: WorkerArgs, setup: Setup, cfg: TrainConfig, tensors: Float32Array[], sockets: zmq.Socket[]): Promise<Session> {
-  if (setup.mode !== 'data') throw new WorkerFailure(`mode '${setup.mode}' is not served by this worker version`);
   if (setup.rank !== args.rank) throw new WorkerFailure(`setup for rank ${setup.rank} sent to worker ${args.rank}`);
   if (setup.peers.length !== setup.world) throw new WorkerFailure(`setup lists ${setup.peers.length} peers for a world of ${setup.world}`);
+  if (setup.mode === 'model') {
+    const backend = await initBackend(cfg.backend === 'auto' ? args.backend : cfg.backend);
+    return openModelSession(setup, cfg, backend.name, resumeLoader(setup, tensors));
+  }
   if (cfg.batch % setup.world !== 0) throw new WorkerFailure(`global batch ${cfg.batch} does not split evenly over ${setup.world} replicas`);
   const backend = await initBackend(cfg.backend === 'auto' ? args.backend : cfg.backend);
   const data: RunData = loadRunData(cfg);
   const spec = alexnet({ arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10 });
   const model = buildModel(spec, { seed: cfg.seed });
   const opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
-  if (setup.tensors.length > 0) {
-    const params: PlainTensor[] = [];
-    const momentum: PlainTensor[] = [];
-    setup.tensors.forEach((m, i) => {
-      const t = { name: m.name.replace(/^momentum\./, ''), shape: m.shape, data: tensors[i]! };
-      (m.name.startsWith('momentum.') ? momentum : params).push(t);
-    });
-    loadIntoModel(model, opt, { params, momentum });
-  }
+  resumeLoader(setup, tensors)(model, opt);
 
   // Ring links: receive from rank-1 on our own PULL, send to rank+1 over a PUSH.
   const world = setup.world;
@@ -167,6 +174,7 @@ async function prepare(args: WorkerArgs, setup: Setup, cfg: TrainConfig, tensors
     receiveLoop(pull, (frames) => {
       try {
         const { msg, tensors: [chunk] } = decodeToPeer(frames, setup.maxMessageBytes);
+        if (msg.kind !== 'ring') throw new Error(`'${msg.kind}' message in data-parallel mode`);
         ring.deliver(msg, chunk!);
       } catch (err) {
         const e = new WorkerFailure(`refused a message from worker ${pred}: ${(err as Error).message}`);
@@ -220,5 +228,6 @@ async function prepare(args: WorkerArgs, setup: Setup, cfg: TrainConfig, tensors
       for (const [name, v] of opt.velocity) { meta.push({ name: `momentum.${name}`, shape: v.shape }); out.push(v.dataSync() as Float32Array); }
       return { meta, data: out };
     },
+    close() { /* its sockets are in `sockets` */ },
   };
 }

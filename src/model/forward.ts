@@ -8,6 +8,12 @@ export interface ForwardOptions {
   dropout?: DropoutKey;
   /** wraps each parameter where it is used: data-parallel training hooks its gradient */
   paramHook?: (name: string, v: tf.Variable) => tf.Tensor;
+  /**
+   * Model-parallel: this process owns some towers only. At a cross link (and
+   * for the logits) `gather` returns all towers' outputs concatenated on
+   * `axis`, in tower order, given this process's own output.
+   */
+  gather?: (link: string, own: tf.Tensor, axis: number, replicatedDownstream: boolean) => tf.Tensor;
 }
 
 /** One tower's activation: [B, H, W, C] maps, or [B, F] after flatten. */
@@ -21,9 +27,14 @@ function param(model: Model, layer: string, tower: number, kind: 'kernel' | 'bia
 }
 
 /** The input each tower's layer reads: its own tower's output, or all towers' concatenated. */
-function layerInputs(layer: LayerSpec, acts: Acts, first: boolean): Acts {
-  if (first || !('link' in layer) || layer.link === 'local' || acts.length === 1) return acts;
-  const all = tf.concat(acts, acts[0]!.rank - 1); // channels (NHWC) or features
+function layerInputs(model: Model, layer: LayerSpec, acts: Acts, first: boolean, opts: ForwardOptions): Acts {
+  if (first || !('link' in layer) || layer.link === 'local' || model.spec.towers === 1) return acts;
+  const axis = acts[0]!.rank - 1; // channels (NHWC) or features
+  if (model.towers.length < model.spec.towers) {
+    // the other tower lives in another process: exchange over the network
+    return [opts.gather!(layer.name, acts[0]!, axis, false)];
+  }
+  const all = tf.concat(acts, axis);
   return acts.map(() => all);
 }
 
@@ -35,8 +46,8 @@ function layerInputs(layer: LayerSpec, acts: Acts, first: boolean): Acts {
  */
 export function forward(model: Model, x: tf.Tensor4D, opts: ForwardOptions = {}): tf.Tensor2D {
   const { spec } = model;
-  if (model.towers.length !== spec.towers) {
-    throw new Error(`forward: needs all ${spec.towers} towers in this process, has [${model.towers}]`);
+  if (model.towers.length !== spec.towers && (opts.gather === undefined || model.towers.length !== 1)) {
+    throw new Error(`forward: needs all ${spec.towers} towers in this process, or one and a gather, has [${model.towers}]`);
   }
   const [c, h, w] = spec.input;
   if (x.rank !== 4 || x.shape[1] !== h || x.shape[2] !== w || x.shape[3] !== c) {
@@ -45,9 +56,14 @@ export function forward(model: Model, x: tf.Tensor4D, opts: ForwardOptions = {})
   let acts: Acts = model.towers.map(() => x);
   let first = true;
   for (const layer of spec.layers) {
-    const inputs = layerInputs(layer, acts, first);
-    acts = inputs.map((a, t) => applyLayer(model, layer, a, t, opts));
+    const inputs = layerInputs(model, layer, acts, first, opts);
+    acts = inputs.map((a, i) => applyLayer(model, layer, a, model.towers[i]!, opts));
     if (layer.kind === 'conv' || layer.kind === 'dense') first = false;
+  }
+  if (model.towers.length < spec.towers) {
+    // Every process computes the same loss from all logits: the loss's gradient is
+    // not summed across processes (replicatedDownstream).
+    return opts.gather!('logits', acts[0]!, 1, true) as tf.Tensor2D;
   }
   return (acts.length === 1 ? acts[0]! : tf.concat(acts, 1)) as tf.Tensor2D;
 }

@@ -1,0 +1,81 @@
+/**
+ * The receiving half of a model-parallel peer link, on its own thread.
+ *
+ * The split network's forward and backward run inside one synchronous tfjs
+ * autodiff call, so the main thread cannot await a socket in the middle of
+ * it. This thread owns the PULL socket, validates every message and hands it
+ * over through shared memory; the main thread blocks on Atomics.wait until
+ * it is there (Node allows that on the main thread). Messages are handed
+ * over one at a time, in arrival order; the main thread says when it has
+ * taken one (a postMessage), and the next goes into the buffer.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import * as zmq from 'zeromq';
+import { decodeToPeer } from './protocol.js';
+import { CTRL, type ExchangeThreadData } from './exchange-shared.js';
+import { bindAddress, socketOptions } from './transport.js';
+
+const data = workerData as ExchangeThreadData;
+const ctrl = new Int32Array(data.ctrl);
+const payload = new Uint8Array(data.payload);
+const keyBytes = new Uint8Array(data.key);
+const queue: Array<{ key: string; bytes: Uint8Array }> = [];
+let failed = false;
+
+function fail(reason: string): void {
+  if (failed) return;
+  failed = true;
+  const b = Buffer.from(reason.slice(0, 1000));
+  keyBytes.set(b.subarray(0, keyBytes.length));
+  Atomics.store(ctrl, CTRL.keyLength, Math.min(b.length, keyBytes.length));
+  Atomics.store(ctrl, CTRL.status, 1);
+  Atomics.add(ctrl, CTRL.seq, 1);
+  Atomics.notify(ctrl, CTRL.seq);
+}
+
+/** Puts the next queued message into shared memory once the previous one was taken. */
+function pump(): void {
+  if (failed || queue.length === 0) return;
+  if (Atomics.load(ctrl, CTRL.taken) !== Atomics.load(ctrl, CTRL.seq)) return;
+  const m = queue.shift()!;
+  if (m.bytes.length > payload.length) {
+    fail(`a '${m.key}' message of ${m.bytes.length} bytes exceeds the exchange buffer of ${payload.length}`);
+    return;
+  }
+  payload.set(m.bytes);
+  const k = Buffer.from(m.key);
+  keyBytes.set(k);
+  Atomics.store(ctrl, CTRL.length, m.bytes.length);
+  Atomics.store(ctrl, CTRL.keyLength, k.length);
+  Atomics.add(ctrl, CTRL.seq, 1);
+  Atomics.notify(ctrl, CTRL.seq);
+}
+
+const pull = new zmq.Pull(socketOptions(data.heartbeat));
+parentPort!.on('message', (m: unknown) => {
+  if (m === 'taken') pump();
+  if (m === 'close') {
+    // Close the socket and let the thread's event loop end by itself:
+    // terminating a thread that holds a zeromq socket aborts the process.
+    failed = true;
+    pull.close();
+    parentPort!.close();
+  }
+});
+pull.events.on('disconnect', () => fail(`worker ${data.peerRank} disconnected`));
+await pull.bind(bindAddress(data.bind));
+parentPort!.postMessage('bound');
+try {
+  for await (const frames of pull) {
+    try {
+      const { msg, tensors: [t] } = decodeToPeer(frames as Buffer[], data.maxMessageBytes);
+      if (msg.kind !== 'xfer') throw new Error(`'${msg.kind}' message on a model-parallel link`);
+      queue.push({ key: msg.key, bytes: new Uint8Array(t!.buffer, t!.byteOffset, t!.byteLength) });
+      pump();
+    } catch (err) {
+      fail(`refused a message from worker ${data.peerRank}: ${(err as Error).message}`);
+    }
+  }
+} catch (err) {
+  if (!pull.closed) fail(`link to worker ${data.peerRank}: ${(err as Error).message}`);
+}
