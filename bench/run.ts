@@ -6,6 +6,7 @@ import { Command, Option } from 'commander';
 import { computeBench } from './compute.js';
 import { loopBench } from './loop.js';
 import { clusterBench } from './cluster.js';
+import { splitBench } from './split.js';
 
 const program = new Command('bench').description('splitnet benchmarks').showHelpAfterError();
 
@@ -47,6 +48,21 @@ program
   .addOption(new Option('--data <source>', 'where batches come from').choices(['fashion-mnist', 'synthetic']).default('fashion-mnist'))
   .action(async (o: { resolution: number; width: number; batch: number; steps: number; warmup: number; passes: number; data: 'synthetic' | 'fashion-mnist' }) => {
     await clusterBench(o);
+  });
+
+program
+  .command('split')
+  .description('the 2012 two-tower split over 2 workers vs the two towers in one process; bytes vs the cross-link volume')
+  .addOption(new Option('--resolution <px>', 'input side').default(99).argParser(Number))
+  .addOption(new Option('--width <w>', 'channel multiplier').default(1).argParser(Number))
+  .addOption(new Option('--batch <n>', 'batch size').default(64).argParser(Number))
+  .addOption(new Option('--steps <n>', 'timed steps per variant').default(6).argParser(Number))
+  .addOption(new Option('--warmup <n>', 'untimed steps first').default(2).argParser(Number))
+  .addOption(new Option('--passes <n>', 'times each variant runs, in turn').default(2).argParser(Number))
+  .addOption(new Option('--micro <m>', 'micro-batches for the second split variant').default(4).argParser(Number))
+  .addOption(new Option('--data <source>', 'where batches come from').choices(['fashion-mnist', 'synthetic']).default('fashion-mnist'))
+  .action(async (o: { resolution: number; width: number; batch: number; steps: number; warmup: number; passes: number; micro: number; data: 'synthetic' | 'fashion-mnist' }) => {
+    await splitBench(o);
   });
 
 await program.parseAsync(process.argv);
