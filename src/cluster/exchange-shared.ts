@@ -17,6 +17,8 @@ export interface ExchangeThreadData {
   payload: SharedArrayBuffer;
   key: SharedArrayBuffer;
   bind: string;
+  /** the other worker's endpoint, which this link's thread sends to */
+  connect: string;
   peerRank: number;
   maxMessageBytes: number;
   heartbeat: { intervalMs: number; timeoutMs: number };

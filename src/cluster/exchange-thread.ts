@@ -8,10 +8,15 @@
  * it is there (Node allows that on the main thread). Messages are handed
  * over one at a time, in arrival order; the main thread says when it has
  * taken one (a postMessage), and the next goes into the buffer.
+ *
+ * The sending half lives here too: zeromq.js completes a send through the
+ * event loop of the thread that made it, and the training thread's loop does
+ * not run while it waits in Atomics.wait (sends made from it stalled after a
+ * few hundred messages). The training thread posts each tensor here instead.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import * as zmq from 'zeromq';
-import { decodeToPeer } from './protocol.js';
+import { decodeToPeer, encodeToPeer } from './protocol.js';
 import { CTRL, type ExchangeThreadData } from './exchange-shared.js';
 import { bindAddress, socketOptions } from './transport.js';
 
@@ -52,9 +57,19 @@ function pump(): void {
 }
 
 const pull = new zmq.Pull(socketOptions(data.heartbeat));
+const push = new zmq.Push({ ...socketOptions(data.heartbeat), sendHighWaterMark: 0 });
+push.connect(data.connect);
+// Sends go out one after another: zeromq.js allows one send in progress per socket.
+let sending: Promise<void> = Promise.resolve();
 parentPort!.on('message', (m: unknown) => {
   if (m === 'taken') pump();
+  if (typeof m === 'object' && m !== null && 'key' in m) {
+    const { key, values } = m as { key: string; values: Float32Array };
+    sending = sending.then(() => push.send(encodeToPeer({ kind: 'xfer', key }, [values])))
+      .catch((err: Error) => fail(`sending '${key}' to worker ${data.peerRank}: ${err.message}`));
+  }
   if (m === 'close') {
+    push.close();
     // Close the socket and let the thread's event loop end by itself:
     // terminating a thread that holds a zeromq socket aborts the process.
     failed = true;

@@ -1,14 +1,13 @@
 /**
  * A model-parallel link to the other tower's worker, usable from inside a
- * synchronous autodiff pass: `send` hands frames to libzmq (which transmits
- * on its own thread), `receive` blocks until the peer's tensor for a given
- * key has arrived (see exchange-thread.ts). Every receive has a deadline.
+ * synchronous autodiff pass: `send` posts a tensor to the link's thread,
+ * which sends it; `receive` blocks until the peer's tensor for a given key
+ * has arrived (see exchange-thread.ts). Every receive has a deadline.
  */
 import { Worker } from 'node:worker_threads';
-import * as zmq from 'zeromq';
 import { CTRL, type ExchangeThreadData } from './exchange-shared.js';
-import { encodeToPeer, ProtocolError } from './protocol.js';
-import { socketOptions, TimeoutError } from './transport.js';
+import { ProtocolError } from './protocol.js';
+import { TimeoutError } from './transport.js';
 
 export interface ExchangeOptions {
   bind: string;
@@ -27,15 +26,12 @@ export class PeerExchange {
   private readonly ctrl: Int32Array;
   private readonly payload: Uint8Array;
   private readonly key: Uint8Array;
-  private readonly push: zmq.Push;
   private taken = 0;
 
   private constructor(private readonly thread: Worker, shared: ExchangeThreadData, private readonly opts: ExchangeOptions) {
     this.ctrl = new Int32Array(shared.ctrl);
     this.payload = new Uint8Array(shared.payload);
     this.key = new Uint8Array(shared.key);
-    this.push = new zmq.Push({ ...socketOptions(opts.heartbeat), sendHighWaterMark: 0 });
-    this.push.connect(opts.connect);
   }
 
   static async open(opts: ExchangeOptions): Promise<PeerExchange> {
@@ -43,7 +39,7 @@ export class PeerExchange {
       ctrl: new SharedArrayBuffer(8 * 4),
       payload: new SharedArrayBuffer(opts.capacityBytes),
       key: new SharedArrayBuffer(1024),
-      bind: opts.bind, peerRank: opts.peerRank, maxMessageBytes: opts.maxMessageBytes, heartbeat: opts.heartbeat,
+      bind: opts.bind, connect: opts.connect, peerRank: opts.peerRank, maxMessageBytes: opts.maxMessageBytes, heartbeat: opts.heartbeat,
     };
     const here = new URL(import.meta.url);
     const fromSource = here.pathname.endsWith('.ts');
@@ -60,9 +56,9 @@ export class PeerExchange {
     return new PeerExchange(thread, shared, opts);
   }
 
-  /** Hands `data` to the peer under `key` (not awaited: libzmq sends it in the background). */
+  /** Hands `data` to the peer under `key`: posted (copied) to the link's thread, which sends it. */
   send(key: string, data: Float32Array): void {
-    this.push.send(encodeToPeer({ kind: 'xfer', key }, [data])).catch(() => { /* a dead peer shows up in receive */ });
+    this.thread.postMessage({ key, values: data });
     this.bytesSent += data.byteLength;
   }
 
@@ -93,7 +89,6 @@ export class PeerExchange {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.push.close();
     this.thread.postMessage('close');
   }
   private closed = false;

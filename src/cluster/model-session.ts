@@ -15,7 +15,7 @@ import { Sgd } from '../train/sgd.js';
 import { crossEntropy } from '../train/step.js';
 import { PeerExchange } from './exchange.js';
 import type { ToWorker } from './protocol.js';
-import type { Session } from './session.js';
+import { modelState, type Session } from './session.js';
 
 type Setup = Extract<ToWorker, { kind: 'setup' }>;
 
@@ -76,13 +76,7 @@ export async function openModelSession(setup: Setup, cfg: TrainConfig, backendNa
       }
       return { kind: 'evalDone', epoch, correct, lossSum, samples: n };
     },
-    state() {
-      const meta: Array<{ name: string; shape: number[] }> = [];
-      const out: Float32Array[] = [];
-      for (const [name, v] of model.params) { meta.push({ name, shape: v.shape }); out.push(v.dataSync() as Float32Array); }
-      for (const [name, v] of opt.velocity) { meta.push({ name: `momentum.${name}`, shape: v.shape }); out.push(v.dataSync() as Float32Array); }
-      return { meta, data: out };
-    },
+    state: () => modelState(model, opt),
     close() {
       ex.close();
     },

@@ -21,7 +21,7 @@ import { Sgd } from '../train/sgd.js';
 import { decodeToPeer, decodeToWorker, encodeToCoordinator, encodeToPeer, type ToWorker } from './protocol.js';
 import { RingAllReduce } from './ring-allreduce.js';
 import { openModelSession } from './model-session.js';
-import type { Session } from './session.js';
+import { modelState, type Session } from './session.js';
 import { bindAddress, Inbox, receiveLoop, socketOptions } from './transport.js';
 
 export interface WorkerArgs {
@@ -221,13 +221,7 @@ async function prepare(args: WorkerArgs, setup: Setup, cfg: TrainConfig, tensors
       const ev = evaluate(model, part, { resolution: cfg.resolution, channels: cfg.channels, batch: cfg.evalBatch, limit: 0 });
       return { kind: 'evalDone', epoch, correct: Math.round(ev.accuracy * ev.samples), lossSum: ev.loss * ev.samples, samples: ev.samples };
     },
-    state() {
-      const meta: Array<{ name: string; shape: number[] }> = [];
-      const out: Float32Array[] = [];
-      for (const [name, v] of model.params) { meta.push({ name, shape: v.shape }); out.push(v.dataSync() as Float32Array); }
-      for (const [name, v] of opt.velocity) { meta.push({ name: `momentum.${name}`, shape: v.shape }); out.push(v.dataSync() as Float32Array); }
-      return { meta, data: out };
-    },
+    state: () => modelState(model, opt),
     close() { /* its sockets are in `sockets` */ },
   };
 }
