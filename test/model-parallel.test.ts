@@ -98,6 +98,12 @@ describe('model-parallel (the 2012 split)', () => {
     for (const pid of pids) expect(alive(pid)).toBe(false);
   }, 40_000);
 
+  it('keeps exchanging past 512 messages (sends made from the blocked training thread once stalled there)', async () => {
+    const r = await split({ ...BASE, width: 1 / 16, batch: 4, trainSamples: 4 * 64, testSamples: 8 });
+    expect(r.finished).toBe(true);
+    expect(r.losses).toHaveLength(64); // 64 steps × 9 exchanges = 576 messages each way
+  }, 60_000);
+
   it('refuses the d2l net or a cluster of three', async () => {
     await expect(split({ ...BASE, arch: 'd2l', channels: 1 })).rejects.toThrow("--mode model splits the two-tower 'original' net: add --arch original (this run is 'd2l')");
     const three = await localCluster(3);
