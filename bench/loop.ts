@@ -11,9 +11,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend } from '../src/backend.js';
-import { alexnet } from '../src/model/alexnet.js';
 import { buildModel, disposeModel } from '../src/model/build.js';
-import { CPU_DEFAULTS, type TrainConfig } from '../src/train/config.js';
+import { CPU_DEFAULTS, type TrainConfig, specOf } from '../src/train/config.js';
 import { train } from '../src/train/loop.js';
 import { Sgd } from '../src/train/sgd.js';
 import { trainStep } from '../src/train/step.js';
@@ -28,7 +27,7 @@ const median = (xs: number[]) => {
 };
 
 function bareSteps(cfg: TrainConfig, steps: number): number[] {
-  const spec = alexnet({ arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10 });
+  const spec = specOf(cfg);
   const model = buildModel(spec, { seed: cfg.seed });
   const opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
   const x = tf.randomUniform([cfg.batch, cfg.resolution, cfg.resolution, cfg.channels], 0, 1, 'float32', 7) as tf.Tensor4D;

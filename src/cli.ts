@@ -10,7 +10,7 @@ import { ARCHS, type Arch } from './model/spec.js';
 import { formatSummary, summarize } from './model/summary.js';
 import { fetchFashionMnist } from './data/fetch.js';
 import { findDataDir, loadSplit } from './data/fashion-mnist.js';
-import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig } from './train/config.js';
+import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig, specOf } from './train/config.js';
 import { train } from './train/loop.js';
 import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './cluster/config.js';
 import { runDataParallel } from './cluster/coordinator.js';
@@ -143,6 +143,7 @@ function addTrainFlags(cmd: Command): Command {
   return cmd
     .addOption(new Option('--recipe <name>', "preset: 'd2l' is the seed's full recipe (224×224, batch 128, lr 0.01, plain SGD, 10 epochs), for a GPU box").choices(['cpu', 'd2l']).default('cpu'))
     .addOption(new Option('--arch <name>', 'architecture').choices(ARCHS))
+    .addOption(new Option('--init <scheme>', "weights (default: the paper's N(0, 0.01) for original, Xavier for d2l)").choices(['paper-normal', 'xavier-uniform']))
     .option('--width <w>', 'channel multiplier', numberArg('--width'))
     .option('--resolution <px>', 'input side (Fashion-MNIST is resized from 28)', intArg('--resolution'))
     .addOption(new Option('--channels <c>', 'input channels').choices(['1', '3']).argParser(Number))
@@ -204,7 +205,7 @@ async function runTrain(o: TrainFlags, backend: BackendChoice): Promise<void> {
 }
 
 interface TrainFlags {
-  mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: 'cpu' | 'd2l'; arch?: Arch; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
+  mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: 'cpu' | 'd2l'; arch?: Arch; init?: 'paper-normal' | 'xavier-uniform'; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
   epochs?: number; lr?: number; momentum?: number; weightDecay?: number; lrDecayEpochs?: number[]; lrDecay?: number;
   seed?: number; augment?: boolean; trainSamples?: number; testSamples?: number; data?: string; synthetic?: boolean;
   checkpointEvery?: number; evalBatch?: number; out?: string; resume?: string; progress: boolean;
@@ -213,7 +214,7 @@ interface TrainFlags {
 function trainConfigFromFlags(o: TrainFlags, backend: BackendChoice): TrainConfig {
   const base: TrainConfig = { ...CPU_DEFAULTS, ...(o.recipe === 'd2l' ? D2L_RECIPE : {}) };
   const set = <K extends keyof TrainConfig>(k: K, v: TrainConfig[K] | undefined) => { if (v !== undefined) base[k] = v; };
-  set('arch', o.arch); set('width', o.width); set('resolution', o.resolution); set('channels', o.channels);
+  set('arch', o.arch); set('init', o.init); set('width', o.width); set('resolution', o.resolution); set('channels', o.channels);
   set('batch', o.batch); set('epochs', o.epochs); set('lr', o.lr); set('momentum', o.momentum);
   set('weightDecay', o.weightDecay); set('lrDecayEpochs', o.lrDecayEpochs); set('lrDecay', o.lrDecay); set('seed', o.seed);
   set('augment', o.augment); set('trainSamples', o.trainSamples); set('testSamples', o.testSamples);
@@ -222,7 +223,7 @@ function trainConfigFromFlags(o: TrainFlags, backend: BackendChoice): TrainConfi
   if (o.arch === 'original' && o.channels === undefined) base.channels = 3; // the 2012 net's RGB input, Fashion-MNIST's grey repeated
   base.backend = backend;
   const cfg = parseTrainConfig(base, 'flags');
-  alexnet({ arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10 }); // checks the size now, not after loading data
+  specOf(cfg); // checks the size now, not after loading data
   return cfg;
 }
 

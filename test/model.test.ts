@@ -99,6 +99,12 @@ describe('building and running the net', () => {
     disposeModel(m);
   });
 
+  it('takes another initialization when asked (--init)', () => {
+    expect(alexnet({ arch: 'original' }).init).toBe('paper-normal');
+    expect(alexnet({ arch: 'original', init: 'xavier-uniform' }).init).toBe('xavier-uniform');
+    expect(alexnet({ arch: 'd2l', init: 'paper-normal' }).init).toBe('paper-normal');
+  });
+
   it('gives logits [B, classes] with the classes split across towers', () => {
     const spec = tiny();
     const m = buildModel(spec, { seed: 1 });

@@ -13,11 +13,10 @@ import * as zmq from 'zeromq';
 import {
   readCheckpointState, readCheckpointTensors, saveCheckpointTensors, type PlainTensor, type Position,
 } from '../checkpoint/checkpoint.js';
-import { alexnet } from '../model/alexnet.js';
 import { shapesOf } from '../model/shapes.js';
 import { paramName } from '../model/build.js';
 import type { ModelSpec } from '../model/spec.js';
-import { learningRate, type TrainConfig } from '../train/config.js';
+import { learningRate, type TrainConfig, specOf } from '../train/config.js';
 import { MetricsLog } from '../train/metrics.js';
 import { Progress } from '../train/progress.js';
 import type { TrainResult } from '../train/loop.js';
@@ -96,7 +95,7 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
     if (world !== 2) throw new ClusterError(`--mode model needs exactly 2 workers, one per tower; the cluster has ${world}`);
     if (cfg.batch % micro !== 0) throw new ClusterError(`batch ${cfg.batch} does not split into ${micro} micro-batches`);
   }
-  const spec = alexnet({ arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10 });
+  const spec = specOf(cfg);
   const shapes = paramShapes(spec);
   const resumeTensors = state ? readCheckpointTensors(opts.outDir, spec, shapes) : undefined;
   const counts = loadRunDataCounts(cfg);

@@ -5,11 +5,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { epochOrder, makeBatch } from '../data/batches.js';
-import { alexnet } from '../model/alexnet.js';
 import { buildModel } from '../model/build.js';
 import { shapesOf } from '../model/shapes.js';
 import { ModelParallelTower } from '../parallel/model-parallel.js';
-import type { TrainConfig } from '../train/config.js';
+import { specOf, type TrainConfig } from '../train/config.js';
 import { loadRunData } from '../train/data.js';
 import { Sgd } from '../train/sgd.js';
 import { crossEntropy } from '../train/step.js';
@@ -24,7 +23,7 @@ export async function openModelSession(setup: Setup, cfg: TrainConfig, backendNa
   if (setup.world !== 2) throw new Error(`--mode model needs 2 workers (one per tower), the cluster has ${setup.world}`);
   const rank = setup.rank;
   const data = loadRunData(cfg);
-  const spec = alexnet({ arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10 });
+  const spec = specOf(cfg);
   const model = buildModel(spec, { seed: cfg.seed, towers: [rank] });
   const opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
   load(model, opt);

@@ -1,5 +1,5 @@
 import { UsageError } from '../errors.js';
-import { ARCHS, type Arch, type LayerSpec, type ModelSpec } from './spec.js';
+import { ARCHS, type Arch, type InitScheme, type LayerSpec, type ModelSpec } from './spec.js';
 import { inferShapes } from './shapes.js';
 
 export interface AlexNetOptions {
@@ -10,6 +10,8 @@ export interface AlexNetOptions {
   resolution?: number;
   channels?: number;
   classes?: number;
+  /** weight initialization (default: the paper's N(0, 0.01) for original, Xavier for d2l) */
+  init?: InitScheme;
 }
 
 const scale = (n: number, width: number): number => Math.max(1, Math.round(n * width));
@@ -100,7 +102,7 @@ export function alexnet(opts: AlexNetOptions): ModelSpec {
     classes,
     towers: arch === 'original' ? 2 : 1,
     width,
-    init: arch === 'original' ? 'paper-normal' : 'xavier-uniform',
+    init: opts.init ?? (arch === 'original' ? 'paper-normal' : 'xavier-uniform'),
     layers: arch === 'original' ? original(width, classes) : d2l(width, classes),
   };
   const shapes = inferShapes(spec);

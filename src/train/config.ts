@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { BACKEND_CHOICES } from '../backend.js';
 import { UsageError } from '../errors.js';
-import { ARCHS } from '../model/spec.js';
+import { alexnet } from '../model/alexnet.js';
+import { ARCHS, type ModelSpec } from '../model/spec.js';
 
 /**
  * Everything that defines a training run. It is saved inside every checkpoint
@@ -10,6 +11,8 @@ import { ARCHS } from '../model/spec.js';
  */
 export const TrainConfigSchema = z.strictObject({
   arch: z.enum(ARCHS),
+  /** weights: absent = the architecture's own (the paper's N(0, 0.01) for original, Xavier for d2l) */
+  init: z.enum(['paper-normal', 'xavier-uniform']).optional(),
   width: z.number().positive().max(16),
   resolution: z.number().int().min(1),
   channels: z.union([z.literal(1), z.literal(3)]),
@@ -82,4 +85,12 @@ export function parseTrainConfig(raw: unknown, where = 'config'): TrainConfig {
 /** Learning rate in an epoch: lr × lrDecay^(number of decay epochs reached). */
 export function learningRate(cfg: TrainConfig, epoch: number): number {
   return cfg.lr * cfg.lrDecay ** cfg.lrDecayEpochs.filter((e) => epoch >= e).length;
+}
+
+/** The network a run trains (Fashion-MNIST: 10 classes). */
+export function specOf(cfg: TrainConfig): ModelSpec {
+  return alexnet({
+    arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10,
+    ...(cfg.init !== undefined ? { init: cfg.init } : {}),
+  });
 }

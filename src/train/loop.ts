@@ -10,9 +10,8 @@ import { join } from 'node:path';
 import { initBackend } from '../backend.js';
 import { readCheckpointState, restoreTensors, saveCheckpoint, type Position } from '../checkpoint/checkpoint.js';
 import { epochOrder, makeBatch } from '../data/batches.js';
-import { alexnet } from '../model/alexnet.js';
 import { buildModel, countParams, disposeModel } from '../model/build.js';
-import { learningRate, type TrainConfig } from './config.js';
+import { learningRate, type TrainConfig, specOf } from './config.js';
 import { loadRunData } from './data.js';
 import { evaluate, type Evaluation } from './evaluate.js';
 import { MetricsLog } from './metrics.js';
@@ -57,7 +56,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
 
   const backend = await initBackend(cfg.backend);
   const data = loadRunData(cfg);
-  const spec = alexnet({ arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10 });
+  const spec = specOf(cfg);
   const model = buildModel(spec, { seed: cfg.seed });
   const opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
   const metrics = new MetricsLog(join(opts.outDir, 'metrics.jsonl'));
