@@ -176,8 +176,13 @@ async function runTrain(o: TrainFlags, backend: BackendChoice): Promise<void> {
   if (o.resume !== undefined && o.out !== undefined && o.resume !== o.out) {
     throw new UsageError('--resume and --out name different directories: a resumed run continues in its own directory');
   }
-  // The split is of the two-tower net: --mode model implies --arch original.
-  if (o.mode === 'model' && o.arch === undefined) o.arch = 'original';
+  // The split is of the two-tower net: --mode model implies --arch original. On
+  // the CPU recipe (width 0.25) the paper's N(0, 0.01) weights with biases of 1
+  // let no input signal reach the logits, so it also takes Xavier weights.
+  if (o.mode === 'model' && o.arch === undefined) {
+    o.arch = 'original';
+    if (o.init === undefined && o.recipe === 'cpu') o.init = 'xavier-uniform';
+  }
   const config = o.resume !== undefined ? CPU_DEFAULTS : trainConfigFromFlags(o, backend);
   const outDir = o.resume ?? o.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
   const resume = o.resume !== undefined;

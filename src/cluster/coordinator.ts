@@ -13,9 +13,7 @@ import * as zmq from 'zeromq';
 import {
   readCheckpointState, readCheckpointTensors, saveCheckpointTensors, type PlainTensor, type Position,
 } from '../checkpoint/checkpoint.js';
-import { shapesOf } from '../model/shapes.js';
-import { paramName } from '../model/build.js';
-import type { ModelSpec } from '../model/spec.js';
+import { parameterShapes } from '../model/build.js';
 import { learningRate, type TrainConfig, specOf } from '../train/config.js';
 import { MetricsLog } from '../train/metrics.js';
 import { Progress } from '../train/progress.js';
@@ -66,19 +64,6 @@ export interface ClusterResult extends TrainResult {
 
 type Msg = Decoded<ToCoordinator>;
 
-function paramShapes(spec: ModelSpec): Map<string, number[]> {
-  const shapes = new Map<string, number[]>();
-  for (const s of shapesOf(spec)) {
-    const l = s.layer;
-    if (l.kind !== 'conv' && l.kind !== 'dense') continue;
-    for (let t = 0; t < spec.towers; t++) {
-      shapes.set(paramName(spec, l.name, t, 'kernel'), l.kind === 'conv' ? [l.kernel, l.kernel, s.fanIn, l.perTower] : [s.fanIn, l.perTower]);
-      shapes.set(paramName(spec, l.name, t, 'bias'), [l.perTower]);
-    }
-  }
-  return shapes;
-}
-
 export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterResult> {
   const wallStart = performance.now();
   const log = opts.log ?? ((l: string) => console.log(l));
@@ -96,7 +81,7 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
     if (cfg.batch % micro !== 0) throw new ClusterError(`batch ${cfg.batch} does not split into ${micro} micro-batches`);
   }
   const spec = specOf(cfg);
-  const shapes = paramShapes(spec);
+  const shapes = parameterShapes(spec);
   const resumeTensors = state ? readCheckpointTensors(opts.outDir, spec, shapes) : undefined;
   const counts = loadRunDataCounts(cfg);
   const stepsPerEpoch = Math.floor(counts.train / cfg.batch);

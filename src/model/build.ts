@@ -21,6 +21,20 @@ export interface Model {
   params: Map<string, tf.Variable>;
 }
 
+/** Every parameter's name and shape, in the model's fixed order, without creating any. */
+export function parameterShapes(spec: ModelSpec): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  for (const s of shapesOf(spec)) {
+    const l = s.layer;
+    if (l.kind !== 'conv' && l.kind !== 'dense') continue;
+    for (let t = 0; t < spec.towers; t++) {
+      out.set(paramName(spec, l.name, t, 'kernel'), kernelShape(s));
+      out.set(paramName(spec, l.name, t, 'bias'), [l.perTower]);
+    }
+  }
+  return out;
+}
+
 /** Weight shape: conv [KH, KW, Cin, Cout], dense [in, out]. */
 function kernelShape(s: LayerShape): number[] {
   const l = s.layer as WeightedLayer;
@@ -61,7 +75,9 @@ export function buildModel(spec: ModelSpec, opts: BuildOptions): Model {
       // tfjs variable names are process-global; ours live in the map, so several
       // models (a test's reference and its split) can coexist.
       params.set(kName, tf.tidy(() => tf.variable(tf.tensor(initKernel(spec, opts.seed, kName, shape), shape))));
-      params.set(bName, tf.tidy(() => tf.variable(tf.fill([layer.perTower], layer.biasInit))));
+      // The paper's biases of 1 belong to its N(0, 0.01) weights; Xavier weights start from zero biases.
+      const bias = spec.init === 'paper-normal' ? layer.biasInit : 0;
+      params.set(bName, tf.tidy(() => tf.variable(tf.fill([layer.perTower], bias))));
     }
   }
   return { spec, towers, params };
