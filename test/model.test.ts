@@ -103,6 +103,10 @@ describe('building and running the net', () => {
     expect(alexnet({ arch: 'original' }).init).toBe('paper-normal');
     expect(alexnet({ arch: 'original', init: 'xavier-uniform' }).init).toBe('xavier-uniform');
     expect(alexnet({ arch: 'd2l', init: 'paper-normal' }).init).toBe('paper-normal');
+    // Xavier weights start from zero biases; the paper's biases of 1 go with its N(0, 0.01)
+    const m = buildModel(alexnet({ arch: 'original', width: 1 / 16, resolution: 67, classes: 4, init: 'xavier-uniform' }), { seed: 1 });
+    expect(Array.from(m.params.get('conv2.t0.bias')!.dataSync())).toEqual(new Array(8).fill(0));
+    disposeModel(m);
   });
 
   it('gives logits [B, classes] with the classes split across towers', () => {
