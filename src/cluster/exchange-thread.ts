@@ -17,24 +17,29 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import * as zmq from 'zeromq';
 import { decodeToPeer, encodeToPeer } from './protocol.js';
-import { CTRL, type ExchangeThreadData } from './exchange-shared.js';
+import { CTRL, MAX_QUEUED, type ExchangeThreadData } from './exchange-shared.js';
 import { bindAddress, socketOptions } from './transport.js';
 
 const data = workerData as ExchangeThreadData;
 const ctrl = new Int32Array(data.ctrl);
 const payload = new Uint8Array(data.payload);
 const keyBytes = new Uint8Array(data.key);
+const reasonBytes = new Uint8Array(data.reason);
 const queue: Array<{ key: string; bytes: Uint8Array }> = [];
 let failed = false;
 
+/**
+ * Marks the link failed. The reason has its own buffer and `seq` is left
+ * alone, so a hand-over the main thread is reading is not disturbed; the main
+ * thread checks the status before every wait and on every wake-up.
+ */
 function fail(reason: string): void {
   if (failed) return;
   failed = true;
   const b = Buffer.from(reason.slice(0, 1000));
-  keyBytes.set(b.subarray(0, keyBytes.length));
-  Atomics.store(ctrl, CTRL.keyLength, Math.min(b.length, keyBytes.length));
+  reasonBytes.set(b.subarray(0, reasonBytes.length));
+  Atomics.store(ctrl, CTRL.reasonLength, Math.min(b.length, reasonBytes.length));
   Atomics.store(ctrl, CTRL.status, 1);
-  Atomics.add(ctrl, CTRL.seq, 1);
   Atomics.notify(ctrl, CTRL.seq);
 }
 
@@ -78,13 +83,22 @@ parentPort!.on('message', (m: unknown) => {
   }
 });
 pull.events.on('disconnect', () => fail(`worker ${data.peerRank} disconnected`));
-await pull.bind(bindAddress(data.bind));
+try {
+  await pull.bind(bindAddress(data.bind));
+} catch (err) {
+  push.close();
+  pull.close();
+  parentPort!.postMessage({ error: `cannot listen on ${data.bind}: ${(err as Error).message}` });
+  parentPort!.close();
+  throw err;
+}
 parentPort!.postMessage('bound');
 try {
   for await (const frames of pull) {
     try {
       const { msg, tensors: [t] } = decodeToPeer(frames as Buffer[], data.maxMessageBytes);
       if (msg.kind !== 'xfer') throw new Error(`'${msg.kind}' message on a model-parallel link`);
+      if (queue.length >= MAX_QUEUED) throw new Error(`more than ${MAX_QUEUED} messages ahead of the training thread`);
       queue.push({ key: msg.key, bytes: new Uint8Array(t!.buffer, t!.byteOffset, t!.byteLength) });
       pump();
     } catch (err) {

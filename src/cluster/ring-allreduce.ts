@@ -59,6 +59,7 @@ export class RingAllReduce {
   /** bytes handed to the successor since construction */
   bytesSent = 0;
   private readonly mail = new Map<string, Inbox<Float32Array>>();
+  private readonly delivered = new Set<string>();
   private step = -1;
   /** floats per bucket, the same on every worker */
   private sizes: number[] = [];
@@ -82,6 +83,7 @@ export class RingAllReduce {
   beginStep(step: number): void {
     this.step = step;
     for (const key of this.mail.keys()) if (Number(key.split('/')[0]) < step) this.mail.delete(key);
+    for (const key of this.delivered) if (Number(key.split('/')[0]) < step) this.delivered.delete(key);
   }
 
   private box(key: string): Inbox<Float32Array> {
@@ -96,14 +98,18 @@ export class RingAllReduce {
   /** A message from the predecessor (from the socket's receive loop). Throws ProtocolError if unexpected. */
   deliver(msg: Extract<ToPeer, { kind: 'ring' }>, data: Float32Array): void {
     // The current step, or the next one: the predecessor may start it before this worker does.
-    if (msg.step !== this.step && msg.step !== this.step + 1) throw new ProtocolError(`ring message for step ${msg.step} during step ${this.step}`);
+    // Before this worker's first step (a resumed run starts at any step) there is nothing to check against.
+    if (this.step >= 0 && msg.step !== this.step && msg.step !== this.step + 1) throw new ProtocolError(`ring message for step ${msg.step} during step ${this.step}`);
     if (msg.bucket >= this.sizes.length) throw new ProtocolError(`ring message for bucket ${msg.bucket}: a step has ${this.sizes.length}`);
     if (msg.round >= this.world - 1) throw new ProtocolError(`ring message for round ${msg.round}: a ring of ${this.world} has ${this.world - 1}`);
     const expectedChunk = msg.phase === 'rs' ? mod(this.rank - msg.round - 1, this.world) : mod(this.rank - msg.round, this.world);
     if (msg.chunk !== expectedChunk) throw new ProtocolError(`ring ${msg.phase} round ${msg.round}: chunk ${msg.chunk}, expected ${expectedChunk}`);
     const [b, e] = chunkRange(this.sizes[msg.bucket]!, this.world, msg.chunk);
     if (data.length !== e - b) throw new ProtocolError(`ring chunk ${msg.chunk} of bucket ${msg.bucket}: ${data.length} floats, expected ${e - b}`);
-    this.box(`${msg.step}/${msg.bucket}/${msg.phase}/${msg.round}`).push(data);
+    const key = `${msg.step}/${msg.bucket}/${msg.phase}/${msg.round}`;
+    if (this.delivered.has(key)) throw new ProtocolError(`ring message ${key} arrived twice`);
+    this.delivered.add(key);
+    this.box(key).push(data);
   }
 
   /** Fails every wait (a peer died, the run is aborting). */

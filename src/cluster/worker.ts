@@ -38,7 +38,8 @@ type Setup = Extract<ToWorker, { kind: 'setup' }>;
 class WorkerFailure extends Error {}
 
 export async function runWorker(args: WorkerArgs): Promise<number> {
-  const dealer = new zmq.Dealer({ routingId: `w${args.rank}`, ...socketOptions({ intervalMs: 1000, timeoutMs: 15_000 }) });
+  // linger: a worker's last message is usually its error report; closing must not drop it.
+  const dealer = new zmq.Dealer({ routingId: `w${args.rank}`, ...socketOptions({ intervalMs: 1000, timeoutMs: 15_000 }), linger: 1000 });
   const fromCoordinator = new Inbox<{ msg: ToWorker; tensors: Float32Array[] }>();
   let maxBytes = 2 ** 30;
   const sendUp = (msg: Parameters<typeof encodeToCoordinator>[0], tensors: Float32Array[] = []) =>
