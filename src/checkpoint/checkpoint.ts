@@ -151,3 +151,23 @@ export function restoreTensors(dir: string, model: Model, opt: Sgd): void {
   const shapes = new Map([...model.params].map(([n, v]) => [n, v.shape]));
   loadIntoModel(model, opt, readCheckpointTensors(dir, model.spec, shapes));
 }
+
+/**
+ * Parameters and momentum buffers (`momentum.<name>`) from one or more
+ * processes' state replies, in the model's parameter order: a replica holds
+ * all of them, a model-parallel tower half.
+ */
+export function mergeStates(
+  states: Array<{ metas: Array<{ name: string; shape: number[] }>; tensors: Float32Array[] }>, order: string[],
+): { params: PlainTensor[]; momentum: PlainTensor[] } {
+  const params: PlainTensor[] = [];
+  const momentum: PlainTensor[] = [];
+  for (const st of states) {
+    st.metas.forEach((m, i) => {
+      const t = { name: m.name.replace(/^momentum\./, ''), shape: m.shape, data: st.tensors[i]! };
+      (m.name.startsWith('momentum.') ? momentum : params).push(t);
+    });
+  }
+  params.sort((a, b) => order.indexOf(a.name) - order.indexOf(b.name));
+  return { params, momentum };
+}

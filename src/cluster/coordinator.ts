@@ -11,7 +11,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import * as zmq from 'zeromq';
 import {
-  readCheckpointState, readCheckpointTensors, saveCheckpointTensors, type PlainTensor, type Position,
+  mergeStates, readCheckpointState, readCheckpointTensors, saveCheckpointTensors, type PlainTensor, type Position,
 } from '../checkpoint/checkpoint.js';
 import { parameterShapes } from '../model/build.js';
 import { learningRate, type TrainConfig, specOf } from '../train/config.js';
@@ -202,18 +202,9 @@ export async function runDataParallel(opts: ClusterRunOptions): Promise<ClusterR
     const saveCheckpoint = async () => {
       for (const r of holders) await send(r, { kind: 'getState' });
       const states = await Promise.all(holders.map((r) => expectFrom(r, 'state', deadline(), 'the model state for a checkpoint')));
-      const ps: PlainTensor[] = [];
-      const ms: PlainTensor[] = [];
-      for (const st of states) {
-        st.msg.tensors.forEach((m, i) => {
-          const t = { name: m.name.replace(/^momentum\./, ''), shape: m.shape, data: st.tensors[i]! };
-          (m.name.startsWith('momentum.') ? ms : ps).push(t);
-        });
-      }
-      const order = [...shapes.keys()];
-      ps.sort((a, b) => order.indexOf(a.name) - order.indexOf(b.name));
-      saveCheckpointTensors(opts.outDir, spec, ps, ms, cfg, pos);
-      return ps;
+      const { params, momentum } = mergeStates(states.map((st) => ({ metas: st.msg.tensors, tensors: st.tensors })), [...shapes.keys()]);
+      saveCheckpointTensors(opts.outDir, spec, params, momentum, cfg, pos);
+      return params;
     };
     let stepsThisRun = 0;
     for (; pos.epoch < cfg.epochs; pos.epoch++, pos.step = 0) {

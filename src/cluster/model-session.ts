@@ -11,7 +11,7 @@ import { ModelParallelTower } from '../parallel/model-parallel.js';
 import { specOf, type TrainConfig } from '../train/config.js';
 import { loadRunData } from '../train/data.js';
 import { Sgd } from '../train/sgd.js';
-import { crossEntropy } from '../train/step.js';
+import { evaluate } from '../train/evaluate.js';
 import { PeerExchange } from './exchange.js';
 import type { ToWorker } from './protocol.js';
 import { modelState, type Session } from './session.js';
@@ -59,21 +59,11 @@ export async function openModelSession(setup: Setup, cfg: TrainConfig, backendNa
     },
     evaluateShard(epoch) {
       // Both towers are needed for every sample: the two workers walk the test set together.
-      let correct = 0;
-      let lossSum = 0;
-      const n = data.test.count;
-      for (let start = 0, b = 0; start < n; start += cfg.evalBatch, b++) {
-        const samples = Array.from({ length: Math.min(cfg.evalBatch, n - start) }, (_, i) => start + i);
-        const { x, y } = makeBatch(data.test, samples, { resolution: cfg.resolution, channels: cfg.channels });
-        const [hits, loss] = tf.tidy(() => {
-          const logits = tower.logits(x, `eval${epoch}/${b}`);
-          return [tf.sum(tf.cast(tf.equal(tf.argMax(logits, 1), y), 'int32')).dataSync()[0]!, crossEntropy(logits, y).dataSync()[0]!];
-        });
-        correct += hits;
-        lossSum += loss * samples.length;
-        tf.dispose([x, y]);
-      }
-      return { kind: 'evalDone', epoch, correct, lossSum, samples: n };
+      const ev = evaluate(model, data.test, {
+        resolution: cfg.resolution, channels: cfg.channels, batch: cfg.evalBatch, limit: 0,
+        logits: (x, b) => tower.logits(x, `eval${epoch}/${b}`),
+      });
+      return { kind: 'evalDone', epoch, correct: Math.round(ev.accuracy * ev.samples), lossSum: ev.loss * ev.samples, samples: ev.samples };
     },
     state: () => modelState(model, opt),
     close() {
