@@ -97,13 +97,3 @@ export class ModelParallelTower {
     return forward(this.model, x, { gather: this.gather });
   }
 }
-
-/**
- * Floats one worker sends per step, from the layer shapes: every cross link
- * forward (its tower's output) and backward (the other tower's slice of the
- * input gradient), plus the logits forward. With micro-batches the volume is
- * the same.
- */
-export function crossLinkFloats(perTowerOut: Array<{ link: string; floatsPerSample: number; backward: boolean }>, batch: number): number {
-  return perTowerOut.reduce((n, l) => n + l.floatsPerSample * batch * (l.backward ? 2 : 1), 0);
-}
