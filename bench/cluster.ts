@@ -13,11 +13,11 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freePorts } from '../src/cluster/free-ports.js';
-import { parseClusterConfig } from '../src/cluster/config.js';
-import { runDataParallel, type ClusterResult } from '../src/cluster/coordinator.js';
-import { CPU_DEFAULTS, type TrainConfig } from '../src/train/config.js';
-import { train } from '../src/train/loop.js';
+import { freePorts } from '../src/wire/free-ports.js';
+import { parseClusterConfig } from '../src/config/cluster.js';
+import { runDataParallel, type ClusterResult } from '../src/run/coordinator.js';
+import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
+import { train } from '../src/run/loop.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 

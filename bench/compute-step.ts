@@ -10,8 +10,8 @@ import { initBackend, type BackendChoice } from '../src/backend.js';
 import { alexnet } from '../src/model/alexnet.js';
 import type { Arch } from '../src/model/spec.js';
 import { buildModel } from '../src/model/build.js';
-import { Sgd } from '../src/train/sgd.js';
-import { trainStep } from '../src/train/step.js';
+import { Sgd } from '../src/model/sgd.js';
+import { trainStep } from '../src/model/step.js';
 
 const { values } = parseArgs({
   options: {

@@ -12,10 +12,10 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend } from '../src/backend.js';
 import { buildModel, disposeModel } from '../src/model/build.js';
-import { CPU_DEFAULTS, type TrainConfig, specOf } from '../src/train/config.js';
-import { train } from '../src/train/loop.js';
-import { Sgd } from '../src/train/sgd.js';
-import { trainStep } from '../src/train/step.js';
+import { CPU_DEFAULTS, type TrainConfig, specOf } from '../src/config/train.js';
+import { train } from '../src/run/loop.js';
+import { Sgd } from '../src/model/sgd.js';
+import { trainStep } from '../src/model/step.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 

@@ -10,13 +10,13 @@ import { ARCHS, type Arch } from './model/spec.js';
 import { formatSummary, summarize } from './model/summary.js';
 import { fetchFashionMnist } from './data/fetch.js';
 import { findDataDir, loadSplit } from './data/fashion-mnist.js';
-import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig, specOf } from './train/config.js';
-import { train } from './train/loop.js';
-import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './cluster/config.js';
-import { runDataParallel } from './cluster/coordinator.js';
-import { planDevices } from './cluster/launcher.js';
-import { runWorker } from './cluster/worker.js';
-import { formatRunSummary } from './train/summary.js';
+import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig, specOf } from './config/train.js';
+import { train } from './run/loop.js';
+import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './config/cluster.js';
+import { runDataParallel } from './run/coordinator.js';
+import { planDevices } from './run/launcher.js';
+import { runWorker } from './run/worker.js';
+import { formatRunSummary } from './run/summary.js';
 
 function intArg(flag: string) {
   return (v: string): number => {

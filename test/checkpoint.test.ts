@@ -7,8 +7,8 @@ import { readSafetensors, writeSafetensors } from '../src/checkpoint/safetensors
 import { fromTorch, permute, toTorch } from '../src/checkpoint/torch-layout.js';
 import { alexnet } from '../src/model/alexnet.js';
 import { buildModel, disposeModel } from '../src/model/build.js';
-import { CPU_DEFAULTS } from '../src/train/config.js';
-import { Sgd } from '../src/train/sgd.js';
+import { CPU_DEFAULTS } from '../src/config/train.js';
+import { Sgd } from '../src/model/sgd.js';
 import { setupBackends } from './helpers/backends.js';
 import { tempDir } from './helpers/idx-files.js';
 

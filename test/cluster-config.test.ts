@@ -1,8 +1,8 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadClusterConfig, parseClusterConfig } from '../src/cluster/config.js';
-import { planDevices } from '../src/cluster/launcher.js';
+import { loadClusterConfig, parseClusterConfig } from '../src/config/cluster.js';
+import { planDevices } from '../src/run/launcher.js';
 import { splitnet } from './helpers/cli.js';
 import { tempDir } from './helpers/idx-files.js';
 

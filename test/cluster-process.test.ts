@@ -8,8 +8,8 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { runDataParallel } from '../src/cluster/coordinator.js';
-import { CPU_DEFAULTS, type TrainConfig } from '../src/train/config.js';
+import { runDataParallel } from '../src/run/coordinator.js';
+import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { localCluster } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';
 

@@ -6,8 +6,8 @@
 import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
 import { describe, expect, it } from 'vitest';
-import { ClusterError, runDataParallel, type ClusterRunOptions } from '../src/cluster/coordinator.js';
-import { CPU_DEFAULTS, type TrainConfig } from '../src/train/config.js';
+import { ClusterError, runDataParallel, type ClusterRunOptions } from '../src/run/coordinator.js';
+import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { localCluster } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';
 

@@ -11,9 +11,9 @@
  * orders of magnitude more.
  */
 import { describe, expect, it } from 'vitest';
-import { runDataParallel } from '../src/cluster/coordinator.js';
-import { CPU_DEFAULTS, type TrainConfig } from '../src/train/config.js';
-import { train } from '../src/train/loop.js';
+import { runDataParallel } from '../src/run/coordinator.js';
+import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
+import { train } from '../src/run/loop.js';
 import { relError } from './helpers/backends.js';
 import { localCluster } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';

@@ -10,9 +10,9 @@
  * several steps; the measured errors are printed.
  */
 import { describe, expect, it } from 'vitest';
-import { ClusterError, runDataParallel } from '../src/cluster/coordinator.js';
-import { CPU_DEFAULTS, type TrainConfig } from '../src/train/config.js';
-import { train } from '../src/train/loop.js';
+import { ClusterError, runDataParallel } from '../src/run/coordinator.js';
+import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
+import { train } from '../src/run/loop.js';
 import { relError } from './helpers/backends.js';
 import { localCluster } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';

@@ -2,7 +2,7 @@ import { pack } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import {
   decodeToCoordinator, decodeToPeer, decodeToWorker, encodeToCoordinator, encodeToPeer, encodeToWorker, PROTOCOL_VERSION,
-} from '../src/cluster/protocol.js';
+} from '../src/wire/protocol.js';
 
 const MAX = 1 << 20;
 

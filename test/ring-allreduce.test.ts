@@ -4,8 +4,8 @@
  * the plain average, bit for bit the same on every worker.
  */
 import { describe, expect, it } from 'vitest';
-import { chunkRange, planBuckets, RingAllReduce } from '../src/cluster/ring-allreduce.js';
-import type { ToPeer } from '../src/cluster/protocol.js';
+import { chunkRange, planBuckets, RingAllReduce } from '../src/wire/ring-allreduce.js';
+import type { ToPeer } from '../src/wire/protocol.js';
 import { pseudoRandom } from './helpers/backends.js';
 
 function wire(world: number): RingAllReduce[] {

@@ -12,8 +12,8 @@ import { writeSafetensors } from '../src/checkpoint/safetensors.js';
 import { alexnet } from '../src/model/alexnet.js';
 import { buildModel, disposeModel } from '../src/model/build.js';
 import { forward } from '../src/model/forward.js';
-import { CPU_DEFAULTS } from '../src/train/config.js';
-import { Sgd } from '../src/train/sgd.js';
+import { CPU_DEFAULTS } from '../src/config/train.js';
+import { Sgd } from '../src/model/sgd.js';
 import { relError, setupBackends } from './helpers/backends.js';
 import { tempDir } from './helpers/idx-files.js';
 

@@ -6,8 +6,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { CPU_DEFAULTS, type TrainConfig } from '../src/train/config.js';
-import { train } from '../src/train/loop.js';
+import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
+import { train } from '../src/run/loop.js';
 import { tempDir } from './helpers/idx-files.js';
 
 const TINY: TrainConfig = {

@@ -8,8 +8,8 @@ import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { alexnet } from '../src/model/alexnet.js';
 import { buildModel, disposeModel } from '../src/model/build.js';
-import { Sgd } from '../src/train/sgd.js';
-import { lossAndGrads, trainStep } from '../src/train/step.js';
+import { Sgd } from '../src/model/sgd.js';
+import { lossAndGrads, trainStep } from '../src/model/step.js';
 import { onBackend, pseudoRandom, relError, setupBackends } from './helpers/backends.js';
 
 beforeAll(setupBackends);

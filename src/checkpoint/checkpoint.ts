@@ -13,8 +13,8 @@ import { join } from 'node:path';
 import { DataFileError } from '../data/idx.js';
 import type { Model } from '../model/build.js';
 import type { ModelSpec } from '../model/spec.js';
-import type { Sgd } from '../train/sgd.js';
-import { parseTrainConfig, type TrainConfig } from '../train/config.js';
+import type { Sgd } from '../model/sgd.js';
+import { parseTrainConfig, type TrainConfig } from '../config/train.js';
 import { readSafetensors, writeSafetensors, type NamedTensor } from './safetensors.js';
 import { fromTorch, toTorch, torchName } from './torch-layout.js';
 

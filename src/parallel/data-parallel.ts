@@ -16,9 +16,9 @@ import { copyTensorInto } from '../kernels/heap-ops.js';
 import type { Model } from '../model/build.js';
 import type { DropoutKey } from '../model/dropout.js';
 import { forward } from '../model/forward.js';
-import { planBuckets, type Bucket, type RingAllReduce } from '../cluster/ring-allreduce.js';
-import type { Sgd } from '../train/sgd.js';
-import { crossEntropy } from '../train/step.js';
+import { planBuckets, type Bucket, type RingAllReduce } from '../wire/ring-allreduce.js';
+import type { Sgd } from '../model/sgd.js';
+import { crossEntropy } from '../model/step.js';
 
 export interface ReplicaStep {
   loss: number;

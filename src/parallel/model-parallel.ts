@@ -18,9 +18,9 @@ import * as tf from '@tensorflow/tfjs';
 import type { Model } from '../model/build.js';
 import type { DropoutKey } from '../model/dropout.js';
 import { forward, type ForwardOptions } from '../model/forward.js';
-import type { PeerExchange } from '../cluster/exchange.js';
-import type { Sgd } from '../train/sgd.js';
-import { crossEntropy } from '../train/step.js';
+import type { PeerExchange } from '../wire/exchange.js';
+import type { Sgd } from '../model/sgd.js';
+import { crossEntropy } from '../model/step.js';
 
 /** All-gather of one tower's output with the other's, differentiable; `prefix()` names the exchange. */
 export function makeGather(ex: PeerExchange, rank: number, prefix: () => string): NonNullable<ForwardOptions['gather']> {

@@ -1,5 +1,5 @@
-import { freePorts } from '../../src/cluster/free-ports.js';
-import { parseClusterConfig, type ClusterConfig } from '../../src/cluster/config.js';
+import { freePorts } from '../../src/wire/free-ports.js';
+import { parseClusterConfig, type ClusterConfig } from '../../src/config/cluster.js';
 
 /** A local cluster of `workers` CPU workers on fresh loopback ports. */
 export async function localCluster(workers: number, overrides: Record<string, unknown> = {}): Promise<ClusterConfig> {

@@ -14,15 +14,15 @@ import {
   mergeStates, readCheckpointState, readCheckpointTensors, saveCheckpointTensors, type PlainTensor, type Position,
 } from '../checkpoint/checkpoint.js';
 import { parameterShapes } from '../model/build.js';
-import { learningRate, type TrainConfig, specOf } from '../train/config.js';
-import { MetricsLog } from '../train/metrics.js';
-import { Progress } from '../train/progress.js';
-import type { TrainResult } from '../train/loop.js';
-import { loadRunDataCounts } from './data-counts.js';
-import type { ClusterConfig, WorkerSpec } from './config.js';
+import { learningRate, type TrainConfig, specOf } from '../config/train.js';
+import { MetricsLog } from './metrics.js';
+import { Progress } from './progress.js';
+import type { TrainResult } from './loop.js';
+import { loadRunDataCounts } from '../data/data-counts.js';
+import type { ClusterConfig, WorkerSpec } from '../config/cluster.js';
 import { startWorker, stopWorkers, type LaunchedWorker, type WorkerCommandOverride } from './launcher.js';
-import { decodeToCoordinator, encodeToWorker, type Decoded, type ToCoordinator } from './protocol.js';
-import { bindAddress, endpoint, Inbox, receiveLoop, socketOptions } from './transport.js';
+import { decodeToCoordinator, encodeToWorker, type Decoded, type ToCoordinator } from '../wire/protocol.js';
+import { bindAddress, endpoint, Inbox, receiveLoop, socketOptions } from '../wire/transport.js';
 
 export class ClusterError extends Error {
   override readonly name = 'ClusterError';

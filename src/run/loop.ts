@@ -11,13 +11,13 @@ import { initBackend } from '../backend.js';
 import { readCheckpointState, restoreTensors, saveCheckpoint, type Position } from '../checkpoint/checkpoint.js';
 import { epochOrder, makeBatch } from '../data/batches.js';
 import { buildModel, countParams, disposeModel } from '../model/build.js';
-import { learningRate, type TrainConfig, specOf } from './config.js';
-import { loadRunData } from './data.js';
-import { evaluate, type Evaluation } from './evaluate.js';
+import { learningRate, type TrainConfig, specOf } from '../config/train.js';
+import { loadRunData } from '../data/run-data.js';
+import { evaluate, type Evaluation } from '../parallel/evaluate.js';
 import { MetricsLog } from './metrics.js';
 import { Progress } from './progress.js';
-import { Sgd } from './sgd.js';
-import { trainStep } from './step.js';
+import { Sgd } from '../model/sgd.js';
+import { trainStep } from '../model/step.js';
 
 export interface TrainOptions {
   config: TrainConfig;

@@ -1,6 +1,6 @@
-import { findDataDir, FILES, dataFile } from '../data/fashion-mnist.js';
-import { parseIdx, readIdxBytes } from '../data/idx.js';
-import type { TrainConfig } from '../train/config.js';
+import { findDataDir, FILES, dataFile } from './fashion-mnist.js';
+import { parseIdx, readIdxBytes } from './idx.js';
+import type { TrainConfig } from '../config/train.js';
 
 /**
  * How many training and test samples a run has, without keeping the images:

@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { visibleGpus } from '../backend.js';
-import { isLocal, type ClusterConfig, type WorkerSpec } from './config.js';
+import { isLocal, type ClusterConfig, type WorkerSpec } from '../config/cluster.js';
 
 export interface LaunchedWorker {
   rank: number;

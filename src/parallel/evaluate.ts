@@ -3,7 +3,7 @@ import { makeBatch, type BatchOptions } from '../data/batches.js';
 import type { LabeledImages } from '../data/fashion-mnist.js';
 import type { Model } from '../model/build.js';
 import { forward } from '../model/forward.js';
-import { crossEntropy } from './step.js';
+import { crossEntropy } from '../model/step.js';
 
 export interface Evaluation {
   accuracy: number;

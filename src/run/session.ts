@@ -1,6 +1,6 @@
 import type { Model } from '../model/build.js';
-import type { Sgd } from '../train/sgd.js';
-import type { encodeToCoordinator, ToWorker } from './protocol.js';
+import type { Sgd } from '../model/sgd.js';
+import type { encodeToCoordinator, ToWorker } from '../wire/protocol.js';
 
 type Reply<K extends string> = Extract<Parameters<typeof encodeToCoordinator>[0], { kind: K }>;
 

@@ -13,15 +13,15 @@ import { loadIntoModel, type PlainTensor } from '../checkpoint/checkpoint.js';
 import { epochOrder, makeBatch } from '../data/batches.js';
 import { buildModel, countParams, type Model } from '../model/build.js';
 import { DataParallelReplica, weightChecksum } from '../parallel/data-parallel.js';
-import { parseTrainConfig, type TrainConfig, specOf } from '../train/config.js';
-import { loadRunData, type RunData } from '../train/data.js';
-import { evaluate } from '../train/evaluate.js';
-import { Sgd } from '../train/sgd.js';
-import { decodeToPeer, decodeToWorker, encodeToCoordinator, encodeToPeer, type ToWorker } from './protocol.js';
-import { RingAllReduce } from './ring-allreduce.js';
+import { parseTrainConfig, type TrainConfig, specOf } from '../config/train.js';
+import { loadRunData, type RunData } from '../data/run-data.js';
+import { evaluate } from '../parallel/evaluate.js';
+import { Sgd } from '../model/sgd.js';
+import { decodeToPeer, decodeToWorker, encodeToCoordinator, encodeToPeer, type ToWorker } from '../wire/protocol.js';
+import { RingAllReduce } from '../wire/ring-allreduce.js';
 import { openModelSession } from './model-session.js';
 import { modelState, type Session } from './session.js';
-import { bindAddress, Inbox, receiveLoop, socketOptions } from './transport.js';
+import { bindAddress, Inbox, receiveLoop, socketOptions } from '../wire/transport.js';
 
 export interface WorkerArgs {
   coordinator: string;

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
-import type { Model } from '../model/build.js';
-import { forward } from '../model/forward.js';
-import type { DropoutKey } from '../model/dropout.js';
+import type { Model } from './build.js';
+import { forward } from './forward.js';
+import type { DropoutKey } from './dropout.js';
 import type { Sgd } from './sgd.js';
 
 /** Mean softmax cross-entropy of logits [B, K] against integer labels [B]. */

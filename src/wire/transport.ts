@@ -9,7 +9,7 @@
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as zmq from 'zeromq';
-import { isLocal } from './config.js';
+import { isLocal } from '../config/cluster.js';
 
 export interface Heartbeat {
   intervalMs: number;

@@ -8,12 +8,12 @@ import { epochOrder, makeBatch } from '../data/batches.js';
 import { buildModel } from '../model/build.js';
 import { shapesOf } from '../model/shapes.js';
 import { ModelParallelTower } from '../parallel/model-parallel.js';
-import { specOf, type TrainConfig } from '../train/config.js';
-import { loadRunData } from '../train/data.js';
-import { Sgd } from '../train/sgd.js';
-import { evaluate } from '../train/evaluate.js';
-import { PeerExchange } from './exchange.js';
-import type { ToWorker } from './protocol.js';
+import { specOf, type TrainConfig } from '../config/train.js';
+import { loadRunData } from '../data/run-data.js';
+import { Sgd } from '../model/sgd.js';
+import { evaluate } from '../parallel/evaluate.js';
+import { PeerExchange } from '../wire/exchange.js';
+import type { ToWorker } from '../wire/protocol.js';
 import { modelState, type Session } from './session.js';
 
 type Setup = Extract<ToWorker, { kind: 'setup' }>;

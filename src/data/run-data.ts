@@ -1,6 +1,6 @@
-import { findDataDir, loadSplit, type LabeledImages } from '../data/fashion-mnist.js';
-import { syntheticImages } from '../data/synthetic.js';
-import type { TrainConfig } from './config.js';
+import { findDataDir, loadSplit, type LabeledImages } from './fashion-mnist.js';
+import { syntheticImages } from './synthetic.js';
+import type { TrainConfig } from '../config/train.js';
 
 export interface RunData {
   train: LabeledImages;
