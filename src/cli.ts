@@ -11,9 +11,8 @@ import { formatSummary, summarize } from './model/summary.js';
 import { fetchFashionMnist } from './data/fetch.js';
 import { findDataDir, loadSplit } from './data/fashion-mnist.js';
 import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig, specOf } from './config/train.js';
-import { train } from './run/loop.js';
+import { train, type Mode } from './run/loop.js';
 import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './config/cluster.js';
-import { runDataParallel } from './run/coordinator.js';
 import { planDevices } from './run/launcher.js';
 import { runWorker } from './run/worker.js';
 import { formatRunSummary } from './run/summary.js';
@@ -200,12 +199,10 @@ async function runTrain(o: TrainFlags, backend: BackendChoice): Promise<void> {
       workers = plan.workers;
     }
   }
-  const result = mode === 'data' || mode === 'model'
-    ? await runDataParallel({
-      cluster: cluster!, workers, config, outDir, resume, mode, microBatches: o.microBatches ?? 1,
-      overlap: o.overlap !== false, progress: o.progress,
-    })
-    : await train({ config, outDir, resume, progress: o.progress });
+  const result = await train({
+    config, outDir, resume, mode: mode as Mode, progress: o.progress,
+    ...(cluster ? { cluster, workers, microBatches: o.microBatches ?? 1, overlap: o.overlap !== false } : {}),
+  });
   console.log(formatRunSummary(result, outDir));
 }
 

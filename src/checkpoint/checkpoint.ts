@@ -7,13 +7,10 @@
  * Both are written atomically (temporary file, then rename), tensors first, so
  * a crash leaves the previous checkpoint whole.
  */
-import * as tf from '@tensorflow/tfjs';
 import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DataFileError } from '../data/idx.js';
-import type { Model } from '../model/build.js';
 import type { ModelSpec } from '../model/spec.js';
-import type { Sgd } from '../model/sgd.js';
 import { parseTrainConfig, type TrainConfig } from '../config/train.js';
 import { readSafetensors, writeSafetensors, type NamedTensor } from './safetensors.js';
 import { fromTorch, toTorch, torchName } from './torch-layout.js';
@@ -43,35 +40,58 @@ export interface CheckpointState {
 /** A parameter (or momentum buffer) in our layout, under our name. */
 export interface PlainTensor { name: string; shape: number[]; data: Float32Array }
 
-/** Writes a checkpoint from plain arrays: what the coordinator of a cluster run holds. */
-export function saveCheckpointTensors(
-  dir: string, spec: ModelSpec, params: PlainTensor[], momentum: PlainTensor[], config: TrainConfig, position: Position,
-): void {
+/** What training state is: every parameter, and the SGD momentum buffers that exist, each under its parameter's name. */
+export interface TrainState { params: PlainTensor[]; momentum: PlainTensor[] }
+
+/** The one place the `momentum.<name>` convention lives (checkpoint files and state messages). */
+const MOMENTUM = 'momentum.';
+export const momentumKey = (name: string): string => `${MOMENTUM}${name}`;
+
+/** A state as one list of named tensors (a message's frames): parameters, then `momentum.<name>`. */
+export function flattenState(state: TrainState): PlainTensor[] {
+  return [...state.params, ...state.momentum.map((m) => ({ ...m, name: momentumKey(m.name) }))];
+}
+
+/**
+ * The inverse of flattenState, merging any number of them (a replica sends
+ * every parameter, a model-parallel tower half), in the model's parameter
+ * order `order`.
+ */
+export function mergeStates(parts: PlainTensor[][], order: string[]): TrainState {
+  const params: PlainTensor[] = [];
+  const momentum: PlainTensor[] = [];
+  for (const part of parts) {
+    for (const t of part) {
+      if (t.name.startsWith(MOMENTUM)) momentum.push({ ...t, name: t.name.slice(MOMENTUM.length) });
+      else params.push(t);
+    }
+  }
+  const rank = (n: string) => order.indexOf(n);
+  params.sort((a, b) => rank(a.name) - rank(b.name));
+  momentum.sort((a, b) => rank(a.name) - rank(b.name));
+  return { params, momentum };
+}
+
+/** Writes a checkpoint of `state`. */
+export function saveCheckpoint(dir: string, spec: ModelSpec, state: TrainState, config: TrainConfig, position: Position): void {
   const tensors: NamedTensor[] = [];
-  const moms = new Map(momentum.map((m) => [m.name, m]));
-  for (const p of params) {
+  const moms = new Map(state.momentum.map((m) => [m.name, m]));
+  for (const p of state.params) {
     tensors.push(toTorch(spec, p.name, p.shape, p.data));
     const m = moms.get(p.name);
     if (m !== undefined) {
       const tm = toTorch(spec, p.name, m.shape, m.data);
-      tensors.push({ ...tm, name: `momentum.${tm.name}` });
+      tensors.push({ ...tm, name: momentumKey(tm.name) });
     }
   }
   const path = join(dir, TENSORS_FILE);
   writeSafetensors(path, tensors, { format: FORMAT, arch: spec.arch });
-  const state: CheckpointState = {
+  const meta: CheckpointState = {
     format: FORMAT, version: VERSION, config, position, tensorsBytes: statSync(path).size, savedAt: new Date().toISOString(),
   };
   const tmp = join(dir, `${STATE_FILE}.tmp-${process.pid}`);
-  writeFileSync(tmp, JSON.stringify(state, null, 2) + '\n');
+  writeFileSync(tmp, JSON.stringify(meta, null, 2) + '\n');
   renameSync(tmp, join(dir, STATE_FILE));
-}
-
-export function saveCheckpoint(dir: string, model: Model, opt: Sgd, config: TrainConfig, position: Position): void {
-  const plain = (name: string, v: tf.Variable): PlainTensor => ({ name, shape: v.shape, data: v.dataSync() as Float32Array });
-  const params = [...model.params].map(([n, v]) => plain(n, v));
-  const momentum = [...opt.velocity].map(([n, v]) => plain(n, v));
-  saveCheckpointTensors(dir, model.spec, params, momentum, config, position);
 }
 
 /** Reads and checks a checkpoint's state file. */
@@ -104,7 +124,7 @@ export function readCheckpointState(dir: string): CheckpointState {
  * A checkpoint's tensors in our layout: every parameter in `shapes`, and the
  * momentum buffers that are present. Checks names and shapes.
  */
-export function readCheckpointTensors(dir: string, spec: ModelSpec, shapes: Map<string, number[]>): { params: PlainTensor[]; momentum: PlainTensor[] } {
+export function readCheckpointTensors(dir: string, spec: ModelSpec, shapes: Map<string, number[]>): TrainState {
   const path = join(dir, TENSORS_FILE);
   const file = readSafetensors(path);
   const params: PlainTensor[] = [];
@@ -121,53 +141,8 @@ export function readCheckpointTensors(dir: string, spec: ModelSpec, shapes: Map<
     const p = take(torchName(name));
     if (p === undefined) throw new DataFileError(path, `no tensor ${torchName(name)}`);
     params.push({ name, shape, data: p });
-    const m = take(`momentum.${torchName(name)}`);
+    const m = take(momentumKey(torchName(name)));
     if (m !== undefined) momentum.push({ name, shape, data: m });
   }
-  return { params, momentum };
-}
-
-/** Loads plain tensors into a model's parameters and the optimizer's momentum buffers. */
-export function loadIntoModel(model: Model, opt: Sgd, t: { params: PlainTensor[]; momentum: PlainTensor[] }): void {
-  for (const p of t.params) {
-    const v = model.params.get(p.name);
-    if (v === undefined) throw new Error(`checkpoint: the model has no parameter ${p.name}`);
-    tf.tidy(() => v.assign(tf.tensor(p.data, v.shape)));
-  }
-  if (opt.opts.momentum === 0) return;
-  for (const m of t.momentum) {
-    let buf = opt.velocity.get(m.name);
-    if (buf === undefined) {
-      buf = tf.variable(tf.zeros(m.shape), false);
-      opt.velocity.set(m.name, buf);
-    }
-    const target = buf;
-    tf.tidy(() => target.assign(tf.tensor(m.data, m.shape)));
-  }
-}
-
-/** Loads parameters and momentum buffers into a model built from the checkpoint's config. */
-export function restoreTensors(dir: string, model: Model, opt: Sgd): void {
-  const shapes = new Map([...model.params].map(([n, v]) => [n, v.shape]));
-  loadIntoModel(model, opt, readCheckpointTensors(dir, model.spec, shapes));
-}
-
-/**
- * Parameters and momentum buffers (`momentum.<name>`) from one or more
- * processes' state replies, in the model's parameter order: a replica holds
- * all of them, a model-parallel tower half.
- */
-export function mergeStates(
-  states: Array<{ metas: Array<{ name: string; shape: number[] }>; tensors: Float32Array[] }>, order: string[],
-): { params: PlainTensor[]; momentum: PlainTensor[] } {
-  const params: PlainTensor[] = [];
-  const momentum: PlainTensor[] = [];
-  for (const st of states) {
-    st.metas.forEach((m, i) => {
-      const t = { name: m.name.replace(/^momentum\./, ''), shape: m.shape, data: st.tensors[i]! };
-      (m.name.startsWith('momentum.') ? momentum : params).push(t);
-    });
-  }
-  params.sort((a, b) => order.indexOf(a.name) - order.indexOf(b.name));
   return { params, momentum };
 }

@@ -1,3 +1,5 @@
+import type * as tf from '@tensorflow/tfjs';
+import { epochOrder, makeBatch } from './batches.js';
 import { findDataDir, loadSplit, type LabeledImages } from './fashion-mnist.js';
 import { syntheticImages } from './synthetic.js';
 import type { TrainConfig } from '../config/train.js';
@@ -28,4 +30,31 @@ export function loadRunData(cfg: TrainConfig): RunData {
     test: head(loadSplit(dir, 't10k'), cfg.testSamples),
     source: `Fashion-MNIST from ${dir}`,
   };
+}
+
+/**
+ * The training batches of a run, addressed by (epoch, step): samples
+ * [step·B, (step+1)·B) of the epoch's keyed order, or the part
+ * [first, first+count) of them that a data-parallel shard takes.
+ */
+export class TrainBatches {
+  private order: { epoch: number; samples: Uint32Array } = { epoch: -1, samples: new Uint32Array(0) };
+  readonly stepsPerEpoch: number;
+
+  constructor(private readonly data: RunData, private readonly cfg: TrainConfig) {
+    this.stepsPerEpoch = Math.floor(data.train.count / cfg.batch);
+    if (this.stepsPerEpoch === 0) throw new Error(`batch ${cfg.batch} is larger than the ${data.train.count} training samples`);
+  }
+
+  /** x [count, R, R, C] float32 and labels [count] int32; the caller disposes both. */
+  batch(epoch: number, step: number, first = 0, count = this.cfg.batch): { x: tf.Tensor4D; y: tf.Tensor1D } {
+    if (step >= this.stepsPerEpoch) throw new Error(`step ${step} of epoch ${epoch}: an epoch has ${this.stepsPerEpoch}`);
+    const { cfg } = this;
+    if (this.order.epoch !== epoch) this.order = { epoch, samples: epochOrder(this.data.train.count, cfg.seed, epoch) };
+    const begin = step * cfg.batch + first;
+    return makeBatch(this.data.train, this.order.samples.subarray(begin, begin + count), {
+      resolution: cfg.resolution, channels: cfg.channels,
+      ...(cfg.augment ? { augment: { seed: cfg.seed, epoch } } : {}),
+    });
+  }
 }

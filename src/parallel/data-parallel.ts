@@ -1,104 +1,241 @@
 /**
- * One data-parallel replica's training step (the worker side of --mode data).
+ * One data-parallel replica (the worker side of --mode data), with the
+ * optimizer sharded as in ZeRO stage 1.
  *
- * Sync points, in order, the same on every replica (PyTorch DDP's contract):
- *   1. forward + backward on this replica's shard of the global batch;
- *      gradient hooks copy each parameter's gradient into its bucket as
- *      backward produces it (fc8 first, conv1 last) and, with overlap on,
- *      start the bucket's ring all-reduce as soon as the bucket is full;
- *   2. every bucket's all-reduce completes: all replicas hold the average;
- *   3. the same SGD update on every replica.
- * Replicas start from identical weights and stay identical: the coordinator
- * compares weight checksums.
+ * Contract (PyTorch DDP's, plus ZeRO-1's), the same on every replica:
+ *   1. forward + backward on this replica's shard of the global batch
+ *      (samples rank·B/N … (rank+1)·B/N − 1 of the step, with the dropout
+ *      masks and augmentation those samples get in one process);
+ *   2. backward hands each gradient to its bucket the moment it exists
+ *      (fc8 first, conv1 last; buckets of `bucketBytes`, planned from the
+ *      parameter order, identical everywhere); a full bucket starts its ring
+ *      reduce-scatter at once, while backward goes on;
+ *   3. after its reduce-scatter a replica owns the summed gradient of one
+ *      chunk of the bucket: it divides by N and takes the SGD step (weight
+ *      decay, momentum) for that chunk only; it holds momentum for that
+ *      chunk only (1/N of the optimizer state);
+ *   4. an all-gather of the updated weight chunks leaves every replica with
+ *      all new weights, which it loads into its model.
+ * Wire volume per bucket of L floats: (N−1)/N·L of gradients plus (N−1)/N·L
+ * of weights, the same 2(N−1)/N·L as a plain ring all-reduce.
+ *
+ * The weights also live on the host, flat per bucket: the all-gather's
+ * target and the checksum's input (compared by the coordinator). State and
+ * load are collectives too: `state` all-gathers the momentum shards, so every
+ * replica can answer with the whole optimizer state; `load` keeps this
+ * replica's shard.
  */
 import * as tf from '@tensorflow/tfjs';
-import { copyTensorInto } from '../kernels/heap-ops.js';
-import type { Model } from '../model/build.js';
-import type { DropoutKey } from '../model/dropout.js';
-import { forward } from '../model/forward.js';
-import { planBuckets, type Bucket, type RingAllReduce } from '../wire/ring-allreduce.js';
-import type { Sgd } from '../model/sgd.js';
-import { crossEntropy } from '../model/step.js';
+import type { PlainTensor, TrainState } from '../checkpoint/checkpoint.js';
+import { specOf, type TrainConfig } from '../config/train.js';
+import { TrainBatches, type RunData } from '../data/run-data.js';
+import { copyInto, readFloats, readScalar } from '../kernels/read.js';
+import { buildModel, disposeModel, type Model } from '../model/build.js';
+import { lossAndGrads } from '../model/engine.js';
+import { sgdUpdateRange, type SgdOptions } from '../model/sgd.js';
+import { chunkRange, ownedChunk, planBuckets, type Bucket, type RingAllReduce } from '../wire/ring-allreduce.js';
+import { evaluate } from './evaluate.js';
+import { checksumOf, type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
 
-export interface ReplicaStep {
-  loss: number;
-  computeMs: number;
-  /** from the end of backward until every bucket is reduced */
-  allreduceWaitMs: number;
-}
+/** Lets socket events in between layers of backward (a macrotask turn of the event loop). */
+const yieldToSockets = () => new Promise<void>((resolve) => setImmediate(resolve));
 
-export class DataParallelReplica {
+export class DataParallelReplica implements Strategy {
+  readonly model: Model;
   readonly buckets: Bucket[];
-  /** two gradient buffers per bucket, used on alternate steps: libzmq may still be sending last step's */
-  private readonly buffers: Float32Array[][];
+  private readonly sgd: SgdOptions;
+  private readonly batches: TrainBatches;
   private readonly where = new Map<string, { bucket: number; offset: number; size: number }>();
+  /** all weights, flat per bucket */
+  private readonly weights: Float32Array[];
+  /** two gradient buffers per bucket, used on alternate steps */
+  private readonly gradBuffers: Float32Array[][];
+  /** momentum of this replica's chunk of each bucket (none for plain SGD) */
+  private readonly momentum: Float32Array[] | undefined;
+  /** [begin, end) of this replica's chunk of each bucket */
+  private readonly owned: Array<[number, number]>;
+  /** collective sequence: the same count on every replica */
+  private seq = 0;
 
-  constructor(
-    private readonly model: Model,
-    private readonly opt: Sgd,
-    private readonly ring: RingAllReduce,
-    bucketBytes: number,
+  private constructor(
+    private readonly cfg: TrainConfig, private readonly data: RunData, private readonly ring: RingAllReduce,
+    readonly rank: number, readonly world: number, bucketBytes: number,
   ) {
-    // Backward produces gradients in reverse layer order: bucket them that way.
-    const order = [...model.params].reverse().map(([name, v]) => ({ name, size: v.size }));
-    this.buckets = planBuckets(order, bucketBytes);
+    if (cfg.batch % world !== 0) throw new Error(`global batch ${cfg.batch} does not split evenly over ${world} replicas`);
+    this.model = buildModel(specOf(cfg), { seed: cfg.seed });
+    this.sgd = { lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay };
+    this.batches = new TrainBatches(data, cfg);
+    // Backward produces gradients in reverse parameter order: bucket them that way.
+    this.buckets = planBuckets([...this.model.params].reverse().map(([name, v]) => ({ name, size: v.size })), bucketBytes);
     for (const b of this.buckets) for (const p of b.params) this.where.set(p.name, { bucket: b.index, offset: p.offset, size: p.size });
-    this.buffers = [0, 1].map(() => this.buckets.map((b) => new Float32Array(b.size)));
+    this.weights = this.buckets.map((b) => new Float32Array(b.size));
+    this.gradBuffers = [0, 1].map(() => this.buckets.map((b) => new Float32Array(b.size)));
+    this.owned = this.buckets.map((b) => chunkRange(b.size, world, ownedChunk(rank, world)));
+    this.momentum = cfg.momentum === 0 ? undefined : this.owned.map(([lo, hi]) => new Float32Array(hi - lo));
     ring.configure(this.buckets.map((b) => b.size));
   }
 
-  async step(x: tf.Tensor4D, labels: tf.Tensor1D, globalStep: number, dropout: DropoutKey, overlap: boolean): Promise<ReplicaStep> {
-    const t0 = performance.now();
-    const bufs = this.buffers[globalStep % 2]!;
-    const filled = this.buckets.map(() => 0);
-    const seen = new Set<string>();
-    this.ring.beginStep(globalStep);
-
-    const onGradient = (name: string, dy: tf.Tensor) => {
-      const at = this.where.get(name)!;
-      if (seen.has(name)) throw new Error(`data-parallel: gradient of ${name} arrived twice in one backward pass`);
-      seen.add(name);
-      copyTensorInto(dy, tf.backend(), bufs[at.bucket]!, at.offset, () => dy.dataSync() as Float32Array);
-      filled[at.bucket]! += at.size;
-      if (overlap && filled[at.bucket] === this.buckets[at.bucket]!.size) this.ring.start(at.bucket, bufs[at.bucket]!);
-    };
-    // Identity in the forward pass; in the backward pass it sees the parameter's whole gradient.
-    const hook = (name: string, v: tf.Variable) =>
-      tf.customGrad(((w: tf.Tensor) => ({
-        value: tf.reshape(w, w.shape), // a new tensor on the same data: no copy
-        gradFunc: (dy: tf.Tensor) => { onGradient(name, dy); return dy; },
-      })) as unknown as Parameters<typeof tf.customGrad>[0])(v);
-
-    const vars = [...this.model.params.values()];
-    const { value, grads } = tf.variableGrads(() => crossEntropy(forward(this.model, x, { dropout, paramHook: hook }), labels), vars);
-    const loss = value.dataSync()[0]!;
-    tf.dispose([value, ...Object.values(grads)]);
-    const backwardEnd = performance.now();
-    if (seen.size !== this.model.params.size) {
-      throw new Error(`data-parallel: backward produced ${seen.size} of ${this.model.params.size} gradients`);
+  static async open(cfg: TrainConfig, data: RunData, ring: RingAllReduce, rank: number, world: number, bucketBytes: number): Promise<DataParallelReplica> {
+    const r = new DataParallelReplica(cfg, data, ring, rank, world, bucketBytes);
+    for (const [name, v] of r.model.params) {
+      const at = r.where.get(name)!;
+      r.weights[at.bucket]!.set(await readFloats(v), at.offset);
     }
+    return r;
+  }
 
-    if (!overlap) this.buckets.forEach((b) => this.ring.start(b.index, bufs[b.index]!));
-    await Promise.all(this.buckets.map((b) => this.ring.finish(b.index, bufs[b.index]!)));
-    const reduced = performance.now();
+  async step(s: StepInput): Promise<StepResult> {
+    const t0 = performance.now();
+    const shard = this.cfg.batch / this.world;
+    const { x, y } = this.batches.batch(s.epoch, s.step, this.rank * shard, shard);
+    const grads = this.gradBuffers[s.globalStep % 2]!;
+    const filled = this.buckets.map(() => 0);
+    const copies: Array<Array<Promise<void>>> = this.buckets.map(() => []);
+    const reductions: Array<Promise<void>> = [];
+    const sentBefore = this.ring.bytesSent;
+    const lr = s.lr;
+    const overlap = s.overlap !== false;
+    this.ring.begin(this.seq++);
+    const startBucket = (b: number) => {
+      const r = this.reduceBucket(b, grads[b]!, copies[b]!, lr);
+      r.catch(() => {}); // awaited below; a failure while backward still runs must not go unhandled meanwhile
+      reductions[b] = r;
+    };
+    try {
+      const { loss, grads: produced } = await lossAndGrads(this.model, x, y, {
+        dropout: { seed: this.cfg.seed, step: s.globalStep, firstSample: this.rank * shard },
+        onGradient: (name, g) => {
+          const at = this.where.get(name)!;
+          const pending = copyInto(g, grads[at.bucket]!, at.offset);
+          if (pending) copies[at.bucket]!.push(pending);
+          filled[at.bucket]! += at.size;
+          if (overlap && filled[at.bucket] === this.buckets[at.bucket]!.size) startBucket(at.bucket);
+        },
+        afterLayer: yieldToSockets,
+      });
+      const backwardEnd = performance.now();
+      if (filled.some((f, b) => f !== this.buckets[b]!.size)) throw new Error(`data-parallel: backward left buckets unfilled (${filled.join(', ')} floats)`);
+      if (!overlap) this.buckets.forEach((b) => startBucket(b.index));
+      try {
+        await Promise.all(reductions);
+      } finally {
+        tf.dispose([...produced.values()]);
+      }
+      const reduced = performance.now();
+      this.loadWeightsIntoModel();
+      const value = await readScalar(loss);
+      loss.dispose();
+      const waitMs = reduced - backwardEnd;
+      return {
+        loss: value, samples: shard, computeMs: performance.now() - t0 - waitMs, waitMs, bytesSent: this.ring.bytesSent - sentBefore,
+        ...(s.checksum ? { checksum: checksumOf(this.weights) } : {}),
+      };
+    } finally {
+      tf.dispose([x, y]);
+    }
+  }
 
-    const averaged: Record<string, tf.Tensor> = {};
+  /** Reduce-scatter a bucket's gradients, step this replica's chunk, all-gather the weights. */
+  private async reduceBucket(b: number, grads: Float32Array, copies: Array<Promise<void>>, lr: number): Promise<void> {
+    await Promise.all(copies);
+    const [lo, hi] = await this.ring.reduceScatter(b, grads);
+    sgdUpdateRange({ ...this.sgd, lr }, this.weights[b]!, this.momentum?.[b], grads, lo, hi, 1 / this.world);
+    await this.ring.allGather(b, this.weights[b]!);
+  }
+
+  private loadWeightsIntoModel(): void {
     for (const [name, v] of this.model.params) {
       const at = this.where.get(name)!;
-      averaged[name] = tf.tensor(bufs[at.bucket]!.subarray(at.offset, at.offset + at.size), v.shape);
+      const t = tf.tensor(this.weights[at.bucket]!.subarray(at.offset, at.offset + at.size), v.shape);
+      v.assign(t);
+      t.dispose();
     }
-    this.opt.apply(this.model.params, averaged);
-    tf.dispose(Object.values(averaged));
-    return { loss, computeMs: performance.now() - t0 - (reduced - backwardEnd), allreduceWaitMs: reduced - backwardEnd };
+  }
+
+  evaluate(): Promise<EvalResult> {
+    // The test set split across replicas.
+    const n = this.data.test.count;
+    const begin = Math.floor((this.rank * n) / this.world);
+    const end = Math.floor(((this.rank + 1) * n) / this.world);
+    const t = this.data.test;
+    const part = { ...t, count: end - begin, images: t.images.subarray(begin * 784, end * 784), labels: t.labels.subarray(begin, end) };
+    return evaluate(this.model, part, { resolution: this.cfg.resolution, channels: this.cfg.channels, batch: this.cfg.evalBatch });
+  }
+
+  /** Every parameter and (gathered from all replicas: a collective) every momentum buffer. */
+  async state(): Promise<TrainState> {
+    const params: PlainTensor[] = [];
+    const momentum: PlainTensor[] = [];
+    let full: Float32Array[] | undefined;
+    if (this.momentum) {
+      this.ring.begin(this.seq++);
+      full = this.buckets.map((b, i) => {
+        const f = new Float32Array(b.size);
+        f.set(this.momentum![i]!, this.owned[i]![0]);
+        return f;
+      });
+      await Promise.all(full.map((f, i) => this.ring.allGather(i, f)));
+    }
+    for (const [name, v] of this.model.params) {
+      const at = this.where.get(name)!;
+      params.push({ name, shape: v.shape, data: this.weights[at.bucket]!.slice(at.offset, at.offset + at.size) });
+      if (full) momentum.push({ name, shape: v.shape, data: full[at.bucket]!.slice(at.offset, at.offset + at.size) });
+    }
+    return { params, momentum };
+  }
+
+  /** Every replica is given the whole state and keeps its momentum shard. */
+  async load(state: TrainState): Promise<void> {
+    const byName = new Map(state.params.map((p) => [p.name, p]));
+    for (const name of this.model.params.keys()) {
+      const p = byName.get(name);
+      if (p === undefined) throw new Error(`state has no parameter ${name}`);
+      const at = this.where.get(name)!;
+      if (p.data.length !== at.size) throw new Error(`state: ${name} has ${p.data.length} values, the model ${at.size}`);
+      this.weights[at.bucket]!.set(p.data, at.offset);
+    }
+    this.loadWeightsIntoModel();
+    if (!this.momentum) return;
+    const flat = this.buckets.map((b) => new Float32Array(b.size)); // absent buffers are zeros, as a fresh optimizer's
+    for (const m of state.momentum) {
+      const at = this.where.get(m.name);
+      if (at !== undefined) flat[at.bucket]!.set(m.data, at.offset);
+    }
+    this.owned.forEach(([lo, hi], i) => this.momentum![i]!.set(flat[i]!.subarray(lo, hi)));
+  }
+
+  checksum(): string {
+    return checksumOf(this.weights);
+  }
+
+  async close(): Promise<void> {
+    disposeModel(this.model);
   }
 }
 
-/** A cheap checksum of every parameter's bytes (FNV-1a over 32-bit words), to catch diverged replicas. */
-export function weightChecksum(model: Model): string {
-  let h = 0x811c9dc5;
-  for (const [, v] of model.params) {
-    const words = new Uint32Array((v.dataSync() as Float32Array).buffer);
-    for (let i = 0; i < words.length; i++) h = Math.imul(h ^ words[i]!, 0x01000193) >>> 0;
-  }
-  return h.toString(16).padStart(8, '0');
-}
+/** N replicas' replies as one: the global batch's mean loss, the test set's shards added up, rank 0's state. */
+export const combineReplicas: Combine = {
+  step(results) {
+    const sums = results.map((r) => r.checksum);
+    if (sums[0] !== undefined && new Set(sums).size !== 1) {
+      throw new Error(`replicas diverged: checksums ${sums.map((c, r) => `worker ${r} ${c}`).join(', ')}`);
+    }
+    const samples = results.reduce((n, r) => n + r.samples, 0);
+    return {
+      // Equal shards: the global batch's mean is the mean of the shards' means.
+      loss: results.reduce((s, r) => s + r.loss * r.samples, 0) / samples,
+      samples,
+      computeMs: Math.max(...results.map((r) => r.computeMs)),
+      waitMs: Math.max(...results.map((r) => r.waitMs)),
+      bytesSent: results.reduce((n, r) => n + r.bytesSent, 0),
+      ...(sums[0] !== undefined ? { checksum: sums[0] } : {}),
+      workers: results,
+    };
+  },
+  evaluate: (results) => ({
+    correct: results.reduce((n, r) => n + r.correct, 0),
+    lossSum: results.reduce((n, r) => n + r.lossSum, 0),
+    samples: results.reduce((n, r) => n + r.samples, 0),
+  }),
+  stateHolders: () => [0],
+};

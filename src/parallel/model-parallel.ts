@@ -1,99 +1,160 @@
 /**
  * One tower of the 2012 split (the worker side of --mode model).
  *
- * Worker k owns tower k's weights only. Its forward pass runs its tower's
- * layers; at each cross link (pooled conv2 -> conv3, pooled conv5 -> fc6,
- * fc6 -> fc7, fc7 -> fc8) and for the logits it sends its output to the other
- * worker the moment it exists and receives the other's: an all-gather in
- * tower order. In the backward pass the gradient with respect to a gathered
- * input is split by tower; the other tower's slice goes back to it, and the
- * slice that comes back is added to this tower's own. Both workers compute
- * the same loss from all logits, whose gradient is therefore not summed.
- * Each updates only its own weights. Tower-local links never touch the network.
- *
- * The exchanges are custom ops inside one tfjs autodiff call, so nothing is
- * recomputed: the peer link blocks the thread until the tensor arrives.
+ * Contract:
+ *   - Worker k owns tower k's weights only and takes the whole batch; both
+ *     workers draw the same data and dropout masks (keyed on the global
+ *     sample and unit), so the pair computes what one process computes.
+ *   - Tower-local links (conv1 -> conv2, conv3 -> conv4 -> conv5) never touch
+ *     the network.
+ *   - At each cross link (pooled conv2 -> conv3, pooled conv5 -> fc6,
+ *     fc6 -> fc7, fc7 -> fc8) and for the logits, forward sends this tower's
+ *     output the moment it exists and awaits the other's: an all-gather in
+ *     tower order, key '<step>/<micro>/<link>/fwd'.
+ *   - Backward splits dL/d(gathered input) by tower, sends the other tower's
+ *     slice ('<step>/<micro>/<link>/bwd') and adds the slice that comes back
+ *     to its own. The logits' gradient is not exchanged: both workers compute
+ *     the same loss from all logits.
+ *   - Micro-batches are pipelined (GPipe fill and drain): all m micro-batches
+ *     start at once, and whenever one awaits the other tower, the next one
+ *     computes. Their gradients are summed in micro-batch order and divided
+ *     by m, the same on both workers; each then updates its own weights.
+ *   - Evaluation walks the test set on both workers together ('eval<epoch>/<batch>/…').
  */
 import * as tf from '@tensorflow/tfjs';
-import type { Model } from '../model/build.js';
-import type { DropoutKey } from '../model/dropout.js';
-import { forward, type ForwardOptions } from '../model/forward.js';
-import type { PeerExchange } from '../wire/exchange.js';
-import type { Sgd } from '../model/sgd.js';
-import { crossEntropy } from '../model/step.js';
+import type { TrainState } from '../checkpoint/checkpoint.js';
+import { loadModelState, readModelState } from '../checkpoint/model-state.js';
+import { specOf, type TrainConfig } from '../config/train.js';
+import { TrainBatches, type RunData } from '../data/run-data.js';
+import { readFloats, readScalar } from '../kernels/read.js';
+import { buildModel, disposeModel, type Model } from '../model/build.js';
+import { lossAndGrads, type CrossLinks } from '../model/engine.js';
+import { Sgd } from '../model/sgd.js';
+import type { PeerLink } from '../wire/peer-link.js';
+import { evaluate } from './evaluate.js';
+import { type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
 
-/** All-gather of one tower's output with the other's, differentiable; `prefix()` names the exchange. */
-export function makeGather(ex: PeerExchange, rank: number, prefix: () => string): NonNullable<ForwardOptions['gather']> {
-  return (link, own, axis, replicatedDownstream) => {
-    const op = tf.customGrad(((x: tf.Tensor) => {
-      const key = `${prefix()}/${link}`;
-      ex.send(`${key}/fwd`, x.dataSync() as Float32Array);
-      const theirs = tf.tensor(ex.receive(`${key}/fwd`, x.size), x.shape);
-      const value = tf.concat(rank === 0 ? [x, theirs] : [theirs, x], axis);
-      const gradFunc = (dy: tf.Tensor) => {
-        const [d0, d1] = tf.split(dy, 2, axis);
-        const mine = rank === 0 ? d0! : d1!;
-        if (replicatedDownstream) return mine;
-        ex.send(`${key}/bwd`, (rank === 0 ? d1! : d0!).dataSync() as Float32Array);
-        return tf.add(mine, tf.tensor(ex.receive(`${key}/bwd`, mine.size), mine.shape));
-      };
-      return { value, gradFunc };
-    }) as unknown as Parameters<typeof tf.customGrad>[0]);
-    return op(own);
+/** The two towers' exchanges for one micro-batch (or test batch) under key prefix `prefix`. */
+export function crossLinks(link: PeerLink, rank: number, prefix: string): CrossLinks {
+  return {
+    async gather(name, own, axis) {
+      const key = `${prefix}/${name}/fwd`;
+      link.send(key, await readFloats(own));
+      const theirs = tf.tensor(await link.receive(key, own.size), own.shape);
+      const all = tf.concat(rank === 0 ? [own, theirs] : [theirs, own], axis);
+      theirs.dispose();
+      return all;
+    },
+    async scatter(name, dGathered, axis, replicated) {
+      const [d0, d1] = tf.split(dGathered, 2, axis) as [tf.Tensor, tf.Tensor];
+      const [mine, other] = rank === 0 ? [d0, d1] : [d1, d0];
+      if (replicated) {
+        other.dispose();
+        return mine;
+      }
+      const key = `${prefix}/${name}/bwd`;
+      link.send(key, await readFloats(other));
+      other.dispose();
+      const theirs = tf.tensor(await link.receive(key, mine.size), mine.shape);
+      const sum = tf.add(mine, theirs);
+      tf.dispose([mine, theirs]);
+      return sum;
+    },
   };
 }
 
-export interface TowerStep {
-  loss: number;
-  computeMs: number;
-}
+export class ModelParallelTower implements Strategy {
+  readonly model: Model;
+  private readonly opt: Sgd;
+  private readonly batches: TrainBatches;
 
-export class ModelParallelTower {
-  private prefix = '';
-  readonly gather: NonNullable<ForwardOptions['gather']>;
-
-  constructor(private readonly model: Model, private readonly opt: Sgd, readonly ex: PeerExchange, readonly rank: number) {
-    this.gather = makeGather(ex, rank, () => this.prefix);
+  constructor(
+    private readonly cfg: TrainConfig, private readonly data: RunData,
+    private readonly link: PeerLink, readonly rank: number, private readonly microBatches: number,
+  ) {
+    if (cfg.arch !== 'original') throw new Error(`--mode model splits the two-tower 'original' net; this run is '${cfg.arch}'`);
+    if (cfg.batch % microBatches !== 0) throw new Error(`batch ${cfg.batch} does not split into ${microBatches} micro-batches`);
+    this.model = buildModel(specOf(cfg), { seed: cfg.seed, towers: [rank] });
+    this.opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
+    this.batches = new TrainBatches(data, cfg);
   }
 
-  /**
-   * One SGD step on the global batch x [B, H, W, C] (both workers get all of
-   * it), in `micro` micro-batches whose gradients are averaged.
-   */
-  step(x: tf.Tensor4D, labels: tf.Tensor1D, globalStep: number, dropout: DropoutKey, micro: number): TowerStep {
+  async step(s: StepInput): Promise<StepResult> {
     const t0 = performance.now();
-    const batch = x.shape[0];
-    if (batch % micro !== 0) throw new Error(`batch ${batch} does not split into ${micro} micro-batches`);
-    const size = batch / micro;
-    const vars = [...this.model.params.values()];
-    const sums: Record<string, tf.Tensor> = {};
-    let lossSum = 0;
-    for (let m = 0; m < micro; m++) {
-      this.prefix = `${globalStep}/${m}`;
-      const [xm, ym] = micro === 1 ? [x, labels] : [tf.slice(x, m * size, size), tf.slice(labels, m * size, size)];
-      const { value, grads } = tf.variableGrads(() => crossEntropy(forward(this.model, xm as tf.Tensor4D, {
-        dropout: { ...dropout, firstSample: dropout.firstSample + m * size }, gather: this.gather,
-      }), ym as tf.Tensor1D), vars);
-      lossSum += value.dataSync()[0]!;
-      for (const [name, v] of this.model.params) {
-        const g = grads[v.name]!;
-        const prev = sums[name];
-        sums[name] = prev === undefined ? g : tf.tidy(() => tf.add(prev, g));
-        if (prev !== undefined) tf.dispose([prev, g]);
+    const { link, cfg } = this;
+    const waitedBefore = link.waitedMs;
+    const sentBefore = link.bytesSent;
+    link.forgetSeen();
+    const m = this.microBatches;
+    const size = cfg.batch / m;
+    // GPipe: every micro-batch runs at once; each awaits the other tower at its cross links.
+    const micro = await Promise.all(Array.from({ length: m }, async (_, i) => {
+      const { x, y } = this.batches.batch(s.epoch, s.step, i * size, size);
+      try {
+        return await lossAndGrads(this.model, x, y, {
+          dropout: { seed: cfg.seed, step: s.globalStep, firstSample: i * size },
+          links: crossLinks(link, this.rank, `${s.globalStep}/${i}`),
+        });
+      } finally {
+        tf.dispose([x, y]);
       }
-      tf.dispose(value);
-      if (micro > 1) tf.dispose([xm, ym]);
+    }));
+    // Summed in micro-batch order, then averaged: the same order on both workers.
+    const grads = new Map<string, tf.Tensor>();
+    for (const name of this.model.params.keys()) {
+      grads.set(name, tf.tidy(() => {
+        const sum = micro.slice(1).reduce((acc, r) => tf.add(acc, r.grads.get(name)!), micro[0]!.grads.get(name)!);
+        return m === 1 ? tf.clone(sum) : tf.div(sum, m);
+      }));
     }
-    const averaged = micro === 1 ? sums : Object.fromEntries(Object.entries(sums).map(([n, g]) => [n, tf.tidy(() => tf.div(g, micro))]));
-    this.opt.apply(this.model.params, averaged);
-    tf.dispose(Object.values(sums));
-    if (micro > 1) tf.dispose(Object.values(averaged));
-    return { loss: lossSum / micro, computeMs: performance.now() - t0 };
+    this.opt.opts.lr = s.lr;
+    this.opt.apply(this.model.params, grads);
+    tf.dispose([...grads.values(), ...micro.flatMap((r) => [...r.grads.values()])]);
+    let lossSum = 0;
+    for (const r of micro) lossSum += await readScalar(r.loss);
+    tf.dispose(micro.map((r) => r.loss));
+    const waitMs = link.waitedMs - waitedBefore;
+    return {
+      loss: lossSum / m, samples: cfg.batch, computeMs: Math.max(0, performance.now() - t0 - waitMs), waitMs, bytesSent: link.bytesSent - sentBefore,
+    };
   }
 
-  /** The forward pass for evaluation, exchanging under `eval…` keys. */
-  logits(x: tf.Tensor4D, key: string): tf.Tensor2D {
-    this.prefix = key;
-    return forward(this.model, x, { gather: this.gather });
+  evaluate(epoch: number): Promise<EvalResult> {
+    // Both towers are needed for every sample: the two workers walk the test set together.
+    return evaluate(this.model, this.data.test, {
+      resolution: this.cfg.resolution, channels: this.cfg.channels, batch: this.cfg.evalBatch,
+      links: (b) => crossLinks(this.link, this.rank, `eval${epoch}/${b}`),
+    });
+  }
+
+  /** This tower's half of the parameters and momentum buffers. */
+  state(): Promise<TrainState> {
+    return readModelState(this.model, this.opt);
+  }
+
+  async load(state: TrainState): Promise<void> {
+    loadModelState(this.model, this.opt, state);
+  }
+
+  async close(): Promise<void> {
+    this.link.close();
+    this.opt.dispose();
+    disposeModel(this.model);
   }
 }
+
+/** Two towers' replies as one: the loss agrees (both compute it from all logits), byte counts add up. */
+export const combineTowers: Combine = {
+  step(results) {
+    const [a, b] = results as [StepResult, StepResult];
+    if (Math.abs(a.loss - b.loss) > 1e-5 * Math.max(1, Math.abs(a.loss))) {
+      throw new Error(`the towers disagree on the loss: ${a.loss} vs ${b.loss}`);
+    }
+    return {
+      loss: a.loss, samples: a.samples, computeMs: Math.max(a.computeMs, b.computeMs), waitMs: Math.max(a.waitMs, b.waitMs),
+      bytesSent: a.bytesSent + b.bytesSent, workers: results,
+    };
+  },
+  evaluate: (results) => results[0]!, // both evaluated every sample together
+  stateHolders: (world) => Array.from({ length: world }, (_, r) => r), // each holds its tower
+};

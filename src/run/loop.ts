@@ -1,23 +1,28 @@
 /**
- * The single-process training loop: the fallback mode with fewer than two
- * devices and the reference every parallel mode is tested against. It reads
- * top to bottom: data, model, (resume), epochs of steps, evaluation, the last
- * checkpoint.
+ * The training loop, the only one: every mode runs through it. It reads top
+ * to bottom: the config (a resumed run's own), the strategy (this process,
+ * or a cluster of workers), the checkpoint's state, epochs of steps with
+ * progress and metrics, evaluation after each epoch, checkpoints, Ctrl-C.
+ * What a step is and where it runs is the strategy's business.
  */
-import * as tf from '@tensorflow/tfjs';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend } from '../backend.js';
-import { readCheckpointState, restoreTensors, saveCheckpoint, type Position } from '../checkpoint/checkpoint.js';
-import { epochOrder, makeBatch } from '../data/batches.js';
-import { buildModel, countParams, disposeModel } from '../model/build.js';
-import { learningRate, type TrainConfig, specOf } from '../config/train.js';
+import { readCheckpointState, readCheckpointTensors, saveCheckpoint, type Position, type TrainState } from '../checkpoint/checkpoint.js';
+import type { ClusterConfig, WorkerSpec } from '../config/cluster.js';
+import { learningRate, specOf, type TrainConfig } from '../config/train.js';
+import { loadRunDataCounts } from '../data/data-counts.js';
 import { loadRunData } from '../data/run-data.js';
-import { evaluate, type Evaluation } from '../parallel/evaluate.js';
+import { UsageError } from '../errors.js';
+import { countParams, parameterShapes } from '../model/build.js';
+import { SingleStrategy } from '../parallel/single.js';
+import type { EvalResult, Strategy } from '../parallel/strategy.js';
+import { Cluster, ClusterError, type ClusterMode } from './coordinator.js';
+import type { WorkerCommandOverride } from './launcher.js';
 import { MetricsLog } from './metrics.js';
 import { Progress } from './progress.js';
-import { Sgd } from '../model/sgd.js';
-import { trainStep } from '../model/step.js';
+
+export type Mode = 'single' | ClusterMode;
 
 export interface TrainOptions {
   config: TrainConfig;
@@ -25,19 +30,43 @@ export interface TrainOptions {
   outDir: string;
   /** continue from the checkpoint in outDir (its saved config wins) */
   resume?: boolean;
+  /** single (default without a cluster), data (default with one) or model */
+  mode?: Mode;
+  /** data and model modes: the cluster and the workers to start on it */
+  cluster?: ClusterConfig;
+  workers?: WorkerSpec[];
+  /** model mode: pipelined micro-batches per step */
+  microBatches?: number;
+  /** data mode: start bucket reductions while backward runs (default true) */
+  overlap?: boolean;
   /** stop (with a checkpoint) after this many steps in this process */
   maxSteps?: number;
   /** where the summary and epoch lines go */
   log?: (line: string) => void;
   progress?: boolean;
+  /** extra environment for local workers (tests) */
+  workerEnv?: NodeJS.ProcessEnv;
+  /** replaces a rank's worker command (tests: hung or hostile workers) */
+  workerCommand?: WorkerCommandOverride;
+  /** observes the run (tests: kill a worker at a given step) */
+  onEvent?: (e: RunEvent) => void;
 }
+
+export type RunEvent = { type: 'started'; pids: number[] } | { type: 'step'; globalStep: number };
+
+/** One step as each worker saw it (one entry in single mode). */
+export interface StepStats { computeMs: number[]; waitMs: number[]; bytesSent: number[]; wallMs: number }
 
 export interface TrainResult {
   config: TrainConfig;
+  mode: Mode;
+  /** processes that trained: 1 in single mode */
+  world: number;
   position: Position;
   finished: boolean;
-  epochs: Array<Evaluation & { epoch: number; trainLoss: number }>;
+  epochs: Array<{ epoch: number; accuracy: number; loss: number; samples: number; trainLoss: number }>;
   losses: number[];
+  stats: StepStats[];
   trainSeconds: number;
   imagesPerSec: number;
   wallSeconds: number;
@@ -47,108 +76,149 @@ export interface TrainResult {
 
 const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/** Checks what a mode needs of the config and the cluster before anything starts. */
+function checkMode(mode: Mode, cfg: TrainConfig, opts: TrainOptions): WorkerSpec[] {
+  if (mode === 'single') return [];
+  if (opts.cluster === undefined) throw new UsageError(`--mode ${mode} needs a cluster config`);
+  const workers = opts.workers ?? opts.cluster.workers;
+  const micro = opts.microBatches ?? 1;
+  if (!Number.isInteger(micro) || micro < 1) throw new UsageError(`--micro-batches: expected a positive integer, got ${micro}`);
+  if (mode === 'data' && cfg.batch % workers.length !== 0) throw new UsageError(`global batch ${cfg.batch} does not split evenly over ${workers.length} workers`);
+  if (mode === 'model') {
+    if (cfg.arch !== 'original') throw new UsageError(`--mode model splits the two-tower 'original' net: add --arch original (this run is '${cfg.arch}')`);
+    if (workers.length !== 2) throw new UsageError(`--mode model needs exactly 2 workers, one per tower; the cluster has ${workers.length}`);
+    if (cfg.batch % micro !== 0) throw new UsageError(`batch ${cfg.batch} does not split into ${micro} micro-batches`);
+  }
+  return workers;
+}
+
 export async function train(opts: TrainOptions): Promise<TrainResult> {
   const wallStart = performance.now();
   const log = opts.log ?? ((l: string) => console.log(l));
   mkdirSync(opts.outDir, { recursive: true });
-  const state = opts.resume ? readCheckpointState(opts.outDir) : undefined;
-  const cfg = state?.config ?? opts.config;
-
-  const backend = await initBackend(cfg.backend);
-  const data = loadRunData(cfg);
+  const saved = opts.resume ? readCheckpointState(opts.outDir) : undefined;
+  const cfg = saved?.config ?? opts.config;
   const spec = specOf(cfg);
-  const model = buildModel(spec, { seed: cfg.seed });
-  const opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
-  const metrics = new MetricsLog(join(opts.outDir, 'metrics.jsonl'));
-  const pos: Position = state?.position ?? { epoch: 0, step: 0, globalStep: 0 };
-  if (state) {
-    restoreTensors(opts.outDir, model, opt);
-    metrics.write({ type: 'resume', globalStep: pos.globalStep, time: new Date().toISOString() });
-  }
-  const stepsPerEpoch = Math.floor(data.train.count / cfg.batch);
-  if (stepsPerEpoch === 0) throw new Error(`batch ${cfg.batch} is larger than the ${data.train.count} training samples`);
-  log(`splitnet train: ${cfg.arch} AlexNet ${cfg.resolution}×${cfg.resolution}×${cfg.channels}, width ${cfg.width}, ` +
-    `${countParams(model).toLocaleString('en-US')} parameters, ${backend.name} backend`);
-  log(`  ${data.source}: ${data.train.count} train / ${data.test.count} test; batch ${cfg.batch}, ${stepsPerEpoch} steps/epoch, ` +
-    `${cfg.epochs} epoch(s), lr ${cfg.lr}, momentum ${cfg.momentum}, weight decay ${cfg.weightDecay}` +
-    (state ? `; resumed at epoch ${pos.epoch} step ${pos.step}` : ''));
+  const mode: Mode = opts.mode ?? (opts.cluster ? 'data' : 'single');
+  const workers = checkMode(mode, cfg, opts);
+  const resumed: TrainState | undefined = saved ? readCheckpointTensors(opts.outDir, spec, parameterShapes(spec)) : undefined;
+  const counts = loadRunDataCounts(cfg);
+  const stepsPerEpoch = Math.floor(counts.train / cfg.batch);
+  if (stepsPerEpoch === 0) throw new UsageError(`batch ${cfg.batch} is larger than the ${counts.train} training samples`);
+  const pos: Position = saved?.position ?? { epoch: 0, step: 0, globalStep: 0 };
 
+  // The strategy: this process, or the cluster's workers.
+  let strategy: Strategy;
+  let cluster: Cluster | undefined;
+  if (mode === 'single') {
+    const backend = await initBackend(cfg.backend);
+    const data = loadRunData(cfg);
+    const single = new SingleStrategy(cfg, data);
+    strategy = single;
+    log(`splitnet train: ${cfg.arch} AlexNet ${cfg.resolution}×${cfg.resolution}×${cfg.channels}, width ${cfg.width}, ` +
+      `${countParams(single.model).toLocaleString('en-US')} parameters, ${backend.name} backend`);
+    log(`  ${data.source}: ${data.train.count} train / ${data.test.count} test`);
+  } else {
+    cluster = await Cluster.start({
+      cluster: opts.cluster!, workers, config: cfg, mode, log,
+      ...(opts.microBatches !== undefined ? { microBatches: opts.microBatches } : {}),
+      ...(opts.workerEnv ? { workerEnv: opts.workerEnv } : {}),
+      ...(opts.workerCommand ? { workerCommand: opts.workerCommand } : {}),
+      onStarted: (pids) => opts.onEvent?.({ type: 'started', pids }),
+    });
+    strategy = cluster;
+  }
+  log(`  batch ${cfg.batch}, ${stepsPerEpoch} steps/epoch, ${cfg.epochs} epoch(s), lr ${cfg.lr}, momentum ${cfg.momentum}, ` +
+    `weight decay ${cfg.weightDecay}${saved ? `; resumed at epoch ${pos.epoch} step ${pos.step}` : ''}`);
+
+  const metrics = new MetricsLog(join(opts.outDir, 'metrics.jsonl'));
   let interrupted = false;
   const onSignal = () => { interrupted = true; };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-
   const result: TrainResult = {
-    config: cfg, position: pos, finished: false, epochs: [], losses: [], trainSeconds: 0, imagesPerSec: 0, wallSeconds: 0, params: new Map(),
+    config: cfg, mode, world: cluster?.world ?? 1, position: pos, finished: false, epochs: [], losses: [], stats: [],
+    trainSeconds: 0, imagesPerSec: 0, wallSeconds: 0, params: new Map(),
   };
-  const progress = opts.progress === false ? undefined : new Progress(cfg.epochs * stepsPerEpoch, 'train');
+  const checkpoint = async () => {
+    const state = await strategy.state();
+    saveCheckpoint(opts.outDir, spec, state, cfg, pos);
+    result.params = new Map(state.params.map((p) => [p.name, p.data]));
+  };
+  const progress = opts.progress === false ? undefined : new Progress(cfg.epochs * stepsPerEpoch, mode === 'single' ? 'train' : `train ${mode} ×${result.world}`);
+  const checksumEvery = opts.cluster?.checksumEvery ?? 0;
   let stepsThisRun = 0;
   try {
+    if (resumed) {
+      await strategy.load(resumed);
+      metrics.write({ type: 'resume', globalStep: pos.globalStep, time: new Date().toISOString() });
+    }
     for (; pos.epoch < cfg.epochs; pos.epoch++, pos.step = 0) {
-      const order = epochOrder(data.train.count, cfg.seed, pos.epoch);
-      opt.opts.lr = learningRate(cfg, pos.epoch);
+      const lr = learningRate(cfg, pos.epoch);
       let lossSum = 0;
       let lossCount = 0;
       for (; pos.step < stepsPerEpoch; ) {
         const t0 = performance.now();
-        const samples = order.subarray(pos.step * cfg.batch, (pos.step + 1) * cfg.batch);
-        const { x, y } = makeBatch(data.train, samples, {
-          resolution: cfg.resolution, channels: cfg.channels,
-          ...(cfg.augment ? { augment: { seed: cfg.seed, epoch: pos.epoch } } : {}),
+        const r = await strategy.step({
+          globalStep: pos.globalStep, epoch: pos.epoch, step: pos.step, lr,
+          checksum: checksumEvery > 0 && (pos.globalStep + 1) % checksumEvery === 0, overlap: opts.overlap ?? true,
         });
-        // Dropout is keyed by the global step: a resumed run draws the same masks.
-        const tStep = performance.now();
-        const loss = trainStep(model, opt, x, y, { seed: cfg.seed, step: pos.globalStep, firstSample: 0 });
-        const stepMs = performance.now() - tStep;
-        tf.dispose([x, y]);
-        if (!Number.isFinite(loss)) throw new Error(`loss is ${loss} at epoch ${pos.epoch} step ${pos.step}: lower --lr`);
+        const wallMs = performance.now() - t0;
+        if (!Number.isFinite(r.loss)) throw new UsageError(`loss is ${r.loss} at epoch ${pos.epoch} step ${pos.step}: lower --lr`);
+        const each = r.workers ?? [r];
+        result.stats.push({ computeMs: each.map((w) => w.computeMs), waitMs: each.map((w) => w.waitMs), bytesSent: each.map((w) => w.bytesSent), wallMs });
         pos.step++;
         pos.globalStep++;
         stepsThisRun++;
-        const seconds = (performance.now() - t0) / 1000;
-        result.trainSeconds += seconds;
-        result.losses.push(loss);
-        lossSum += loss;
+        result.trainSeconds += wallMs / 1000;
+        result.losses.push(r.loss);
+        lossSum += r.loss;
         lossCount++;
-        const imagesPerSec = cfg.batch / seconds;
-        progress?.update(pos.epoch * stepsPerEpoch + pos.step, loss, imagesPerSec);
+        const imagesPerSec = cfg.batch / (wallMs / 1000);
+        progress?.update(pos.epoch * stepsPerEpoch + pos.step, r.loss, imagesPerSec);
         metrics.write({
-          type: 'step', epoch: pos.epoch, step: pos.step - 1, globalStep: pos.globalStep, loss, lr: opt.opts.lr, imagesPerSec,
-          stepMs, loopMs: (performance.now() - t0), time: new Date().toISOString(),
+          type: 'step', epoch: pos.epoch, step: pos.step - 1, globalStep: pos.globalStep, loss: r.loss, lr, imagesPerSec,
+          stepMs: r.computeMs + r.waitMs, loopMs: wallMs, time: new Date().toISOString(),
         });
-        if (cfg.checkpointEvery > 0 && pos.globalStep % cfg.checkpointEvery === 0) saveCheckpoint(opts.outDir, model, opt, cfg, pos);
+        opts.onEvent?.({ type: 'step', globalStep: pos.globalStep });
+        if (cfg.checkpointEvery > 0 && pos.globalStep % cfg.checkpointEvery === 0) await checkpoint();
         await yieldToEventLoop(); // lets SIGINT/SIGTERM and the progress timer in
         if (interrupted || (opts.maxSteps !== undefined && stepsThisRun >= opts.maxSteps)) {
           progress?.stop();
-          saveCheckpoint(opts.outDir, model, opt, cfg, pos);
+          await checkpoint();
           log(`stopped at epoch ${pos.epoch} step ${pos.step}: checkpoint in ${opts.outDir}; continue with --resume ${opts.outDir}`);
-          return finish(result, model, wallStart);
+          return result;
         }
       }
       progress?.stop();
-      const ev = evaluate(model, data.test, { resolution: cfg.resolution, channels: cfg.channels, batch: cfg.evalBatch, limit: 0 });
+      const ev: EvalResult = await strategy.evaluate(pos.epoch);
+      const accuracy = ev.correct / ev.samples;
+      const testLoss = ev.lossSum / ev.samples;
+      // An epoch that trained no step in this run (resumed at its end) has no train loss.
       const trainLoss = lossCount > 0 ? lossSum / lossCount : NaN;
-      result.epochs.push({ ...ev, epoch: pos.epoch, trainLoss });
-      metrics.write({ type: 'epoch', epoch: pos.epoch, trainLoss, testAccuracy: ev.accuracy, testLoss: ev.loss, testSamples: ev.samples, seconds: result.trainSeconds, time: new Date().toISOString() });
-      log(`epoch ${pos.epoch + 1}/${cfg.epochs}: train loss ${trainLoss.toFixed(4)}, test accuracy ${(ev.accuracy * 100).toFixed(2)}% ` +
-        `(${ev.samples} images), test loss ${ev.loss.toFixed(4)}`);
+      result.epochs.push({ epoch: pos.epoch, accuracy, loss: testLoss, samples: ev.samples, trainLoss });
+      metrics.write({ type: 'epoch', epoch: pos.epoch, trainLoss, testAccuracy: accuracy, testLoss, testSamples: ev.samples, seconds: result.trainSeconds, time: new Date().toISOString() });
+      log(`epoch ${pos.epoch + 1}/${cfg.epochs}: train loss ${trainLoss.toFixed(4)}, test accuracy ${(accuracy * 100).toFixed(2)}% ` +
+        `(${ev.samples} images), test loss ${testLoss.toFixed(4)}`);
     }
-    saveCheckpoint(opts.outDir, model, opt, cfg, pos);
+    await checkpoint();
     result.finished = true;
-    return finish(result, model, wallStart);
+    return result;
+  } catch (err) {
+    if (cluster) {
+      cluster.abort(err instanceof Error ? err.message : String(err));
+      throw cluster.failed ?? err;
+    }
+    throw err;
   } finally {
     progress?.stop();
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
-    opt.dispose();
-    disposeModel(model);
+    await strategy.close();
+    const images = result.losses.length * cfg.batch;
+    result.imagesPerSec = result.trainSeconds > 0 ? images / result.trainSeconds : 0;
+    result.wallSeconds = (performance.now() - wallStart) / 1000;
   }
 }
 
-function finish(result: TrainResult, model: ReturnType<typeof buildModel>, wallStart: number): TrainResult {
-  for (const [name, v] of model.params) result.params.set(name, v.dataSync().slice() as Float32Array);
-  const images = result.losses.length * result.config.batch;
-  result.imagesPerSec = result.trainSeconds > 0 ? images / result.trainSeconds : 0;
-  result.wallSeconds = (performance.now() - wallStart) / 1000;
-  return result;
-}
+export { ClusterError };

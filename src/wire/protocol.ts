@@ -9,7 +9,7 @@
 import { Packr } from 'msgpackr';
 import { z } from 'zod';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** Raised for any message that is malformed or unexpected; the text is the reason. */
 export class ProtocolError extends Error {
@@ -39,8 +39,6 @@ const Setup = z.strictObject({
   bucketBytes: z.number().int().positive(),
   heartbeat: z.strictObject({ intervalMs: z.number().int().positive(), timeoutMs: z.number().int().positive() }),
   maxMessageBytes: z.number().int().positive(),
-  /** resume: parameters (and momentum.<name>) in our layout, one frame each */
-  tensors: z.array(TensorMeta),
 });
 const Step = z.strictObject({
   v, kind: z.literal('step'), globalStep: Count, epoch: Count, step: Count, lr: z.number().positive(),
@@ -50,11 +48,13 @@ const Step = z.strictObject({
   overlap: z.boolean(),
 });
 const Evaluate = z.strictObject({ v, kind: z.literal('evaluate'), epoch: Count });
+/** resume: parameters and momentum.<name> buffers in our layout, one frame each */
+const Load = z.strictObject({ v, kind: z.literal('load'), tensors: z.array(TensorMeta) });
 const GetState = z.strictObject({ v, kind: z.literal('getState') });
 const Shutdown = z.strictObject({ v, kind: z.literal('shutdown') });
 const Abort = z.strictObject({ v, kind: z.literal('abort'), reason: z.string() });
 
-export const ToWorker = z.discriminatedUnion('kind', [Setup, Step, Evaluate, GetState, Shutdown, Abort]);
+export const ToWorker = z.discriminatedUnion('kind', [Setup, Step, Evaluate, Load, GetState, Shutdown, Abort]);
 export type ToWorker = z.infer<typeof ToWorker>;
 
 // ---- worker -> coordinator --------------------------------------------------
@@ -63,33 +63,37 @@ const Hello = z.strictObject({ v, kind: z.literal('hello'), rank: Count, pid: z.
 const Ready = z.strictObject({ v, kind: z.literal('ready'), checksum: z.string(), backend: z.string(), params: Count });
 const StepDone = z.strictObject({
   v, kind: z.literal('stepDone'), globalStep: Count, loss: z.number(), samples: Count,
-  /** forward + backward + update, milliseconds */
+  /** forward + backward + update, minus waitMs, milliseconds */
   computeMs: z.number().min(0),
-  /** from the end of backward to the last reduced bucket: all-reduce time not hidden behind backward */
-  allreduceWaitMs: z.number().min(0),
+  /** waiting on peers: all-reduce time not hidden behind backward, or cross-link waits, milliseconds */
+  waitMs: z.number().min(0),
   /** bytes this worker sent to peers during the step */
   bytesSent: Count,
   checksum: z.string().optional(),
 });
 const EvalDone = z.strictObject({ v, kind: z.literal('evalDone'), epoch: Count, correct: Count, lossSum: z.number(), samples: Count });
 const State = z.strictObject({ v, kind: z.literal('state'), tensors: z.array(TensorMeta) });
+const Loaded = z.strictObject({ v, kind: z.literal('loaded'), checksum: z.string() });
 const WorkerError = z.strictObject({ v, kind: z.literal('error'), reason: z.string() });
 const Bye = z.strictObject({ v, kind: z.literal('bye') });
 
-export const ToCoordinator = z.discriminatedUnion('kind', [Hello, Ready, StepDone, EvalDone, State, WorkerError, Bye]);
+export const ToCoordinator = z.discriminatedUnion('kind', [Hello, Ready, StepDone, EvalDone, State, Loaded, WorkerError, Bye]);
 export type ToCoordinator = z.infer<typeof ToCoordinator>;
 
 // ---- worker -> worker -------------------------------------------------------
 
 const Ring = z.strictObject({
-  v, kind: z.literal('ring'), step: Count, bucket: Count,
+  v, kind: z.literal('ring'),
+  /** collective sequence number: one per training step or state gather, the same on every worker */
+  seq: Count, bucket: Count,
   /** reduce-scatter or all-gather */
   phase: z.enum(['rs', 'ag']), round: Count, chunk: Count,
 });
+/** A cross-link exchange: '<globalStep>/<micro-batch>/<link>/<fwd|bwd>' in training, 'eval<epoch>/<batch>/<link>/fwd' in evaluation. */
+export const XFER_KEY = /^(\d+\/\d+|eval\d+\/\d+)\/[a-z0-9]+\/(fwd|bwd)$/;
 const Xfer = z.strictObject({
   v, kind: z.literal('xfer'),
-  /** which exchange: '<step>/<link>/<fwd|bwd>/<micro>' or 'eval<epoch>/<batch>/<link>' */
-  key: z.string().min(1).max(128),
+  key: z.string().max(128).regex(XFER_KEY, "expected '<step>/<micro>/<link>/<fwd|bwd>' or 'eval<epoch>/<batch>/<link>/fwd'"),
 });
 export const ToPeer = z.discriminatedUnion('kind', [Ring, Xfer]);
 export type ToPeer = z.infer<typeof ToPeer>;

@@ -6,8 +6,14 @@
  * Contract (as PyTorch DDP's reducer): every worker plans the same buckets in
  * the same order from the model description; a bucket of L floats is split
  * into N chunks; N-1 reduce-scatter rounds leave worker r with the sum of
- * chunk r+1, N-1 all-gather rounds hand every sum around; each worker sends
- * 2(N-1)/N × L floats per bucket. The average is the sum divided by N.
+ * chunk r+1 (`ownedChunk`), N-1 all-gather rounds hand every worker's owned
+ * chunk around; each worker sends (N-1)/N × L floats per bucket in each.
+ * The two halves are separate calls, so a sharded optimizer (ZeRO stage 1)
+ * can update its chunk in between; `allReduce` is both with the average.
+ *
+ * Messages are tagged with a collective sequence number (`begin(seq)`): every
+ * worker runs the same collectives in the same order, one training step or
+ * one state gather each.
  */
 import { ProtocolError, type ToPeer } from './protocol.js';
 import { Inbox } from './transport.js';
@@ -55,12 +61,15 @@ export function chunkRange(size: number, world: number, c: number): [number, num
 
 export type SendFrames = (msg: Omit<Extract<ToPeer, { kind: 'ring' }>, 'v'>, data: Float32Array) => void;
 
+/** The chunk of every bucket that worker `rank` holds summed after a reduce-scatter. */
+export const ownedChunk = (rank: number, world: number): number => mod(rank + 1, world);
+
 export class RingAllReduce {
   /** bytes handed to the successor since construction */
   bytesSent = 0;
   private readonly mail = new Map<string, Inbox<Float32Array>>();
   private readonly delivered = new Set<string>();
-  private step = -1;
+  private seq = -1;
   /** floats per bucket, the same on every worker */
   private sizes: number[] = [];
 
@@ -77,13 +86,13 @@ export class RingAllReduce {
   }
 
   /**
-   * Starts a step. A faster predecessor may already have sent this step's
+   * Starts collective `seq`. A faster predecessor may already have sent its
    * first chunks (they wait in the mailbox); anything older is dropped.
    */
-  beginStep(step: number): void {
-    this.step = step;
-    for (const key of this.mail.keys()) if (Number(key.split('/')[0]) < step) this.mail.delete(key);
-    for (const key of this.delivered) if (Number(key.split('/')[0]) < step) this.delivered.delete(key);
+  begin(seq: number): void {
+    this.seq = seq;
+    for (const key of this.mail.keys()) if (Number(key.split('/')[0]) < seq) this.mail.delete(key);
+    for (const key of this.delivered) if (Number(key.split('/')[0]) < seq) this.delivered.delete(key);
   }
 
   private box(key: string): Inbox<Float32Array> {
@@ -97,16 +106,15 @@ export class RingAllReduce {
 
   /** A message from the predecessor (from the socket's receive loop). Throws ProtocolError if unexpected. */
   deliver(msg: Extract<ToPeer, { kind: 'ring' }>, data: Float32Array): void {
-    // The current step, or the next one: the predecessor may start it before this worker does.
-    // Before this worker's first step (a resumed run starts at any step) there is nothing to check against.
-    if (this.step >= 0 && msg.step !== this.step && msg.step !== this.step + 1) throw new ProtocolError(`ring message for step ${msg.step} during step ${this.step}`);
+    // The current collective, or the next one: the predecessor may start it before this worker does.
+    if (msg.seq !== this.seq && msg.seq !== this.seq + 1) throw new ProtocolError(`ring message for collective ${msg.seq} during collective ${this.seq}`);
     if (msg.bucket >= this.sizes.length) throw new ProtocolError(`ring message for bucket ${msg.bucket}: a step has ${this.sizes.length}`);
     if (msg.round >= this.world - 1) throw new ProtocolError(`ring message for round ${msg.round}: a ring of ${this.world} has ${this.world - 1}`);
     const expectedChunk = msg.phase === 'rs' ? mod(this.rank - msg.round - 1, this.world) : mod(this.rank - msg.round, this.world);
     if (msg.chunk !== expectedChunk) throw new ProtocolError(`ring ${msg.phase} round ${msg.round}: chunk ${msg.chunk}, expected ${expectedChunk}`);
     const [b, e] = chunkRange(this.sizes[msg.bucket]!, this.world, msg.chunk);
     if (data.length !== e - b) throw new ProtocolError(`ring chunk ${msg.chunk} of bucket ${msg.bucket}: ${data.length} floats, expected ${e - b}`);
-    const key = `${msg.step}/${msg.bucket}/${msg.phase}/${msg.round}`;
+    const key = `${msg.seq}/${msg.bucket}/${msg.phase}/${msg.round}`;
     if (this.delivered.has(key)) throw new ProtocolError(`ring message ${key} arrived twice`);
     this.delivered.add(key);
     this.box(key).push(data);
@@ -114,6 +122,7 @@ export class RingAllReduce {
 
   /** Fails every wait (a peer died, the run is aborting). */
   fail(err: Error): void {
+    if (this.failure) return; // the first reason is the one reported
     for (const b of this.mail.values()) b.fail(err);
     this.failure = err;
   }
@@ -123,44 +132,51 @@ export class RingAllReduce {
     const chunk = phase === 'rs' ? mod(this.rank - round, this.world) : mod(this.rank + 1 - round, this.world);
     const [b, e] = chunkRange(data.length, this.world, chunk);
     const slice = data.subarray(b, e);
-    this.send({ kind: 'ring', step: this.step, bucket, phase, round, chunk }, slice);
+    this.send({ kind: 'ring', seq: this.seq, bucket, phase, round, chunk }, slice);
     this.bytesSent += slice.byteLength;
   }
 
-  /**
-   * The first reduce-scatter send of a bucket, issued synchronously: called
-   * from a gradient hook, libzmq's I/O thread transmits it while backward
-   * goes on.
-   */
-  start(bucket: number, data: Float32Array): void {
-    if (this.world > 1) this.sendChunk(bucket, 'rs', 0, data);
+  private receive(bucket: number, phase: 'rs' | 'ag', round: number): Promise<Float32Array> {
+    if (this.failure) return Promise.reject(this.failure);
+    return this.box(`${this.seq}/${bucket}/${phase}/${round}`).next(this.waitMs,
+      `ring ${phase === 'rs' ? 'reduce-scatter' : 'all-gather'} bucket ${bucket} round ${round} from worker ${mod(this.rank - 1, this.world)}`);
   }
 
   /**
-   * Completes a started bucket; on return `data` holds the average over all
-   * workers. Frames go out zero-copy, so nothing is written to a chunk after
-   * it was sent until the ring has provably consumed it: the owner scales its
-   * summed chunk by 1/N *before* handing it around, not after.
+   * Reduce-scatter of a bucket: the first send goes out before this returns
+   * its promise (called from backward, libzmq's I/O thread transmits while
+   * backward goes on). Resolves with [begin, end) of the owned chunk, which
+   * then holds the sum over all workers. Frames go out zero-copy: nothing may
+   * write to a sent chunk until the collective is over everywhere.
    */
-  async finish(bucket: number, data: Float32Array): Promise<void> {
+  async reduceScatter(bucket: number, data: Float32Array): Promise<[number, number]> {
     const n = this.world;
-    if (n === 1) return;
-    const receive = (phase: 'rs' | 'ag', round: number) => {
-      if (this.failure) throw this.failure;
-      return this.box(`${this.step}/${bucket}/${phase}/${round}`).next(this.waitMs, `ring all-reduce bucket ${bucket} ${phase} round ${round} from worker ${mod(this.rank - 1, n)}`);
-    };
     for (let round = 0; round < n - 1; round++) {
-      if (round > 0) this.sendChunk(bucket, 'rs', round, data);
+      this.sendChunk(bucket, 'rs', round, data);
       const [b] = chunkRange(data.length, n, mod(this.rank - round - 1, n));
-      addInto(data, b, await receive('rs', round));
+      addInto(data, b, await this.receive(bucket, 'rs', round));
     }
-    // This worker now owns the full sum of chunk rank+1.
-    const [ob, oe] = chunkRange(data.length, n, mod(this.rank + 1, n));
-    scale(data, ob, oe, 1 / n);
+    return chunkRange(data.length, n, ownedChunk(this.rank, n));
+  }
+
+  /** All-gather of a bucket: every worker's owned chunk of `data` goes to all. */
+  async allGather(bucket: number, data: Float32Array): Promise<void> {
+    const n = this.world;
     for (let round = 0; round < n - 1; round++) {
       this.sendChunk(bucket, 'ag', round, data);
       const [b] = chunkRange(data.length, n, mod(this.rank - round, n));
-      data.set(await receive('ag', round), b);
+      data.set(await this.receive(bucket, 'ag', round), b);
     }
+  }
+
+  /**
+   * Reduce-scatter, the owned chunk scaled by 1/N, all-gather: `data` ends
+   * as the average on every worker. The owner scales before handing the
+   * chunk around, never after (the frames are zero-copy).
+   */
+  async allReduce(bucket: number, data: Float32Array): Promise<void> {
+    const [b, e] = await this.reduceScatter(bucket, data);
+    scale(data, b, e, 1 / this.world);
+    await this.allGather(bucket, data);
   }
 }

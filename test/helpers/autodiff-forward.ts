@@ -1,7 +1,11 @@
+/**
+ * The reference for the engine's equivalence tests: the same network as one
+ * tfjs autodiff graph (tf.grads / tf.variableGrads differentiate it).
+ */
 import * as tf from '@tensorflow/tfjs';
-import { paramName, type Model } from './build.js';
-import { dropoutMask, type DropoutKey } from './dropout.js';
-import type { LayerSpec } from './spec.js';
+import { paramName, type Model } from '../../src/model/build.js';
+import { dropoutMask, type DropoutKey } from '../../src/model/dropout.js';
+import type { LayerSpec } from '../../src/model/spec.js';
 
 export interface ForwardOptions {
   /** present when training: dropout is applied with masks drawn from this key */

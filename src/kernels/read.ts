@@ -1,0 +1,47 @@
+import * as tf from '@tensorflow/tfjs';
+
+/**
+ * Reading a tensor's values back to the host, asynchronously. No training
+ * step reads synchronously: on a GPU backend (WebGPU in Node) a synchronous
+ * read does not exist, and an `await` lets the event loop run the sockets.
+ *
+ * On wasm the values already sit in the module's heap: they are copied from
+ * there directly (one copy, no staging), behind the same asynchronous call.
+ */
+
+/** The wasm backend's heap access, which tfjs does not type. */
+interface HeapView { typedArrayFromHeap(t: { dataId: object; shape: number[]; dtype: 'float32' }): Float32Array }
+
+function heapOf(t: tf.Tensor): HeapView | undefined {
+  if (t.dtype !== 'float32') return undefined;
+  const b = tf.backend() as unknown as Partial<HeapView>;
+  return tf.getBackend() === 'wasm' && typeof b.typedArrayFromHeap === 'function' ? (b as HeapView) : undefined;
+}
+
+/** A float32 copy of `t`'s values that the caller owns (safe to send zero-copy). */
+export async function readFloats(t: tf.Tensor): Promise<Float32Array> {
+  const heap = heapOf(t);
+  if (heap) return heap.typedArrayFromHeap({ dataId: t.dataId, shape: t.shape, dtype: 'float32' }).slice();
+  const d = await t.data();
+  return d instanceof Float32Array ? d : Float32Array.from(d as ArrayLike<number>);
+}
+
+/** A scalar's value. */
+export async function readScalar(t: tf.Tensor): Promise<number> {
+  return (await t.data())[0]!;
+}
+
+/**
+ * Copies `t`'s values into `dst` at `offset`. On wasm straight from the heap
+ * (done when this returns, synchronously); elsewhere the read is queued and
+ * the returned promise settles once the values are in place, so a caller can
+ * go on computing meanwhile. `t` must stay alive until then.
+ */
+export function copyInto(t: tf.Tensor, dst: Float32Array, offset: number): Promise<void> | undefined {
+  const heap = heapOf(t);
+  if (heap) {
+    dst.set(heap.typedArrayFromHeap({ dataId: t.dataId, shape: t.shape, dtype: 'float32' }), offset);
+    return undefined;
+  }
+  return t.data().then((d) => { dst.set(d as Float32Array, offset); });
+}

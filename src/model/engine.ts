@@ -1,0 +1,211 @@
+/**
+ * The training step as layers: forward runs the network's layers in order
+ * and keeps what each backward needs; backward runs the same list reversed
+ * and hands out every parameter's gradient the moment it exists (fc8 first,
+ * conv1 last). One engine serves every mode:
+ *
+ *   single  all towers in this process; a cross link concatenates them
+ *   data    the same, plus `onGradient` (gradient buckets) and `afterLayer`
+ *           (an await between layers, so the ring's sockets progress)
+ *   model   this process owns one tower; at a cross link `links.gather`
+ *           awaits the other tower's output, and in backward `links.scatter`
+ *           awaits the other tower's share of this tower's gradient
+ *
+ * Every place a step waits on the network is one of those awaits. Nothing
+ * here reads a tensor back synchronously.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { paramName, type Model } from './build.js';
+import type { DropoutKey } from './dropout.js';
+import { layerBackward, layerForward, softmaxCrossEntropy, type LayerParams, type Saved } from './layers.js';
+import { isWeighted, type LayerSpec } from './spec.js';
+
+/** The other tower's half of a cross link (model-parallel only). */
+export interface CrossLinks {
+  /** forward: every tower's output concatenated on `axis` in tower order, given this process's own ([B, H, W, C] or [B, F]) */
+  gather(link: string, own: tf.Tensor, axis: number): Promise<tf.Tensor>;
+  /**
+   * backward of `gather`: dL/d(own output), given dL/d(gathered). This
+   * tower's slice plus the slice the other tower computed for it, except when
+   * `replicated` (the logits: both towers compute the same loss).
+   */
+  scatter(link: string, dGathered: tf.Tensor, axis: number, replicated: boolean): Promise<tf.Tensor>;
+}
+
+export interface PassOptions {
+  /** present when training: dropout masks are drawn from this key */
+  dropout?: DropoutKey;
+  /** model-parallel: how this process reaches the towers it does not own */
+  links?: CrossLinks;
+  /** sees each parameter gradient as soon as backward produces it; the tensor stays alive until the step's end */
+  onGradient?: (name: string, grad: tf.Tensor) => void;
+  /** awaited after each layer's backward (data-parallel: lets the ring's messages in) */
+  afterLayer?: () => Promise<void>;
+}
+
+/** What forward kept, per layer and per local tower. */
+export interface Tape {
+  layers: Array<{ layer: LayerSpec; cross: boolean; saved: Saved[] }>;
+  logits: tf.Tensor2D;
+  /** every tensor the tape owns, once */
+  owned: Set<tf.Tensor>;
+}
+
+export function disposeTape(tape: Tape): void {
+  tf.dispose([...tape.owned]);
+  tape.owned.clear();
+}
+
+function layerParams(model: Model, layer: LayerSpec, tower: number): LayerParams | undefined {
+  if (!isWeighted(layer)) return undefined;
+  const get = (kind: 'kernel' | 'bias') => {
+    const name = paramName(model.spec, layer.name, tower, kind);
+    const v = model.params.get(name);
+    if (v === undefined) throw new Error(`engine: this process does not own parameter ${name}`);
+    return v;
+  };
+  return { kernel: get('kernel'), bias: get('bias') };
+}
+
+function checkInput(model: Model, x: tf.Tensor4D, opts: PassOptions): void {
+  const { spec } = model;
+  if (model.towers.length !== spec.towers && (opts.links === undefined || model.towers.length !== 1)) {
+    throw new Error(`engine: needs all ${spec.towers} towers in this process, or one and cross links, has [${model.towers}]`);
+  }
+  const [c, h, w] = spec.input;
+  if (x.rank !== 4 || x.shape[1] !== h || x.shape[2] !== w || x.shape[3] !== c) {
+    throw new Error(`engine: expected input [B, ${h}, ${w}, ${c}] (NHWC), got [${x.shape}]`);
+  }
+}
+
+/**
+ * x [B, H, W, C] -> logits [B, classes]. With `keep` the tape holds every
+ * layer's input and output for backward; without, each is freed as soon as
+ * the next layer has run (evaluation).
+ */
+export async function forward(model: Model, x: tf.Tensor4D, opts: PassOptions, keep: boolean): Promise<Tape> {
+  checkInput(model, x, opts);
+  const { spec } = model;
+  const local = model.towers;
+  const split = local.length < spec.towers;
+  const tape: Tape = { layers: [], logits: undefined as unknown as tf.Tensor2D, owned: new Set() };
+  const own = (t: tf.Tensor) => { if (t !== x) tape.owned.add(t); return t; };
+  const release = (ts: tf.Tensor[]) => { for (const t of ts) if (!keep && t !== x && tape.owned.delete(t)) t.dispose(); };
+  let acts: tf.Tensor[] = local.map(() => x); // per local tower: [B, H, W, C], then [B, F]
+  let first = true;
+  try {
+    for (const layer of spec.layers) {
+      const cross = !first && spec.towers > 1 && isWeighted(layer) && layer.link === 'cross';
+      let inputs = acts;
+      if (cross) {
+        const axis = acts[0]!.rank - 1; // channels (NHWC) or features
+        const all = own(split ? await opts.links!.gather(layer.name, acts[0]!, axis) : tf.concat(acts, axis));
+        release(acts);
+        inputs = local.map(() => all);
+      }
+      const outs = inputs.map((a, j) => layerForward(layer, a, layerParams(model, layer, local[j]!),
+        opts.dropout ? { key: opts.dropout, tower: local[j]!, towers: spec.towers } : undefined));
+      for (const o of outs) { own(o.y); if (o.mask) own(o.mask); }
+      if (keep) tape.layers.push({ layer, cross, saved: outs.map((o, j) => ({ x: inputs[j]!, y: o.y, ...(o.mask ? { mask: o.mask } : {}) })) });
+      else { release([...new Set(inputs)]); release(outs.flatMap((o) => (o.mask ? [o.mask] : []))); }
+      acts = outs.map((o) => o.y);
+      if (isWeighted(layer)) first = false;
+    }
+    // Every process computes the loss from all logits [B, classes].
+    tape.logits = own(split ? await opts.links!.gather('logits', acts[0]!, 1) : acts.length === 1 ? tf.clone(acts[0]!) : tf.concat(acts, 1)) as tf.Tensor2D;
+    release(acts);
+  } catch (err) {
+    disposeTape(tape);
+    throw err;
+  }
+  return tape;
+}
+
+/**
+ * Backward from dL/dlogits [B, classes]: every owned parameter's gradient,
+ * handed to `onGradient` as it is produced. The caller disposes the map.
+ */
+export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, opts: PassOptions): Promise<Map<string, tf.Tensor>> {
+  const { spec } = model;
+  const local = model.towers;
+  const split = local.length < spec.towers;
+  const grads = new Map<string, tf.Tensor>();
+  // dL/d(each local tower's output)
+  let dys: tf.Tensor[] = split ? [await opts.links!.scatter('logits', dlogits, 1, true)]
+    : local.length === 1 ? [tf.clone(dlogits)] : tf.split(dlogits, local.length, 1);
+  const firstWeighted = tape.layers.findIndex((l) => isWeighted(l.layer));
+  try {
+    for (let i = tape.layers.length - 1; i >= firstWeighted; i--) {
+      const { layer, cross, saved } = tape.layers[i]!;
+      const needDx = i > firstWeighted; // the first weighted layer's input is the image
+      const outs = saved.map((s, j) => layerBackward(layer, s, dys[j]!, layerParams(model, layer, local[j]!), needDx));
+      tf.dispose(dys);
+      dys = [];
+      // Bucket order (the data-parallel plan) is the parameter order reversed: last tower first, bias before kernel.
+      for (let j = local.length - 1; j >= 0; j--) {
+        for (const kind of ['bias', 'kernel'] as const) {
+          const g = outs[j]![kind];
+          if (g === undefined) continue;
+          const name = paramName(spec, layer.name, local[j]!, kind);
+          grads.set(name, g);
+          opts.onGradient?.(name, g);
+        }
+      }
+      if (!needDx) break;
+      const dxs = outs.map((o) => o.dx!);
+      if (!cross) {
+        dys = dxs;
+      } else {
+        const axis = dxs[0]!.rank - 1;
+        if (split) {
+          dys = [await opts.links!.scatter(layer.name, dxs[0]!, axis, false)];
+        } else {
+          // dL/d(tower t's output) = Σ over towers t' of the slice t of dL/d(tower t''s concatenated input)
+          const parts = dxs.map((d) => tf.split(d, local.length, axis));
+          dys = local.map((_, t) => tf.tidy(() => parts.slice(1).reduce((acc, p) => tf.add(acc, p[t]!), parts[0]![t]!)));
+          tf.dispose(parts.flat());
+        }
+        tf.dispose(dxs);
+      }
+      await opts.afterLayer?.();
+    }
+  } catch (err) {
+    tf.dispose([...grads.values()]);
+    throw err;
+  } finally {
+    tf.dispose(dys);
+  }
+  return grads;
+}
+
+/**
+ * One batch: the loss (a scalar the caller reads and disposes) and every
+ * owned parameter's gradient (the caller disposes the map's tensors).
+ */
+export async function lossAndGrads(
+  model: Model, x: tf.Tensor4D, labels: tf.Tensor1D, opts: PassOptions = {},
+): Promise<{ loss: tf.Scalar; grads: Map<string, tf.Tensor> }> {
+  const tape = await forward(model, x, opts, true);
+  try {
+    const { loss, dlogits } = softmaxCrossEntropy(tape.logits, labels, true);
+    try {
+      return { loss, grads: await backward(model, tape, dlogits!, opts) };
+    } catch (err) {
+      loss.dispose();
+      throw err;
+    } finally {
+      dlogits!.dispose();
+    }
+  } finally {
+    disposeTape(tape);
+  }
+}
+
+/** Logits [B, classes] without dropout and without a tape (evaluation); the caller disposes them. */
+export async function predict(model: Model, x: tf.Tensor4D, links?: CrossLinks): Promise<tf.Tensor2D> {
+  const tape = await forward(model, x, links ? { links } : {}, false);
+  const logits = tape.logits;
+  tape.owned.delete(logits);
+  disposeTape(tape);
+  return logits;
+}

@@ -1,0 +1,64 @@
+/**
+ * The whole network in this process: the fallback with fewer than two
+ * devices and the reference every parallel mode is tested against.
+ *
+ * A step: the batch's forward and backward (model/engine.ts), then the SGD
+ * update. No exchange, so no await in the step but the loss read.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { TrainState } from '../checkpoint/checkpoint.js';
+import { loadModelState, readModelState } from '../checkpoint/model-state.js';
+import { specOf, type TrainConfig } from '../config/train.js';
+import { TrainBatches, type RunData } from '../data/run-data.js';
+import { readScalar } from '../kernels/read.js';
+import { buildModel, disposeModel, type Model } from '../model/build.js';
+import { lossAndGrads } from '../model/engine.js';
+import { Sgd } from '../model/sgd.js';
+import { evaluate } from './evaluate.js';
+import type { EvalResult, StepInput, StepResult, Strategy } from './strategy.js';
+
+export class SingleStrategy implements Strategy {
+  readonly model: Model;
+  private readonly opt: Sgd;
+  private readonly batches: TrainBatches;
+
+  constructor(private readonly cfg: TrainConfig, private readonly data: RunData) {
+    this.model = buildModel(specOf(cfg), { seed: cfg.seed });
+    this.opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
+    this.batches = new TrainBatches(data, cfg);
+  }
+
+  async step(s: StepInput): Promise<StepResult> {
+    const t0 = performance.now();
+    const { x, y } = this.batches.batch(s.epoch, s.step);
+    try {
+      // Dropout is keyed by the global step: a resumed run draws the same masks.
+      const { loss, grads } = await lossAndGrads(this.model, x, y, { dropout: { seed: this.cfg.seed, step: s.globalStep, firstSample: 0 } });
+      this.opt.opts.lr = s.lr;
+      this.opt.apply(this.model.params, grads);
+      tf.dispose([...grads.values()]);
+      const value = await readScalar(loss);
+      loss.dispose();
+      return { loss: value, samples: this.cfg.batch, computeMs: performance.now() - t0, waitMs: 0, bytesSent: 0 };
+    } finally {
+      tf.dispose([x, y]);
+    }
+  }
+
+  evaluate(): Promise<EvalResult> {
+    return evaluate(this.model, this.data.test, { resolution: this.cfg.resolution, channels: this.cfg.channels, batch: this.cfg.evalBatch });
+  }
+
+  state(): Promise<TrainState> {
+    return readModelState(this.model, this.opt);
+  }
+
+  async load(state: TrainState): Promise<void> {
+    loadModelState(this.model, this.opt, state);
+  }
+
+  async close(): Promise<void> {
+    this.opt.dispose();
+    disposeModel(this.model);
+  }
+}
