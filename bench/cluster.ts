@@ -15,7 +15,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePorts } from '../src/wire/free-ports.js';
 import { parseClusterConfig } from '../src/config/cluster.js';
-import { runDataParallel, type ClusterResult } from '../src/run/coordinator.js';
+import type { TrainResult as ClusterResult } from '../src/run/loop.js';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train } from '../src/run/loop.js';
 
@@ -52,7 +52,7 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
   // its passes' timed steps.
   const runCluster = async (world: number, overlap: boolean): Promise<ClusterResult> => {
     const c = await cluster(world);
-    return runDataParallel({ cluster: c, workers: c.workers, config: cfg, outDir: mkdtempSync(join(tmpdir(), 'splitnet-bench-')), overlap, ...quiet });
+    return train({ cluster: c, workers: c.workers, config: cfg, outDir: mkdtempSync(join(tmpdir(), 'splitnet-bench-')), overlap, ...quiet });
   };
   const timed = (r: ClusterResult) => r.stats.slice(o.warmup);
   const singleMs: number[] = [];
@@ -82,7 +82,7 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
   const expectedBytes = ((2 * (2 - 1)) / 2) * paramBytes;
   const sent = twoStats.flatMap((s) => s.bytesSent);
   // The slower worker's wait is the all-reduce itself; the faster one's adds the skew between them.
-  const slowerWait = (stats: ClusterResult['stats']) => median(stats.map((s) => s.allreduceWaitMs[s.computeMs.indexOf(Math.max(...s.computeMs))]!));
+  const slowerWait = (stats: ClusterResult['stats']) => median(stats.map((s) => s.waitMs[s.computeMs.indexOf(Math.max(...s.computeMs))]!));
   const waitOverlap = slowerWait(twoStats);
   const waitAfter = slowerWait(afterStats);
   const skew = median(twoStats.map((s) => Math.max(...s.computeMs) - Math.min(...s.computeMs)));

@@ -11,7 +11,7 @@ import { alexnet } from '../src/model/alexnet.js';
 import type { Arch } from '../src/model/spec.js';
 import { buildModel } from '../src/model/build.js';
 import { Sgd } from '../src/model/sgd.js';
-import { trainStep } from '../src/model/step.js';
+import { trainStep } from '../src/parallel/single.js';
 
 const { values } = parseArgs({
   options: {
@@ -40,7 +40,7 @@ const stepMs: number[] = [];
 const total = Number(values.warmup) + Number(values.steps);
 for (let step = 0; step < total; step++) {
   const t0 = performance.now();
-  trainStep(model, opt, x, labels, { seed: 1, step, firstSample: 0 }); // reads the loss: the step is complete
+  await trainStep(model, opt, x, labels, { dropout: { seed: 1, step, firstSample: 0 } }); // reads the loss: the step is complete
   const dt = performance.now() - t0;
   if (step >= Number(values.warmup)) stepMs.push(dt);
 }

@@ -15,7 +15,7 @@ import { buildModel, disposeModel } from '../src/model/build.js';
 import { CPU_DEFAULTS, type TrainConfig, specOf } from '../src/config/train.js';
 import { train } from '../src/run/loop.js';
 import { Sgd } from '../src/model/sgd.js';
-import { trainStep } from '../src/model/step.js';
+import { trainStep } from '../src/parallel/single.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -26,7 +26,7 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-function bareSteps(cfg: TrainConfig, steps: number): number[] {
+async function bareSteps(cfg: TrainConfig, steps: number): Promise<number[]> {
   const spec = specOf(cfg);
   const model = buildModel(spec, { seed: cfg.seed });
   const opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
@@ -35,7 +35,7 @@ function bareSteps(cfg: TrainConfig, steps: number): number[] {
   const ms: number[] = [];
   for (let i = 0; i < steps + 2; i++) {
     const t0 = performance.now();
-    trainStep(model, opt, x, y, { seed: cfg.seed, step: i, firstSample: 0 });
+    await trainStep(model, opt, x, y, { dropout: { seed: cfg.seed, step: i, firstSample: 0 } });
     if (i >= 2) ms.push(performance.now() - t0);
   }
   tf.dispose([x, y]);
@@ -51,7 +51,7 @@ export async function loopBench(o: LoopOptions): Promise<void> {
   };
   await initBackend('wasm');
   console.log(`loop: d2l AlexNet ${o.resolution}×${o.resolution}, width ${o.width}, batch ${o.batch}, ${o.steps} steps each, ${o.data} data, wasm`);
-  const before = bareSteps(cfg, o.steps);
+  const before = await bareSteps(cfg, o.steps);
   const outDir = mkdtempSync(join(tmpdir(), 'splitnet-bench-'));
   await train({ config: cfg, outDir, log: () => {}, progress: true });
   const records = (await readFile(join(outDir, 'metrics.jsonl'), 'utf8')).trim().split('\n')
@@ -62,7 +62,7 @@ export async function loopBench(o: LoopOptions): Promise<void> {
   const loopMs = records.map((r) => r.loopMs!);
   const inLoopStepMs = records.map((r) => r.stepMs!);
   const ownMs = records.map((r) => r.loopMs! - r.stepMs!);
-  const after = bareSteps(cfg, o.steps);
+  const after = await bareSteps(cfg, o.steps);
   const bare = median([...before, ...after]);
   const loop = median(loopMs);
   const overhead = loop / bare - 1;

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseClusterConfig } from '../src/config/cluster.js';
-import { runDataParallel, type ClusterResult } from '../src/run/coordinator.js';
+import type { TrainResult as ClusterResult } from '../src/run/loop.js';
 import { freePorts } from '../src/wire/free-ports.js';
 import { alexnet } from '../src/model/alexnet.js';
 import { shapesOf } from '../src/model/shapes.js';
@@ -62,7 +62,7 @@ export async function splitBench(o: SplitBenchOptions): Promise<void> {
       coordinator: { host: '127.0.0.1', port: coord }, transport: 'tcp',
       workers: [{ host: '127.0.0.1', device: 'cpu', port: a }, { host: '127.0.0.1', device: 'cpu', port: b }],
     });
-    return runDataParallel({ cluster, workers: cluster.workers, config: cfg, outDir: mkdtempSync(join(tmpdir(), 'splitnet-bench-')), mode: 'model', microBatches: micro, ...quiet });
+    return train({ cluster, workers: cluster.workers, config: cfg, outDir: mkdtempSync(join(tmpdir(), 'splitnet-bench-')), mode: 'model', microBatches: micro, ...quiet });
   };
   const oneMs: number[] = [];
   const splitStats: ClusterResult['stats'] = [];

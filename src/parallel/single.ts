@@ -12,10 +12,20 @@ import { specOf, type TrainConfig } from '../config/train.js';
 import { TrainBatches, type RunData } from '../data/run-data.js';
 import { readScalar } from '../kernels/read.js';
 import { buildModel, disposeModel, type Model } from '../model/build.js';
-import { lossAndGrads } from '../model/engine.js';
+import { lossAndGrads, type PassOptions } from '../model/engine.js';
 import { Sgd } from '../model/sgd.js';
 import { evaluate } from './evaluate.js';
 import type { EvalResult, StepInput, StepResult, Strategy } from './strategy.js';
+
+/** One SGD step of `model` on x [B, H, W, C], labels [B]: the batch's loss (before the update). */
+export async function trainStep(model: Model, opt: Sgd, x: tf.Tensor4D, labels: tf.Tensor1D, opts: PassOptions = {}): Promise<number> {
+  const { loss, grads } = await lossAndGrads(model, x, labels, opts);
+  opt.apply(model.params, grads);
+  tf.dispose([...grads.values()]);
+  const value = await readScalar(loss);
+  loss.dispose();
+  return value;
+}
 
 export class SingleStrategy implements Strategy {
   readonly model: Model;
@@ -33,13 +43,9 @@ export class SingleStrategy implements Strategy {
     const { x, y } = this.batches.batch(s.epoch, s.step);
     try {
       // Dropout is keyed by the global step: a resumed run draws the same masks.
-      const { loss, grads } = await lossAndGrads(this.model, x, y, { dropout: { seed: this.cfg.seed, step: s.globalStep, firstSample: 0 } });
       this.opt.opts.lr = s.lr;
-      this.opt.apply(this.model.params, grads);
-      tf.dispose([...grads.values()]);
-      const value = await readScalar(loss);
-      loss.dispose();
-      return { loss: value, samples: this.cfg.batch, computeMs: performance.now() - t0, waitMs: 0, bytesSent: 0 };
+      const loss = await trainStep(this.model, this.opt, x, y, { dropout: { seed: this.cfg.seed, step: s.globalStep, firstSample: 0 } });
+      return { loss, samples: this.cfg.batch, computeMs: performance.now() - t0, waitMs: 0, bytesSent: 0 };
     } finally {
       tf.dispose([x, y]);
     }
