@@ -95,9 +95,18 @@ export class Cluster implements Strategy {
     return err;
   }
 
+  /** zeromq.js allows one send in progress per socket: every send waits for the one before. */
+  private sending: Promise<void> = Promise.resolve();
+  private enqueue(rank: number, msg: Parameters<typeof encodeToWorker>[0], tensors: Float32Array[] = []): Promise<void> {
+    const frames = [Buffer.from(`w${rank}`), ...encodeToWorker(msg, tensors)];
+    const sent = this.sending.then(() => this.router.send(frames));
+    this.sending = sent.catch(() => {});
+    return sent;
+  }
+
   private async send(rank: number, msg: Parameters<typeof encodeToWorker>[0], tensors: Float32Array[] = []): Promise<void> {
     if (this.failure) throw this.failure;
-    await this.router.send([Buffer.from(`w${rank}`), ...encodeToWorker(msg, tensors)])
+    await this.enqueue(rank, msg, tensors)
       .catch((err: Error) => { throw this.fail(new ClusterError(`${this.name(rank)}: cannot be reached: ${err.message}`)); });
   }
 
@@ -239,7 +248,7 @@ export class Cluster implements Strategy {
     const { cluster } = this.opts;
     for (let r = 0; r < this.launched.length; r++) {
       // Best effort, and never a wait without end: a stuck worker is killed below.
-      const told = this.router.send([Buffer.from(`w${r}`), ...encodeToWorker(ok ? { kind: 'shutdown' } : { kind: 'abort', reason: this.failure!.message })]).catch(() => {});
+      const told = this.enqueue(r, ok ? { kind: 'shutdown' } : { kind: 'abort', reason: this.failure!.message }).catch(() => {});
       await Promise.race([told, new Promise((resolve) => setTimeout(resolve, TELL_MS))]);
     }
     const exits = Promise.all(this.launched.map((w) => w.exited));
