@@ -19,7 +19,7 @@ import { formatRunSummary } from './run/summary.js';
 
 function intArg(flag: string) {
   return (v: string): number => {
-    if (!/^\d+$/.test(v)) throw new UsageError(`${flag}: expected a positive integer, got '${v}'`);
+    if (!/^\d+$/.test(v) || Number(v) < 1) throw new UsageError(`${flag}: expected a positive integer, got '${v}'`);
     return Number(v);
   };
 }

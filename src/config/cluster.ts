@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { UsageError } from '../errors.js';
+import { describeIssue } from './describe-issue.js';
 
 const Port = z.number().int().min(1).max(65_535);
 
@@ -46,12 +47,6 @@ export const ClusterConfigSchema = z.strictObject({
 
 export type ClusterConfig = z.infer<typeof ClusterConfigSchema>;
 export type WorkerSpec = z.infer<typeof WorkerSchema>;
-
-function describeIssue(where: string, issue: z.core.$ZodIssue): string {
-  const key = issue.path.length > 0 ? issue.path.join('.') : '(top level)';
-  const keys = issue.code === 'unrecognized_keys' ? ` unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `'${k}'`).join(', ')}` : '';
-  return `${where}: ${key}:${keys || ` ${issue.message}`}`;
-}
 
 /** Validates a parsed config: schema, then duplicate ports and devices. */
 export function parseClusterConfig(raw: unknown, where = 'cluster config'): ClusterConfig {

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { BACKEND_CHOICES } from '../backend.js';
 import { UsageError } from '../errors.js';
+import { describeIssue } from './describe-issue.js';
 import { alexnet } from '../model/alexnet.js';
 import { ARCHS, type ModelSpec } from '../model/spec.js';
 
@@ -76,10 +77,7 @@ export const D2L_RECIPE: Partial<TrainConfig> = {
 export function parseTrainConfig(raw: unknown, where = 'config'): TrainConfig {
   const r = TrainConfigSchema.safeParse(raw);
   if (r.success) return r.data;
-  const issue = r.error.issues[0]!;
-  const key = issue.path.length > 0 ? issue.path.join('.') : '(top level)';
-  const keys = issue.code === 'unrecognized_keys' ? ` ${issue.keys.map((k) => `'${k}'`).join(', ')}` : '';
-  throw new UsageError(`${where}: ${key}${keys}: ${issue.message}`);
+  throw new UsageError(describeIssue(where, r.error.issues[0]!));
 }
 
 /** Learning rate in an epoch: lr × lrDecay^(number of decay epochs reached). */

@@ -22,6 +22,7 @@
  *   - Evaluation walks the test set on both workers together ('eval<epoch>/<batch>/…').
  */
 import * as tf from '@tensorflow/tfjs';
+import { performance } from 'node:perf_hooks';
 import type { TrainState } from '../checkpoint/checkpoint.js';
 import { loadModelState, readModelState } from '../checkpoint/model-state.js';
 import { specOf, type TrainConfig } from '../config/train.js';
@@ -82,7 +83,10 @@ export class ModelParallelTower implements Strategy {
   async step(s: StepInput): Promise<StepResult> {
     const t0 = performance.now();
     const { link, cfg } = this;
-    const waitedBefore = link.waitedMs;
+    // Time this process sat idle, awaiting the other tower: with pipelined
+    // micro-batches the waits overlap each other and other micro-batches' compute,
+    // so they are measured as the event loop's idle time, not summed.
+    const loopBefore = performance.eventLoopUtilization();
     const sentBefore = link.bytesSent;
     link.forgetSeen();
     const m = this.microBatches;
@@ -113,7 +117,7 @@ export class ModelParallelTower implements Strategy {
     let lossSum = 0;
     for (const r of micro) lossSum += await readScalar(r.loss);
     tf.dispose(micro.map((r) => r.loss));
-    const waitMs = link.waitedMs - waitedBefore;
+    const waitMs = performance.eventLoopUtilization(loopBefore).idle;
     return {
       loss: lossSum / m, samples: cfg.batch, computeMs: Math.max(0, performance.now() - t0 - waitMs), waitMs, bytesSent: link.bytesSent - sentBefore,
     };

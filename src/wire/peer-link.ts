@@ -31,8 +31,6 @@ export const MAX_UNCLAIMED = 1024;
 export class PeerLink {
   /** bytes handed to the peer since the link opened */
   bytesSent = 0;
-  /** milliseconds spent awaiting the peer's tensors (overlapping waits count once each) */
-  waitedMs = 0;
   private readonly boxes = new Map<string, Inbox<Float32Array>>();
   private readonly seen = new Set<string>();
   private failure: Error | undefined;
@@ -97,14 +95,12 @@ export class PeerLink {
 
   /** The peer's tensor for `key`, which must hold `floats` values. */
   async receive(key: string, floats: number): Promise<Float32Array> {
-    const t0 = performance.now();
     try {
       const data = await this.box(key).next(this.opts.waitMs, `'${key}' from worker ${this.opts.peerRank}`);
       if (data.length !== floats) throw new ProtocolError(`'${key}' from worker ${this.opts.peerRank}: ${data.length} floats, expected ${floats}`);
       return data;
     } finally {
       this.boxes.delete(key);
-      this.waitedMs += performance.now() - t0;
     }
   }
 

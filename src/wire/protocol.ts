@@ -8,6 +8,7 @@
  */
 import { Packr } from 'msgpackr';
 import { z } from 'zod';
+import { describeIssue } from '../config/describe-issue.js';
 
 export const PROTOCOL_VERSION = 2;
 
@@ -142,9 +143,8 @@ function decode<S extends z.ZodType>(schema: S, frames: Buffer[], maxBytes: numb
   if (version !== PROTOCOL_VERSION) throw new ProtocolError(`protocol version ${String(version)}, expected ${PROTOCOL_VERSION}`);
   const r = schema.safeParse(header);
   if (!r.success) {
-    const issue = r.error.issues[0]!;
     const kind = String((header as { kind?: unknown }).kind);
-    throw new ProtocolError(`bad '${kind}' message: ${issue.path.join('.') || '(header)'}: ${issue.message}`);
+    throw new ProtocolError(describeIssue(`bad '${kind}' message`, r.error.issues[0]!, '(header)'));
   }
   const msg = r.data as { kind: string; tensors?: TensorMeta[] };
   const body = frames.slice(1);
