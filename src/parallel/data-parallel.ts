@@ -128,6 +128,7 @@ export class DataParallelReplica implements Strategy {
       const waitMs = reduced - backwardEnd;
       return {
         loss: value, samples: shard, computeMs: performance.now() - t0 - waitMs, waitMs, bytesSent: this.ring.bytesSent - sentBefore,
+        tensors: tf.memory().numTensors,
         ...(s.checksum ? { checksum: checksumOf(this.weights) } : {}),
       };
     } finally {
@@ -228,6 +229,7 @@ export const combineReplicas: Combine = {
       computeMs: Math.max(...results.map((r) => r.computeMs)),
       waitMs: Math.max(...results.map((r) => r.waitMs)),
       bytesSent: results.reduce((n, r) => n + r.bytesSent, 0),
+      tensors: Math.max(...results.map((r) => r.tensors)),
       ...(sums[0] !== undefined ? { checksum: sums[0] } : {}),
       workers: results,
     };

@@ -120,6 +120,7 @@ export class ModelParallelTower implements Strategy {
     const waitMs = performance.eventLoopUtilization(loopBefore).idle;
     return {
       loss: lossSum / m, samples: cfg.batch, computeMs: Math.max(0, performance.now() - t0 - waitMs), waitMs, bytesSent: link.bytesSent - sentBefore,
+      tensors: tf.memory().numTensors,
     };
   }
 
@@ -156,7 +157,7 @@ export const combineTowers: Combine = {
     }
     return {
       loss: a.loss, samples: a.samples, computeMs: Math.max(a.computeMs, b.computeMs), waitMs: Math.max(a.waitMs, b.waitMs),
-      bytesSent: a.bytesSent + b.bytesSent, workers: results,
+      bytesSent: a.bytesSent + b.bytesSent, tensors: Math.max(a.tensors, b.tensors), workers: results,
     };
   },
   evaluate: (results) => results[0]!, // both evaluated every sample together

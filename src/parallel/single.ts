@@ -45,7 +45,7 @@ export class SingleStrategy implements Strategy {
       // Dropout is keyed by the global step: a resumed run draws the same masks.
       this.opt.opts.lr = s.lr;
       const loss = await trainStep(this.model, this.opt, x, y, { dropout: { seed: this.cfg.seed, step: s.globalStep, firstSample: 0 } });
-      return { loss, samples: this.cfg.batch, computeMs: performance.now() - t0, waitMs: 0, bytesSent: 0 };
+      return { loss, samples: this.cfg.batch, computeMs: performance.now() - t0, waitMs: 0, bytesSent: 0, tensors: tf.memory().numTensors };
     } finally {
       tf.dispose([x, y]);
     }

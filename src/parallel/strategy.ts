@@ -37,6 +37,8 @@ export interface StepResult {
   /** bytes sent to peers during the step */
   bytesSent: number;
   checksum?: string;
+  /** live backend tensors after the step (flat from the second step on, or something leaks) */
+  tensors: number;
   /** a cluster: what each worker reported, by rank */
   workers?: StepResult[];
 }

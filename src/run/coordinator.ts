@@ -207,8 +207,8 @@ export class Cluster implements Strategy {
     }, 'stepDone', this.deadline(), `step ${s.globalStep}`);
     this.stepMsSeen.push(performance.now() - t0);
     try {
-      return this.combine.step(done.map(({ msg: { loss, samples, computeMs, waitMs, bytesSent, checksum } }) =>
-        ({ loss, samples, computeMs, waitMs, bytesSent, ...(checksum !== undefined ? { checksum } : {}) })));
+      return this.combine.step(done.map(({ msg: { loss, samples, computeMs, waitMs, bytesSent, liveTensors: tensors, checksum } }) =>
+        ({ loss, samples, computeMs, waitMs, bytesSent, tensors, ...(checksum !== undefined ? { checksum } : {}) })));
     } catch (err) {
       throw this.fail(new ClusterError(`at step ${s.globalStep}: ${(err as Error).message}`));
     }

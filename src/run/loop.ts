@@ -55,7 +55,7 @@ export interface TrainOptions {
 export type RunEvent = { type: 'started'; pids: number[] } | { type: 'step'; globalStep: number };
 
 /** One step as each worker saw it (one entry in single mode). */
-export interface StepStats { computeMs: number[]; waitMs: number[]; bytesSent: number[]; wallMs: number }
+export interface StepStats { computeMs: number[]; waitMs: number[]; bytesSent: number[]; tensors: number[]; wallMs: number }
 
 export interface TrainResult {
   config: TrainConfig;
@@ -166,7 +166,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         const wallMs = performance.now() - t0;
         if (!Number.isFinite(r.loss)) throw new UsageError(`loss is ${r.loss} at epoch ${pos.epoch} step ${pos.step}: lower --lr`);
         const each = r.workers ?? [r];
-        result.stats.push({ computeMs: each.map((w) => w.computeMs), waitMs: each.map((w) => w.waitMs), bytesSent: each.map((w) => w.bytesSent), wallMs });
+        result.stats.push({ computeMs: each.map((w) => w.computeMs), waitMs: each.map((w) => w.waitMs), bytesSent: each.map((w) => w.bytesSent), tensors: each.map((w) => w.tensors), wallMs });
         pos.step++;
         pos.globalStep++;
         stepsThisRun++;

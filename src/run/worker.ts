@@ -97,7 +97,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
           const r = await strategy.step(msg);
           await sendUp({
             kind: 'stepDone', globalStep: msg.globalStep, loss: r.loss, samples: r.samples, computeMs: r.computeMs,
-            waitMs: r.waitMs, bytesSent: r.bytesSent, ...(r.checksum !== undefined ? { checksum: r.checksum } : {}),
+            waitMs: r.waitMs, bytesSent: r.bytesSent, liveTensors: r.tensors, ...(r.checksum !== undefined ? { checksum: r.checksum } : {}),
           });
           break;
         }

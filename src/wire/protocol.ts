@@ -70,6 +70,8 @@ const StepDone = z.strictObject({
   waitMs: z.number().min(0),
   /** bytes this worker sent to peers during the step */
   bytesSent: Count,
+  /** live backend tensors after the step ('tensors' names a message's frames) */
+  liveTensors: Count,
   checksum: z.string().optional(),
 });
 const EvalDone = z.strictObject({ v, kind: z.literal('evalDone'), epoch: Count, correct: Count, lossSum: z.number(), samples: Count });
