@@ -90,11 +90,15 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
 
   const line = (label: string, ms: number, extra = '') => console.log(`  ${label.padEnd(40)} ${ips(ms).toFixed(2).padStart(7)} img/s  (${ms.toFixed(0)} ms/step)${extra}`);
   line('single process (in-process loop)', single);
-  line('1-worker cluster', c1, `  ${((c1 / single - 1) * 100).toFixed(1)}% slower than the loop`);
+  line('1-worker cluster', c1, `  ${Math.abs((c1 / single - 1) * 100).toFixed(1)}% ${c1 > single ? 'slower' : 'faster'} than the loop`);
   line('2 workers, all-reduce overlapped', c2, `  ${(c1 / c2).toFixed(2)}× the 1-worker cluster, ${(single / c2).toFixed(2)}× the loop`);
   line('2 workers, all-reduce after backward', c2after);
-  console.log(`  bytes sent per worker per step          ${(mean(sent) / 2 ** 20).toFixed(2)} MiB vs 2(N-1)/N × ${(paramBytes / 2 ** 20).toFixed(2)} MiB of parameters = ` +
-    `${(expectedBytes / 2 ** 20).toFixed(2)} MiB (${((mean(sent) / expectedBytes - 1) * 100).toFixed(2)}%)`);
+  // ZeRO-1: a reduce-scatter of the gradients, (N-1)/N of them, then an all-gather of the updated weights, (N-1)/N again.
+  console.log(`  bytes sent per worker per step          ${(mean(sent) / 2 ** 20).toFixed(2)} MiB vs (N-1)/N gradients (reduce-scatter) + (N-1)/N weights (all-gather) ` +
+    `= 2(N-1)/N × ${(paramBytes / 2 ** 20).toFixed(2)} MiB = ${(expectedBytes / 2 ** 20).toFixed(2)} MiB (${((mean(sent) / expectedBytes - 1) * 100).toFixed(2)}%)`);
+  const flat = (stats: ClusterResult['stats']) => stats[0]!.tensors.every((_, w) => new Set(stats.map((s) => s.tensors[w])).size === 1);
+  console.log(`  live tensors per worker                 ${flat(oneStats) && flat(twoStats) && flat(afterStats) ? 'flat over every timed step' : 'NOT flat: a leak'} ` +
+    `(${twoStats[0]!.tensors.join(', ')})`);
   console.log(`  all-reduce time left after backward     ${waitOverlap.toFixed(1)} ms overlapped vs ${waitAfter.toFixed(1)} ms after (slower worker, median): ${(hidden * 100).toFixed(0)}% hidden behind backward`);
   console.log(`  compute skew between the two workers    ${skew.toFixed(0)} ms per step (median): the faster one waits that long`);
 
