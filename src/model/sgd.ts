@@ -77,14 +77,25 @@ export function sgdUpdateRange(
   const lr = f(opts.lr);
   const wd = f(opts.weightDecay);
   const mom = f(opts.momentum);
-  for (let i = begin; i < end; i++) {
-    let grad = f(g[i]! * gScale);
-    if (wd !== 0) grad = f(grad + f(w[i]! * wd));
-    if (v !== undefined) {
-      const vi = f(f(v[i - begin]! * mom) + grad);
-      v[i - begin] = vi;
-      grad = vi;
+  const ws = w.subarray(begin, end);
+  const gs = g.subarray(begin, end);
+  const n = end - begin;
+  // One tight loop per case: V8 keeps each monomorphic, ~1 ns an element.
+  if (v !== undefined && wd !== 0) {
+    for (let i = 0; i < n; i++) {
+      const vi = f(f(v[i]! * mom) + f(f(gs[i]! * gScale) + f(ws[i]! * wd)));
+      v[i] = vi;
+      ws[i] = f(ws[i]! - f(vi * lr));
     }
-    w[i] = f(w[i]! - f(grad * lr));
+  } else if (v !== undefined) {
+    for (let i = 0; i < n; i++) {
+      const vi = f(f(v[i]! * mom) + f(gs[i]! * gScale));
+      v[i] = vi;
+      ws[i] = f(ws[i]! - f(vi * lr));
+    }
+  } else if (wd !== 0) {
+    for (let i = 0; i < n; i++) ws[i] = f(ws[i]! - f(f(f(gs[i]! * gScale) + f(ws[i]! * wd)) * lr));
+  } else {
+    for (let i = 0; i < n; i++) ws[i] = f(ws[i]! - f(f(gs[i]! * gScale) * lr));
   }
 }
