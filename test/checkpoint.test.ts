@@ -2,11 +2,14 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { readCheckpointState, restoreTensors, saveCheckpoint, STATE_FILE, TENSORS_FILE } from '../src/checkpoint/checkpoint.js';
+import {
+  flattenState, mergeStates, momentumKey, readCheckpointState, readCheckpointTensors, saveCheckpoint, STATE_FILE, TENSORS_FILE,
+} from '../src/checkpoint/checkpoint.js';
+import { loadModelState, readModelState } from '../src/checkpoint/model-state.js';
 import { readSafetensors, writeSafetensors } from '../src/checkpoint/safetensors.js';
 import { fromTorch, permute, toTorch } from '../src/checkpoint/torch-layout.js';
 import { alexnet } from '../src/model/alexnet.js';
-import { buildModel, disposeModel } from '../src/model/build.js';
+import { buildModel, disposeModel, parameterShapes } from '../src/model/build.js';
 import { CPU_DEFAULTS } from '../src/config/train.js';
 import { Sgd } from '../src/model/sgd.js';
 import { setupBackends } from './helpers/backends.js';
@@ -88,41 +91,54 @@ describe('PyTorch layout', () => {
 });
 
 describe('checkpoints', () => {
-  it('restore weights and momentum exactly', () => {
+  it('restore weights and momentum exactly', async () => {
     const dir = tempDir();
     const spec = alexnet({ arch: 'd2l', width: 1 / 16, resolution: 67 });
     const a = buildModel(spec, { seed: 1 });
     const opt = new Sgd({ lr: 0.1, momentum: 0.9, weightDecay: 0 });
-    const grads = Object.fromEntries([...a.params].map(([n, v]) => [n, tf.onesLike(v)]));
+    const grads = new Map([...a.params].map(([n, v]) => [n, tf.onesLike(v) as tf.Tensor]));
     opt.apply(a.params, grads);
-    saveCheckpoint(dir, a, opt, { ...CPU_DEFAULTS, width: 1 / 16, resolution: 67 }, { epoch: 0, step: 3, globalStep: 3 });
+    saveCheckpoint(dir, spec, await readModelState(a, opt), { ...CPU_DEFAULTS, width: 1 / 16, resolution: 67 }, { epoch: 0, step: 3, globalStep: 3 });
     const b = buildModel(spec, { seed: 99 });
     const opt2 = new Sgd({ lr: 0.1, momentum: 0.9, weightDecay: 0 });
-    restoreTensors(dir, b, opt2);
+    loadModelState(b, opt2, readCheckpointTensors(dir, spec, parameterShapes(spec)));
+    expect([...opt2.buffers().keys()]).toEqual([...a.params.keys()]);
     for (const [name, v] of a.params) {
       expect(Array.from(b.params.get(name)!.dataSync())).toEqual(Array.from(v.dataSync()));
-      expect(Array.from(opt2.velocity.get(name)!.dataSync())).toEqual(Array.from(opt.velocity.get(name)!.dataSync()));
+      expect(Array.from(opt2.buffers().get(name)!.dataSync())).toEqual(Array.from(opt.buffers().get(name)!.dataSync()));
     }
     const state = readCheckpointState(dir);
     expect(state.position).toEqual({ epoch: 0, step: 3, globalStep: 3 });
     expect(state.config.width).toBe(1 / 16);
-    tf.dispose(Object.values(grads));
+    tf.dispose([...grads.values()]);
+    [opt, opt2].forEach((o) => o.dispose());
     [a, b].forEach(disposeModel);
   });
 
-  it('refuses a state file whose tensor file was replaced, or a bad state file', () => {
+  it("a state travels as one list (parameters, then momentum.<name>) and merges back from the towers' halves in parameter order", () => {
+    const t = (name: string, value: number) => ({ name, shape: [1], data: Float32Array.of(value) });
+    const order = ['conv1.t0.kernel', 'conv1.t0.bias', 'conv1.t1.kernel', 'conv1.t1.bias'];
+    const tower = (k: number) => flattenState({ params: [t(order[2 * k]!, k), t(order[2 * k + 1]!, k + 0.5)], momentum: [t(order[2 * k]!, -k)] });
+    expect(tower(1).map((x) => x.name)).toEqual(['conv1.t1.kernel', 'conv1.t1.bias', momentumKey('conv1.t1.kernel')]);
+    expect(momentumKey('conv1.t1.kernel')).toBe('momentum.conv1.t1.kernel');
+    const merged = mergeStates([tower(1), tower(0)], order);
+    expect(merged.params.map((p) => [p.name, p.data[0]])).toEqual([[order[0], 0], [order[1], 0.5], [order[2], 1], [order[3], 1.5]]);
+    expect(merged.momentum.map((p) => [p.name, p.data[0]])).toEqual([[order[0], -0], [order[2], -1]]);
+  });
+
+  it('refuses a state file whose tensor file was replaced, or a bad state file', async () => {
     const dir = tempDir();
     const spec = alexnet({ arch: 'd2l', width: 1 / 16, resolution: 67 });
     const m = buildModel(spec, { seed: 1 });
     const opt = new Sgd({ lr: 0.1, momentum: 0, weightDecay: 0 });
-    saveCheckpoint(dir, m, opt, CPU_DEFAULTS, { epoch: 0, step: 1, globalStep: 1 });
+    saveCheckpoint(dir, spec, await readModelState(m, opt), CPU_DEFAULTS, { epoch: 0, step: 1, globalStep: 1 });
     writeFileSync(join(dir, TENSORS_FILE), Buffer.alloc(16));
     expect(() => readCheckpointState(dir)).toThrow(/checkpoint\.safetensors: 16 bytes: checkpoint\.json was written with a \d+-byte tensor file/);
     const state = JSON.parse(readFileSync(join(dir, STATE_FILE), 'utf8'));
     writeFileSync(join(dir, STATE_FILE), JSON.stringify({ ...state, config: { ...state.config, lr: 'fast' } }));
     expect(() => readCheckpointState(dir)).toThrow(/checkpoint\.json: lr: /);
     writeFileSync(join(dir, STATE_FILE), JSON.stringify({ ...state, config: { ...state.config, colour: 'red' } }));
-    expect(() => readCheckpointState(dir)).toThrow(/checkpoint\.json: \(top level\) 'colour': /);
+    expect(() => readCheckpointState(dir)).toThrow(/checkpoint\.json: \(top level\): unknown key 'colour'$/);
     expect(() => readCheckpointState(tempDir())).toThrow(/checkpoint\.json: not found: nothing to resume in this directory/);
     disposeModel(m);
   });

@@ -7,14 +7,15 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
-import { runDataParallel } from '../src/run/coordinator.js';
+import { afterEach, describe, expect, it } from 'vitest';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
-import { localCluster } from './helpers/cluster.js';
+import { train } from '../src/run/loop.js';
+import { alive, localCluster, Spawned } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+const spawned = new Spawned();
+afterEach(() => { spawned.reap(); });
 
 describe('the process tree', () => {
   it('when the coordinator is killed, every worker exits by itself', async () => {
@@ -25,17 +26,20 @@ describe('the process tree', () => {
     const coord = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', '--backend', 'wasm', 'launch', '--config', cfgPath,
       '--synthetic', '--width', '0.125', '--resolution', '67', '--batch', '8', '--train-samples', '4000', '--out', join(dir, 'run'), '--no-progress'],
     { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    spawned.add(coord.pid!);
     let out = '';
     const pids = await new Promise<number[]>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`no worker pids in 60 s; output: ${out}`)), 60_000);
       coord.stdout.on('data', (d: Buffer) => {
         out += d.toString();
         const found = [...out.matchAll(/pid (\d+)\)/g)].map((m) => Number(m[1]));
+        spawned.add(...found);
         if (found.length === 2 && /parameters per replica/.test(out)) { clearTimeout(timer); resolve(found); }
       });
     });
     expect(pids.every(alive)).toBe(true);
     coord.kill('SIGKILL');
+    await new Promise((r) => (coord.exitCode !== null || coord.signalCode !== null ? r(null) : coord.once('exit', r)));
     const deadline = Date.now() + 20_000;
     while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
     expect(pids.filter(alive), 'workers still running 20 s after the coordinator died').toEqual([]);
@@ -51,13 +55,14 @@ describe('data-parallel checkpoints', () => {
 
   it('a run stopped after 2 steps and resumed ends with the weights of one that never stopped', async () => {
     const c1 = await localCluster(2);
-    const straight = await runDataParallel({ cluster: c1, workers: c1.workers, config: CONFIG, outDir: tempDir(), ...quiet });
+    const straight = await train({ config: CONFIG, outDir: tempDir(), mode: 'data', cluster: c1, workers: c1.workers, onEvent: spawned.watch(), ...quiet });
     const dir = tempDir();
     const c2 = await localCluster(2);
-    const first = await runDataParallel({ cluster: c2, workers: c2.workers, config: CONFIG, outDir: dir, maxSteps: 2, ...quiet });
+    const first = await train({ config: CONFIG, outDir: dir, mode: 'data', cluster: c2, workers: c2.workers, maxSteps: 2, onEvent: spawned.watch(), ...quiet });
     expect(first.finished).toBe(false);
+    expect(first.position).toEqual({ epoch: 0, step: 2, globalStep: 2 });
     const c3 = await localCluster(2);
-    const resumed = await runDataParallel({ cluster: c3, workers: c3.workers, config: { ...CONFIG, lr: 5 }, outDir: dir, resume: true, ...quiet });
+    const resumed = await train({ config: { ...CONFIG, lr: 5 }, outDir: dir, mode: 'data', cluster: c3, workers: c3.workers, resume: true, onEvent: spawned.watch(), ...quiet });
     expect(resumed.finished).toBe(true);
     expect([...first.losses, ...resumed.losses]).toEqual(straight.losses);
     for (const [name, w] of straight.params) expect(resumed.params.get(name), name).toEqual(w);

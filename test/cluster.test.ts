@@ -5,10 +5,11 @@
  */
 import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
-import { describe, expect, it } from 'vitest';
-import { ClusterError, runDataParallel, type ClusterRunOptions } from '../src/run/coordinator.js';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { ClusterError } from '../src/run/coordinator.js';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
-import { localCluster } from './helpers/cluster.js';
+import { train, type TrainOptions } from '../src/run/loop.js';
+import { alive, localCluster, Spawned } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';
 
 const CONFIG: TrainConfig = {
@@ -18,23 +19,17 @@ const CONFIG: TrainConfig = {
 const quiet = { log: () => {}, progress: false } as const;
 const HOSTILE = fileURLToPath(new URL('./fixtures/hostile-worker.mjs', import.meta.url));
 
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
+const spawned = new Spawned();
+afterEach(() => { spawned.reap(); });
 
-async function run(extra: Partial<ClusterRunOptions>, clusterOverrides: Record<string, unknown> = {}) {
+async function run(extra: Partial<TrainOptions>, clusterOverrides: Record<string, unknown> = {}) {
   const cluster = await localCluster(2, clusterOverrides);
   let pids: number[] = [];
   const onEvent = extra.onEvent;
   const started = Date.now();
-  const result = runDataParallel({
-    cluster, workers: cluster.workers, config: CONFIG, outDir: tempDir(), ...quiet, ...extra,
-    onEvent: (e) => { if (e.type === 'started') pids = e.pids; onEvent?.(e); },
+  const result = train({
+    config: CONFIG, outDir: tempDir(), mode: 'data', cluster, workers: cluster.workers, ...quiet, ...extra,
+    onEvent: spawned.watch((e) => { if (e.type === 'started') pids = e.pids; onEvent?.(e); }),
   });
   return { result, pids: () => pids, cluster, started };
 }
@@ -44,6 +39,8 @@ describe('cluster runtime', () => {
     const { result, pids, cluster } = await run({});
     const r = await result;
     expect(r.finished).toBe(true);
+    expect(r.mode).toBe('data');
+    expect(r.world).toBe(2);
     expect(pids()).toHaveLength(2);
     for (const pid of pids()) expect(alive(pid), `worker pid ${pid}`).toBe(false);
     const probe = new zmq.Pull();
@@ -73,29 +70,43 @@ describe('cluster runtime', () => {
     );
     await expect(result).rejects.toThrow(/worker 1 \(127\.0\.0\.1, cpu, pid \d+\): registration \(hello\) within 3 s: nothing within 3\.0 s/);
     expect(Date.now() - started).toBeLessThan(15_000);
+    expect(pids()).toHaveLength(2);
     for (const pid of pids()) expect(alive(pid)).toBe(false);
   });
 
   it('a malformed message from a worker stops the run with the reason', async () => {
     const { result, pids } = await run({ workerCommand: (rank) => (rank === 1 ? { command: process.execPath, args: [HOSTILE, 'garbage'] } : undefined) });
     await expect(result).rejects.toThrow(/worker 1 \(127\.0\.0\.1, cpu, pid \d+\) sent a malformed message: header frame is not msgpack/);
+    expect(pids()).toHaveLength(2);
     for (const pid of pids()) expect(alive(pid)).toBe(false);
   });
 
   it('a message of another protocol version is refused with the versions', async () => {
     const { result } = await run({ workerCommand: (rank) => (rank === 0 ? { command: process.execPath, args: [HOSTILE, 'old'] } : undefined) });
-    await expect(result).rejects.toThrow(/worker 0 .* sent a malformed message: protocol version 99, expected 1/);
+    await expect(result).rejects.toThrow(/worker 0 .* sent a malformed message: protocol version 99, expected 2/);
   });
 
   it('an unknown peer is refused and the run goes on', async () => {
-    const { result, cluster } = await run({
-      onEvent: (e) => {
-        if (e.type !== 'started') return;
-        const intruder = new zmq.Dealer({ routingId: 'intruder', linger: 0 });
-        intruder.connect(`tcp://127.0.0.1:${cluster.coordinator.port}`);
-        void intruder.send([Buffer.from([0xc1])]).finally(() => setTimeout(() => intruder.close(), 200));
-      },
-    });
-    expect((await result).finished).toBe(true);
+    // The coordinator says why it refused on stderr: watch what this process writes there (still written through).
+    const stderr = vi.spyOn(process.stderr, 'write');
+    try {
+      const { result, cluster } = await run({
+        onEvent: (e) => {
+          if (e.type !== 'started') return;
+          const intruder = new zmq.Dealer({ routingId: 'intruder', linger: 0 });
+          intruder.connect(`tcp://127.0.0.1:${cluster.coordinator.port}`);
+          void intruder.send([Buffer.from([0xc1])]).finally(() => setTimeout(() => intruder.close(), 200));
+        },
+      });
+      const r = await result;
+      const written = stderr.mock.calls.map(([chunk]) => (typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString())).join('');
+      expect(written).toContain("coordinator: refused a message from unknown peer 'intruder': not a worker of this run (w0..w1)\n");
+      // ... and the run still finished: every step, the evaluation
+      expect(r.finished).toBe(true);
+      expect(r.losses).toHaveLength(CONFIG.trainSamples / CONFIG.batch);
+      expect(r.epochs).toHaveLength(1);
+    } finally {
+      stderr.mockRestore();
+    }
   });
 });

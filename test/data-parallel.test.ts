@@ -10,12 +10,11 @@
  * carries forward a few steps. A wrong shard, mask or average is off by
  * orders of magnitude more.
  */
-import { describe, expect, it } from 'vitest';
-import { runDataParallel } from '../src/run/coordinator.js';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train } from '../src/run/loop.js';
 import { relError } from './helpers/backends.js';
-import { localCluster } from './helpers/cluster.js';
+import { alive, localCluster, Spawned } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';
 
 const CONFIG: TrainConfig = {
@@ -25,20 +24,28 @@ const CONFIG: TrainConfig = {
 const quiet = { log: () => {}, progress: false } as const;
 const TOLERANCE = 1e-5;
 
+const spawned = new Spawned();
+afterEach(() => { spawned.reap(); });
+
 describe('data-parallel training', () => {
   let single: Awaited<ReturnType<typeof train>>;
 
-  it('single-process reference', async () => {
+  // the single-process reference every test compares with
+  beforeAll(async () => {
     single = await train({ config: CONFIG, outDir: tempDir(), ...quiet });
+    expect(single.finished).toBe(true);
     expect(single.losses).toHaveLength(4);
   });
 
   for (const world of [2, 3]) {
     it(`${world} replicas end with the weights of one process (relative error < ${TOLERANCE})`, async () => {
       const cluster = await localCluster(world, { bucketBytes: 64 * 1024, checksumEvery: 2 });
-      const r = await runDataParallel({ cluster, workers: cluster.workers, config: CONFIG, outDir: tempDir(), ...quiet });
+      const r = await train({ config: CONFIG, outDir: tempDir(), mode: 'data', cluster, workers: cluster.workers, onEvent: spawned.watch(), ...quiet });
       expect(r.finished).toBe(true);
+      expect(r.mode).toBe('data');
       expect(r.world).toBe(world);
+      expect(spawned.pids).toHaveLength(world);
+      for (const pid of spawned.pids) expect(alive(pid), `worker pid ${pid}`).toBe(false);
       r.losses.forEach((l, i) => expect(l, `loss of step ${i}`).toBeCloseTo(single.losses[i]!, 5));
       let worst = 0;
       for (const [name, w] of single.params) {

@@ -9,12 +9,12 @@
  * relative on gradients (as the issue asks) and 1e-5 on weights after
  * several steps; the measured errors are printed.
  */
-import { describe, expect, it } from 'vitest';
-import { ClusterError, runDataParallel } from '../src/run/coordinator.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ClusterError } from '../src/run/coordinator.js';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
-import { train } from '../src/run/loop.js';
+import { train, type TrainOptions } from '../src/run/loop.js';
 import { relError } from './helpers/backends.js';
-import { localCluster } from './helpers/cluster.js';
+import { alive, localCluster, Spawned } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';
 
 const BASE: TrainConfig = {
@@ -22,11 +22,12 @@ const BASE: TrainConfig = {
   epochs: 1, trainSamples: 24, testSamples: 16, checkpointEvery: 0,
 };
 const quiet = { log: () => {}, progress: false } as const;
-const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+const spawned = new Spawned();
+afterEach(() => { spawned.reap(); });
 
-async function split(config: TrainConfig, extra: Partial<Parameters<typeof runDataParallel>[0]> = {}) {
+async function split(config: TrainConfig, extra: Partial<TrainOptions> = {}) {
   const cluster = await localCluster(2);
-  return runDataParallel({ cluster, workers: cluster.workers, config, outDir: tempDir(), mode: 'model', ...quiet, ...extra });
+  return train({ cluster, workers: cluster.workers, config, outDir: tempDir(), mode: 'model', ...quiet, ...extra, onEvent: spawned.watch(extra.onEvent) });
 }
 
 function worst(a: Map<string, Float32Array>, b: Map<string, Float32Array>, minus?: Map<string, Float32Array>): number {
@@ -76,7 +77,9 @@ describe('model-parallel (the 2012 split)', () => {
     const straight = await train({ config: cfg, outDir: tempDir(), ...quiet });
     const dir = tempDir();
     const cluster = await localCluster(2);
-    await runDataParallel({ cluster, workers: cluster.workers, config: cfg, outDir: dir, mode: 'model', maxSteps: 2, ...quiet });
+    const first = await train({ cluster, workers: cluster.workers, config: cfg, outDir: dir, mode: 'model', maxSteps: 2, onEvent: spawned.watch(), ...quiet });
+    expect(first.finished).toBe(false);
+    expect(first.position.globalStep).toBe(2);
     const resumed = await train({ config: cfg, outDir: dir, resume: true, ...quiet });
     expect(worst(resumed.params, straight.params)).toBeLessThan(1e-5);
   });
@@ -95,6 +98,7 @@ describe('model-parallel (the 2012 split)', () => {
     expect(err).toBeInstanceOf(ClusterError);
     expect((err as Error).message).toMatch(/worker 1 \(127\.0\.0\.1, cpu, pid \d+\) exited on SIGKILL|worker 0 .* failed: worker 1 disconnected/);
     expect(Date.now() - started).toBeLessThan(30_000);
+    expect(pids).toHaveLength(2);
     for (const pid of pids) expect(alive(pid)).toBe(false);
   }, 40_000);
 
@@ -107,7 +111,8 @@ describe('model-parallel (the 2012 split)', () => {
   it('refuses the d2l net or a cluster of three', async () => {
     await expect(split({ ...BASE, arch: 'd2l', channels: 1 })).rejects.toThrow("--mode model splits the two-tower 'original' net: add --arch original (this run is 'd2l')");
     const three = await localCluster(3);
-    await expect(runDataParallel({ cluster: three, workers: three.workers, config: BASE, outDir: tempDir(), mode: 'model', ...quiet }))
+    await expect(train({ cluster: three, workers: three.workers, config: BASE, outDir: tempDir(), mode: 'model', onEvent: spawned.watch(), ...quiet }))
       .rejects.toThrow('--mode model needs exactly 2 workers, one per tower; the cluster has 3');
+    expect(spawned.pids, 'workers started for a refused run').toEqual([]);
   });
 });

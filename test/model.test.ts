@@ -3,9 +3,9 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { alexnet, smallestResolution } from '../src/model/alexnet.js';
 import { buildModel, disposeModel } from '../src/model/build.js';
 import { dropoutMask } from '../src/model/dropout.js';
-import { forward } from '../src/model/forward.js';
+import { disposeTape, forward, predict, type Tape } from '../src/model/engine.js';
 import { summarize } from '../src/model/summary.js';
-import { setupBackends } from './helpers/backends.js';
+import { relError, setupBackends } from './helpers/backends.js';
 
 beforeAll(setupBackends);
 
@@ -109,32 +109,61 @@ describe('building and running the net', () => {
     disposeModel(m);
   });
 
-  it('gives logits [B, classes] with the classes split across towers', () => {
+  it('gives logits [B, classes] with the classes split across towers', async () => {
     const spec = tiny();
     const m = buildModel(spec, { seed: 1 });
-    const logits = forward(m, tf.ones([2, 67, 67, 3]) as tf.Tensor4D);
+    const x = tf.ones([2, 67, 67, 3]) as tf.Tensor4D;
+    const logits = await predict(m, x);
     expect(logits.shape).toEqual([2, 4]);
-    tf.dispose(logits);
+    // fc8 has classes / 2 units per tower
+    expect(m.params.get('fc8.t0.bias')!.shape).toEqual([2]);
+    expect(m.params.get('fc8.t1.bias')!.shape).toEqual([2]);
+    tf.dispose([x, logits]);
     disposeModel(m);
   });
 
-  it('throws when the input shape does not match the spec', () => {
+  it('throws when the input shape does not match the spec', async () => {
     const m = buildModel(tiny(), { seed: 1 });
-    expect(() => forward(m, tf.ones([2, 67, 67, 1]) as tf.Tensor4D)).toThrow(
-      'forward: expected input [B, 67, 67, 3] (NHWC), got [2,67,67,1]');
+    const x = tf.ones([2, 67, 67, 1]) as tf.Tensor4D;
+    await expect(predict(m, x)).rejects.toThrow('engine: expected input [B, 67, 67, 3] (NHWC), got [2,67,67,1]');
+    x.dispose();
     disposeModel(m);
   });
 
-  it("a cross layer reads both towers: changing tower 0's conv2 changes tower 1's conv3 output", () => {
+  it("a cross layer reads both towers: changing tower 0's conv2 changes tower 1's conv3 output", async () => {
     const spec = tiny();
+    // conv3 is declared as a cross link, and each tower's conv3 kernel reads both towers' pool2 channels
+    const conv = (name: string) => {
+      const l = spec.layers.find((x) => x.name === name);
+      if (l?.kind !== 'conv') throw new Error(`${name} is not a conv layer`);
+      return l;
+    };
+    expect(conv('conv3').link).toBe('cross');
     const m = buildModel(spec, { seed: 1 });
+    const bothTowers = 2 * conv('conv2').perTower;
+    for (const t of [0, 1]) expect(m.params.get(`conv3.t${t}.kernel`)!.shape[2], `conv3.t${t} Cin`).toBe(bothTowers);
+    // ... and the engine feeds it both: run the net, change only tower 0's conv2, run again
     const x = tf.randomUniform([1, 67, 67, 3], 0, 1, 'float32', 3) as tf.Tensor4D;
-    const a = forward(m, x).dataSync().slice();
+    const outputs = async (): Promise<Record<string, Float32Array>> => {
+      const tape: Tape = await forward(m, x, {}, true);
+      const out = (name: string, tower: number) => tape.layers.find((l) => l.layer.name === name)!.saved[tower]!;
+      const read: Record<string, Float32Array> = {
+        pool2t1: (await out('pool2', 1).y.data()) as Float32Array,
+        conv3t1: (await out('conv3', 1).y.data()) as Float32Array,
+      };
+      expect(out('conv3', 1).x.shape[3], "tower 1's conv3 input channels").toBe(bothTowers);
+      disposeTape(tape);
+      return read;
+    };
+    const a = await outputs();
     const bias = m.params.get('conv2.t0.bias')!;
     bias.assign(tf.fill(bias.shape, 5));
-    const b = forward(m, x).dataSync();
-    // tower 1's logits (the last two) move although only tower 0 changed
-    expect(Math.abs(b[3]! - a[3]!)).toBeGreaterThan(0);
+    const b = await outputs();
+    // tower 1's own path up to pool2 is untouched (conv2 is tower-local) ...
+    expect(Array.from(b.pool2t1!)).toEqual(Array.from(a.pool2t1!));
+    // ... but its conv3 output moves: it reads tower 0's pool2
+    expect(relError(b.conv3t1!, a.conv3t1!)).toBeGreaterThan(1e-3);
+    x.dispose();
     disposeModel(m);
   });
 });

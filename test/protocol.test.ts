@@ -17,7 +17,7 @@ describe('protocol', () => {
   });
 
   it('copies a misaligned tensor frame instead of failing', () => {
-    const frames = encodeToPeer({ kind: 'ring', step: 0, bucket: 0, phase: 'rs', round: 0, chunk: 0 }, [Float32Array.from([7, 8])]);
+    const frames = encodeToPeer({ kind: 'ring', seq: 0, bucket: 0, phase: 'rs', round: 0, chunk: 0 }, [Float32Array.from([7, 8])]);
     const shifted = Buffer.alloc(9).subarray(1);
     frames[1]!.copy(shifted);
     expect(Array.from(decodeToPeer([frames[0]!, shifted], MAX).tensors[0]!)).toEqual([7, 8]);
@@ -29,16 +29,18 @@ describe('protocol', () => {
     ['a header that is not msgpack', [Buffer.from([0x92, 0x01])], 'header frame is not msgpack (Unexpected end of MessagePack data)'],
     ['a header that is not a map', [header([1, 2])], 'header is an array, expected a map'],
     ['a header that is a string', [header('hello')], 'header is string, expected a map'],
-    ['another protocol version', [header({ v: 2, kind: 'shutdown' })], 'protocol version 2, expected 1'],
-    ['an unknown kind', [header({ v: 1, kind: 'reboot' })], "bad 'reboot' message: kind: Invalid discriminator value. Expected 'setup' | 'step' | 'evaluate' | 'getState' | 'shutdown' | 'abort'"],
-    ['a missing field', [header({ v: 1, kind: 'step', globalStep: 1 })], "bad 'step' message: epoch: Invalid input: expected number, received undefined"],
-    ['an extra field', [header({ v: 1, kind: 'shutdown', now: true })], "bad 'shutdown' message: (header): Unrecognized key: \"now\""],
-    ['a tensor frame too many', [header({ v: 1, kind: 'shutdown' }), Buffer.alloc(4)], "'shutdown' message declares 0 tensor frame(s), carries 1"],
-    ['a tensor of the wrong size', [header({ v: 1, kind: 'setup', rank: 0, world: 1, mode: 'data', train: {}, peers: ['x'], bucketBytes: 1, heartbeat: { intervalMs: 1, timeoutMs: 2 }, maxMessageBytes: 1, tensors: [{ name: 'w', shape: [2, 2] }] }), Buffer.alloc(12)],
-      "'setup' tensor w: [2,2] needs 4 floats, frame has 3"],
-    ['a frame that is not whole floats', [header({ v: 1, kind: 'setup', rank: 0, world: 1, mode: 'data', train: {}, peers: ['x'], bucketBytes: 1, heartbeat: { intervalMs: 1, timeoutMs: 2 }, maxMessageBytes: 1, tensors: [{ name: 'w', shape: [1] }] }), Buffer.alloc(5)],
-      "'setup' tensor w: 5 bytes is not a whole number of float32"],
-    ['an oversized message', [header({ v: 1, kind: 'shutdown' }), Buffer.alloc(MAX)], `exceeds the limit of ${MAX}`],
+    ['another protocol version', [header({ v: 1, kind: 'shutdown' })], 'protocol version 1, expected 2'],
+    ['an unknown kind', [header({ v: PROTOCOL_VERSION, kind: 'reboot' })], "bad 'reboot' message: kind: Invalid discriminator value. Expected 'setup' | 'step' | 'evaluate' | 'load' | 'getState' | 'shutdown' | 'abort'"],
+    ['a missing field', [header({ v: PROTOCOL_VERSION, kind: 'step', globalStep: 1 })], "bad 'step' message: epoch: Invalid input: expected number, received undefined"],
+    ['an extra field', [header({ v: PROTOCOL_VERSION, kind: 'shutdown', now: true })], "bad 'shutdown' message: (header): unknown key 'now'"],
+    ['a tensor frame too many', [header({ v: PROTOCOL_VERSION, kind: 'shutdown' }), Buffer.alloc(4)], "'shutdown' message declares 0 tensor frame(s), carries 1"],
+    ['a tensor of the wrong size', [header({ v: PROTOCOL_VERSION, kind: 'load', tensors: [{ name: 'w', shape: [2, 2] }] }), Buffer.alloc(12)],
+      "'load' tensor w: [2,2] needs 4 floats, frame has 3"],
+    ['a frame that is not whole floats', [header({ v: PROTOCOL_VERSION, kind: 'load', tensors: [{ name: 'w', shape: [1] }] }), Buffer.alloc(5)],
+      "'load' tensor w: 5 bytes is not a whole number of float32"],
+    ['a setup that carries tensors (resume is a load message)', [header({ v: PROTOCOL_VERSION, kind: 'setup', rank: 0, world: 1, mode: 'data', train: {}, peers: ['x'], bucketBytes: 1, heartbeat: { intervalMs: 1, timeoutMs: 2 }, maxMessageBytes: 1, tensors: [] })],
+      "bad 'setup' message: (header): unknown key 'tensors'"],
+    ['an oversized message', [header({ v: PROTOCOL_VERSION, kind: 'shutdown' }), Buffer.alloc(MAX)], `exceeds the limit of ${MAX}`],
   ];
   for (const [what, frames, reason] of refusals) {
     it(`refuses ${what} with the reason`, () => {
@@ -50,5 +52,19 @@ describe('protocol', () => {
     const hello = encodeToCoordinator({ kind: 'hello', rank: 0, pid: 1, host: 'h', device: 'cpu' });
     expect(() => decodeToWorker(hello, MAX)).toThrow("bad 'hello' message: kind: Invalid discriminator value");
     expect(() => decodeToCoordinator(encodeToWorker({ kind: 'shutdown' }), MAX)).toThrow("bad 'shutdown' message");
+  });
+
+  it('peer messages: a ring message is tagged by its collective (seq), a cross-link key must name step, micro-batch, link and direction', () => {
+    const ring = { v: PROTOCOL_VERSION, kind: 'ring', bucket: 0, phase: 'rs', round: 0, chunk: 0 };
+    const data = Buffer.alloc(4);
+    expect(decodeToPeer([header({ ...ring, seq: 3 }), data], MAX).msg).toMatchObject({ kind: 'ring', seq: 3 });
+    expect(() => decodeToPeer([header({ ...ring, step: 3 }), data], MAX)).toThrow("bad 'ring' message: seq: Invalid input: expected number, received undefined");
+    for (const key of ['7/0/conv3/fwd', '7/1/logits/bwd', 'eval0/3/fc6/fwd']) {
+      expect(decodeToPeer(encodeToPeer({ kind: 'xfer', key }, [Float32Array.from([1])]), MAX).msg).toMatchObject({ kind: 'xfer', key });
+    }
+    for (const key of ['7/conv3/fwd', '7/0/conv3/up', 'eval0/3/fc6', '../../etc/passwd']) {
+      expect(() => decodeToPeer([header({ v: PROTOCOL_VERSION, kind: 'xfer', key }), data], MAX), key)
+        .toThrow("bad 'xfer' message: key: expected '<step>/<micro>/<link>/<fwd|bwd>' or 'eval<epoch>/<batch>/<link>/fwd'");
+    }
   });
 });

@@ -4,8 +4,8 @@
  * the plain average, bit for bit the same on every worker.
  */
 import { describe, expect, it } from 'vitest';
-import { chunkRange, planBuckets, RingAllReduce } from '../src/wire/ring-allreduce.js';
-import type { ToPeer } from '../src/wire/protocol.js';
+import { chunkRange, ownedChunk, planBuckets, RingAllReduce } from '../src/wire/ring-allreduce.js';
+import { PROTOCOL_VERSION, type ToPeer } from '../src/wire/protocol.js';
 import { pseudoRandom } from './helpers/backends.js';
 
 function wire(world: number): RingAllReduce[] {
@@ -39,9 +39,8 @@ describe('ring all-reduce', () => {
       });
       for (const step of [0, 1]) {
         const copies = data.map((d) => d.map((x) => x.slice()));
-        rings.forEach((ring) => ring.beginStep(step));
-        rings.forEach((ring, r) => sizes.forEach((_, b) => ring.start(b, copies[r]![b]!)));
-        await Promise.all(rings.flatMap((ring, r) => sizes.map((_, b) => ring.finish(b, copies[r]![b]!))));
+        rings.forEach((ring) => ring.begin(step));
+        await Promise.all(rings.flatMap((ring, r) => sizes.map((_, b) => ring.allReduce(b, copies[r]![b]!))));
         for (let b = 0; b < sizes.length; b++) {
           for (let r = 0; r < world; r++) {
             expect(Array.from(copies[r]![b]!), `worker ${r} bucket ${b}`).toEqual(Array.from(copies[0]![b]!));
@@ -56,15 +55,55 @@ describe('ring all-reduce', () => {
     });
   }
 
-  it('refuses a message for another step, bucket, round or chunk, or of the wrong size', () => {
+  for (const world of [2, 3]) {
+    it(`reduce-scatter leaves each of ${world} workers the sum of its own chunk; all-gather hands every worker's chunk to all`, async () => {
+      const bucketSizes = [1, 10, 257];
+      const rings = wire(world);
+      rings.forEach((ring) => ring.configure(bucketSizes));
+      const data = rings.map((_, r) => bucketSizes.map((s, b) => pseudoRandom(s, 7 * r + b + 1)));
+      rings.forEach((ring) => ring.begin(0));
+      const owned = await Promise.all(rings.map((ring, r) => Promise.all(bucketSizes.map((_, b) => ring.reduceScatter(b, data[r]![b]!)))));
+      for (let b = 0; b < bucketSizes.length; b++) {
+        const size = bucketSizes[b]!;
+        // the owned chunks are the ring's chunk ownedChunk(r) and cover the bucket exactly once
+        const covered = new Array(size).fill(0);
+        for (let r = 0; r < world; r++) {
+          const [lo, hi] = owned[r]![b]!;
+          expect([lo, hi], `worker ${r} bucket ${b}`).toEqual(chunkRange(size, world, ownedChunk(r, world)));
+          for (let i = lo; i < hi; i++) {
+            covered[i]++;
+            let sum = 0;
+            for (let q = 0; q < world; q++) sum += pseudoRandom(size, 7 * q + b + 1)[i]!;
+            expect(Math.abs(data[r]![b]![i]! - sum), `worker ${r} bucket ${b} [${i}]`).toBeLessThan(1e-5);
+          }
+        }
+        expect(covered.every((c) => c === 1)).toBe(true);
+      }
+      // ZeRO-1: each worker writes its own chunk (here: its rank), the all-gather brings everyone the others'
+      const weights = rings.map((_, r) => bucketSizes.map((size, b) => {
+        const w = new Float32Array(size).fill(-1);
+        const [lo, hi] = owned[r]![b]!;
+        w.fill(r, lo, hi);
+        return w;
+      }));
+      await Promise.all(rings.flatMap((ring, r) => bucketSizes.map((_, b) => ring.allGather(b, weights[r]![b]!))));
+      for (let b = 0; b < bucketSizes.length; b++) {
+        const expected = new Float32Array(bucketSizes[b]!);
+        for (let r = 0; r < world; r++) expected.fill(r, ...owned[r]![b]!);
+        for (let r = 0; r < world; r++) expect(Array.from(weights[r]![b]!), `worker ${r} bucket ${b}`).toEqual(Array.from(expected));
+      }
+    });
+  }
+
+  it('refuses a message for another collective, bucket, round or chunk, or of the wrong size', () => {
     const ring = new RingAllReduce(1, 3, () => {}, 1000);
     ring.configure([30, 30]);
-    ring.beginStep(5);
-    const ok = { kind: 'ring' as const, v: 1 as const, step: 5, bucket: 1, phase: 'rs' as const, round: 0, chunk: 0 };
+    ring.begin(5);
+    const ok: Extract<ToPeer, { kind: 'ring' }> = { kind: 'ring', v: PROTOCOL_VERSION, seq: 5, bucket: 1, phase: 'rs', round: 0, chunk: 0 };
     expect(() => ring.deliver(ok, new Float32Array(10))).not.toThrow();
-    expect(() => ring.deliver({ ...ok, step: 4 }, new Float32Array(10))).toThrow('ring message for step 4 during step 5');
-    expect(() => ring.deliver({ ...ok, step: 6 }, new Float32Array(10))).not.toThrow(); // the next step may start early
-    expect(() => ring.deliver({ ...ok, step: 7 }, new Float32Array(10))).toThrow('ring message for step 7 during step 5');
+    expect(() => ring.deliver({ ...ok, seq: 4 }, new Float32Array(10))).toThrow('ring message for collective 4 during collective 5');
+    expect(() => ring.deliver({ ...ok, seq: 6 }, new Float32Array(10))).not.toThrow(); // the next collective may start early
+    expect(() => ring.deliver({ ...ok, seq: 7 }, new Float32Array(10))).toThrow('ring message for collective 7 during collective 5');
     expect(() => ring.deliver({ ...ok, bucket: 2 }, new Float32Array(10))).toThrow('ring message for bucket 2: a step has 2');
     expect(() => ring.deliver({ ...ok, round: 2 }, new Float32Array(10))).toThrow('ring message for round 2: a ring of 3 has 2');
     expect(() => ring.deliver({ ...ok, chunk: 1 }, new Float32Array(10))).toThrow('ring rs round 0: chunk 1, expected 0');

@@ -39,7 +39,9 @@ describe('the single-device training loop', () => {
   it('reproduces the golden per-step losses', async () => {
     const r = await train({ config: TINY, outDir: tempDir(), ...quiet });
     expect(r.finished).toBe(true);
+    expect([r.mode, r.world]).toEqual(['single', 1]);
     expect(r.losses).toHaveLength(8);
+    expect(r.stats).toHaveLength(8);
     r.losses.forEach((l, i) => expect(l, `step ${i}`).toBeCloseTo(GOLDEN.losses[i]!, 4));
     expect(r.epochs.map((e) => e.samples)).toEqual([32, 32]);
   });

@@ -9,12 +9,13 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { alexnet } from '../src/model/alexnet.js';
 import { buildModel, disposeModel } from '../src/model/build.js';
 import { Sgd } from '../src/model/sgd.js';
-import { lossAndGrads, trainStep } from '../src/model/step.js';
+import { lossAndGrads } from '../src/model/engine.js';
+import { trainStep } from '../src/parallel/single.js';
 import { onBackend, pseudoRandom, relError, setupBackends } from './helpers/backends.js';
 
 beforeAll(setupBackends);
 
-function stepOn(arch: 'd2l' | 'original') {
+async function stepOn(arch: 'd2l' | 'original') {
   const spec = arch === 'd2l'
     ? alexnet({ arch, width: 1 / 16, resolution: 67 })
     : alexnet({ arch, width: 1 / 16, resolution: 67, classes: 10 });
@@ -22,9 +23,10 @@ function stepOn(arch: 'd2l' | 'original') {
   const m = buildModel(spec, { seed: 3 });
   const x = tf.tensor4d(pseudoRandom(4 * h * w * c, 11).map((v) => (v + 1) / 2), [4, h, w, c]);
   const y = tf.tensor1d([0, 3, 7, 9], 'int32');
-  const { loss, grads } = lossAndGrads(m, x, y, { seed: 3, step: 0, firstSample: 0 });
-  const out = { loss, grads: Object.fromEntries(Object.entries(grads).map(([k, g]) => [k, g.dataSync().slice() as Float32Array])) };
-  tf.dispose([x, y, ...Object.values(grads)]);
+  const { loss, grads } = await lossAndGrads(m, x, y, { dropout: { seed: 3, step: 0, firstSample: 0 } });
+  const out = { loss: (await loss.data())[0]!, grads: {} as Record<string, Float32Array> };
+  for (const [name, g] of grads) out.grads[name] = (await g.data()).slice() as Float32Array;
+  tf.dispose([x, y, loss, ...grads.values()]);
   disposeModel(m);
   return out;
 }
@@ -42,7 +44,7 @@ describe('a training step on wasm', () => {
     });
   }
 
-  it('lowers the loss on a fixed batch and leaks no tensor', () => {
+  it('lowers the loss on a fixed batch and leaks no tensor', async () => {
     const spec = alexnet({ arch: 'd2l', width: 1 / 8, resolution: 67 });
     const m = buildModel(spec, { seed: 1 });
     const opt = new Sgd({ lr: 0.05, momentum: 0.9, weightDecay: 5e-4 });
@@ -52,7 +54,7 @@ describe('a training step on wasm', () => {
     const live: number[] = [];
     for (let step = 0; step < 16; step++) {
       // no dropout: the same batch must be fitted, not regularized
-      losses.push(trainStep(m, opt, x, y));
+      losses.push(await trainStep(m, opt, x, y));
       live.push(tf.memory().numTensors);
     }
     // A deep net at xavier init starts slowly: ~2.30 -> ~2.17 in 16 steps.

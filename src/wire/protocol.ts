@@ -93,7 +93,7 @@ const Ring = z.strictObject({
   phase: z.enum(['rs', 'ag']), round: Count, chunk: Count,
 });
 /** A cross-link exchange: '<globalStep>/<micro-batch>/<link>/<fwd|bwd>' in training, 'eval<epoch>/<batch>/<link>/fwd' in evaluation. */
-export const XFER_KEY = /^(\d+\/\d+|eval\d+\/\d+)\/[a-z0-9]+\/(fwd|bwd)$/;
+export const XFER_KEY = /^(\d+\/\d+\/[a-z0-9]+\/(fwd|bwd)|eval\d+\/\d+\/[a-z0-9]+\/fwd)$/;
 const Xfer = z.strictObject({
   v, kind: z.literal('xfer'),
   key: z.string().max(128).regex(XFER_KEY, "expected '<step>/<micro>/<link>/<fwd|bwd>' or 'eval<epoch>/<batch>/<link>/fwd'"),

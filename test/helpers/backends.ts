@@ -7,12 +7,15 @@ export async function setupBackends(): Promise<void> {
   tf.env().set('PROD', true); // silences the cpu backend's "install tfjs-node" banner
 }
 
-/** Runs fn with `name` active, returns plain arrays (tensors cannot cross backends). */
-export async function onBackend<T>(name: 'wasm' | 'cpu', fn: () => T): Promise<T> {
+/**
+ * Runs fn with `name` active (awaiting it, if it is asynchronous, before the
+ * backend is switched back), returns plain arrays (tensors cannot cross backends).
+ */
+export async function onBackend<T>(name: 'wasm' | 'cpu', fn: () => T | Promise<T>): Promise<T> {
   const before = tf.getBackend();
   await tf.setBackend(name);
   try {
-    return fn();
+    return await fn();
   } finally {
     await tf.setBackend(before);
   }
