@@ -34,6 +34,7 @@ import { buildModel, disposeModel, type Model } from '../model/build.js';
 import { lossAndGrads } from '../model/engine.js';
 import { sgdUpdateRange, type SgdOptions } from '../model/sgd.js';
 import { chunkRange, ownedChunk, planBuckets, type Bucket, type RingAllReduce } from '../wire/ring-allreduce.js';
+import type { RingLink } from '../wire/ring-link.js';
 import { evaluate } from './evaluate.js';
 import { checksumOf, type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
 
@@ -57,10 +58,13 @@ export class DataParallelReplica implements Strategy {
   /** collective sequence: the same count on every replica */
   private seq = 0;
 
+  private readonly ring: RingAllReduce;
+
   private constructor(
-    private readonly cfg: TrainConfig, private readonly data: RunData, private readonly ring: RingAllReduce,
+    private readonly cfg: TrainConfig, private readonly data: RunData, private readonly link: RingLink,
     readonly rank: number, readonly world: number, bucketBytes: number,
   ) {
+    this.ring = link.ring;
     if (cfg.batch % world !== 0) throw new Error(`global batch ${cfg.batch} does not split evenly over ${world} replicas`);
     this.model = buildModel(specOf(cfg), { seed: cfg.seed });
     this.sgd = { lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay };
@@ -72,11 +76,12 @@ export class DataParallelReplica implements Strategy {
     this.gradBuffers = [0, 1].map(() => this.buckets.map((b) => new Float32Array(b.size)));
     this.owned = this.buckets.map((b) => chunkRange(b.size, world, ownedChunk(rank, world)));
     this.momentum = cfg.momentum === 0 ? undefined : this.owned.map(([lo, hi]) => new Float32Array(hi - lo));
-    ring.configure(this.buckets.map((b) => b.size));
+    this.ring.configure(this.buckets.map((b) => b.size));
   }
 
-  static async open(cfg: TrainConfig, data: RunData, ring: RingAllReduce, rank: number, world: number, bucketBytes: number): Promise<DataParallelReplica> {
-    const r = new DataParallelReplica(cfg, data, ring, rank, world, bucketBytes);
+  /** A replica on its ring (which it closes with itself); reads its initial weights to the host. */
+  static async open(cfg: TrainConfig, data: RunData, link: RingLink, rank: number, world: number, bucketBytes: number): Promise<DataParallelReplica> {
+    const r = new DataParallelReplica(cfg, data, link, rank, world, bucketBytes);
     for (const [name, v] of r.model.params) {
       const at = r.where.get(name)!;
       r.weights[at.bucket]!.set(await readFloats(v), at.offset);
@@ -210,6 +215,7 @@ export class DataParallelReplica implements Strategy {
   }
 
   async close(): Promise<void> {
+    this.link.close();
     disposeModel(this.model);
   }
 }

@@ -162,19 +162,12 @@ async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig): P
       throw err;
     }
   }
-  const { ring, close } = await openRing({ rank, world, peers: setup.peers, ...wire });
+  const ring = await openRing({ rank, world, peers: setup.peers, ...wire });
   try {
     const replica = await DataParallelReplica.open(cfg, data, ring, rank, world, setup.bucketBytes);
-    const strategy: Strategy = {
-      step: (s) => replica.step(s),
-      evaluate: (e) => replica.evaluate(),
-      state: () => replica.state(),
-      load: (s) => replica.load(s),
-      close: async () => { close(); await replica.close(); },
-    };
-    return { strategy, model: replica.model, checksum: () => replica.checksum() };
+    return { strategy: replica, model: replica.model, checksum: () => replica.checksum() };
   } catch (err) {
-    close();
+    ring.close();
     throw err;
   }
 }

@@ -20,7 +20,10 @@ export interface RingLinkOptions {
   waitMs: number;
 }
 
-export async function openRing(opts: RingLinkOptions): Promise<{ ring: RingAllReduce; close(): void }> {
+/** A ring and the sockets under it. */
+export interface RingLink { ring: RingAllReduce; close(): void }
+
+export async function openRing(opts: RingLinkOptions): Promise<RingLink> {
   const { rank, world } = opts;
   const sockOpts = socketOptions(opts.heartbeat);
   const pull = new zmq.Pull(sockOpts);
