@@ -17,7 +17,7 @@ describe('protocol', () => {
   });
 
   it('copies a misaligned tensor frame instead of failing', () => {
-    const frames = encodeToPeer({ kind: 'ring', seq: 0, bucket: 0, phase: 'rs', round: 0, chunk: 0 }, [Float32Array.from([7, 8])]);
+    const frames = encodeToPeer({ kind: 'ring', seq: 0, bucket: 0, phase: 'rs', round: 0, chunk: 0, offset: 0 }, [Float32Array.from([7, 8])]);
     const shifted = Buffer.alloc(9).subarray(1);
     frames[1]!.copy(shifted);
     expect(Array.from(decodeToPeer([frames[0]!, shifted], MAX).tensors[0]!)).toEqual([7, 8]);
@@ -55,7 +55,7 @@ describe('protocol', () => {
   });
 
   it('peer messages: a ring message is tagged by its collective (seq), a cross-link key must name step, micro-batch, link and direction', () => {
-    const ring = { v: PROTOCOL_VERSION, kind: 'ring', bucket: 0, phase: 'rs', round: 0, chunk: 0 };
+    const ring = { v: PROTOCOL_VERSION, kind: 'ring', bucket: 0, phase: 'rs', round: 0, chunk: 0, offset: 0 };
     const data = Buffer.alloc(4);
     expect(decodeToPeer([header({ ...ring, seq: 3 }), data], MAX).msg).toMatchObject({ kind: 'ring', seq: 3 });
     expect(() => decodeToPeer([header({ ...ring, step: 3 }), data], MAX)).toThrow("bad 'ring' message: seq: Invalid input: expected number, received undefined");

@@ -4,7 +4,7 @@
  * the plain average, bit for bit the same on every worker.
  */
 import { describe, expect, it } from 'vitest';
-import { chunkRange, ownedChunk, planBuckets, RingAllReduce } from '../src/wire/ring-allreduce.js';
+import { chunkRange, ownedChunk, PIECE_FLOATS, planBuckets, RingAllReduce } from '../src/wire/ring-allreduce.js';
 import { PROTOCOL_VERSION, type ToPeer } from '../src/wire/protocol.js';
 import { pseudoRandom } from './helpers/backends.js';
 
@@ -99,7 +99,7 @@ describe('ring all-reduce', () => {
     const ring = new RingAllReduce(1, 3, () => {}, 1000);
     ring.configure([30, 30]);
     ring.begin(5);
-    const ok: Extract<ToPeer, { kind: 'ring' }> = { kind: 'ring', v: PROTOCOL_VERSION, seq: 5, bucket: 1, phase: 'rs', round: 0, chunk: 0 };
+    const ok: Extract<ToPeer, { kind: 'ring' }> = { kind: 'ring', v: PROTOCOL_VERSION, seq: 5, bucket: 1, phase: 'rs', round: 0, chunk: 0, offset: 0 };
     expect(() => ring.deliver(ok, new Float32Array(10))).not.toThrow();
     expect(() => ring.deliver({ ...ok, seq: 4 }, new Float32Array(10))).toThrow('ring message for collective 4 during collective 5');
     expect(() => ring.deliver({ ...ok, seq: 6 }, new Float32Array(10))).not.toThrow(); // the next collective may start early
@@ -107,7 +107,24 @@ describe('ring all-reduce', () => {
     expect(() => ring.deliver({ ...ok, bucket: 2 }, new Float32Array(10))).toThrow('ring message for bucket 2: a step has 2');
     expect(() => ring.deliver({ ...ok, round: 2 }, new Float32Array(10))).toThrow('ring message for round 2: a ring of 3 has 2');
     expect(() => ring.deliver({ ...ok, chunk: 1 }, new Float32Array(10))).toThrow('ring rs round 0: chunk 1, expected 0');
-    expect(() => ring.deliver(ok, new Float32Array(9))).toThrow('ring chunk 0 of bucket 1: 9 floats, expected 10');
+    expect(() => ring.deliver({ ...ok, round: 1, chunk: 2 }, new Float32Array(9))).toThrow('ring chunk 2 of bucket 1: 9 floats at offset 0, expected 10');
+    expect(() => ring.deliver({ ...ok, offset: 3 }, new Float32Array(7))).toThrow('ring chunk 0 of bucket 1: a piece at offset 3 of a 10-float chunk');
+    expect(() => ring.deliver(ok, new Float32Array(10))).toThrow('ring message 5/1/rs/0 at offset 0 arrived twice');
+  });
+
+  it(`sends a chunk larger than ${PIECE_FLOATS} floats in pieces and reassembles it exactly`, async () => {
+    const size = 2 * PIECE_FLOATS * 2 + 5; // each of 2 workers' chunks takes 3 pieces
+    const rings = wire(2);
+    rings.forEach((ring) => ring.configure([size]));
+    const data = [pseudoRandom(size, 1), pseudoRandom(size, 2)];
+    const expected = data[0]!.map((v, i) => (v + data[1]![i]!) / 2);
+    rings.forEach((ring) => ring.begin(0));
+    await Promise.all(rings.map((ring, r) => ring.allReduce(0, data[r]!)));
+    // 2 workers: each sends one chunk in the reduce-scatter and the other in the all-gather, the whole bucket
+    // (a piece larger than PIECE_FLOATS would have been refused on arrival)
+    for (const ring of rings) expect(ring.bytesSent).toBe(size * 4);
+    for (const d of data) expect(d.reduce((m, v, i) => Math.max(m, Math.abs(v - expected[i]!)), 0)).toBeLessThan(1e-6);
+    expect(data[0]!.every((v, i) => v === data[1]![i])).toBe(true);
   });
 
   it('plans buckets in the given order, at most bucketBytes each', () => {

@@ -91,6 +91,8 @@ const Ring = z.strictObject({
   seq: Count, bucket: Count,
   /** reduce-scatter or all-gather */
   phase: z.enum(['rs', 'ag']), round: Count, chunk: Count,
+  /** where this piece starts in the chunk, floats (a chunk travels in pieces of PIECE_FLOATS) */
+  offset: Count,
 });
 /** A cross-link exchange: '<globalStep>/<micro-batch>/<link>/<fwd|bwd>' in training, 'eval<epoch>/<batch>/<link>/fwd' in evaluation. */
 export const XFER_KEY = /^(\d+\/\d+\/[a-z0-9]+\/(fwd|bwd)|eval\d+\/\d+\/[a-z0-9]+\/fwd)$/;

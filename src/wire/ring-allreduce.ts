@@ -21,6 +21,9 @@ import { Inbox } from './transport.js';
 export interface BucketParam { name: string; offset: number; size: number }
 export interface Bucket { index: number; size: number; params: BucketParam[] }
 
+/** A piece of a chunk as it arrives: its float offset within the chunk, and its values. */
+interface Piece { offset: number; data: Float32Array }
+
 /**
  * Groups parameters, given in the order backward produces their gradients,
  * into buckets of at most `bucketBytes` (a larger parameter gets its own).
@@ -40,6 +43,16 @@ export function planBuckets(params: Array<{ name: string; size: number }>, bucke
 }
 
 const mod = (a: number, n: number) => ((a % n) + n) % n;
+
+/**
+ * A chunk travels in pieces of at most this many floats (4 MiB), each applied
+ * straight into the bucket as it arrives. Why: a receive buffer larger than
+ * glibc's largest mmap threshold (32 MiB) is mapped afresh for every message,
+ * and first-touching fresh pages cost ~3 ms per MiB on the VMs measured
+ * (~100× touching reused memory): fc7's 67 MB gradient as one chunk cost
+ * ~0.3 s a step in page faults alone. Pieces of 4 MiB come from reused heap.
+ */
+export const PIECE_FLOATS = 2 ** 20;
 
 /**
  * dst[offset + i] += src[i]. A small function of its own so V8 optimizes it
@@ -67,7 +80,7 @@ export const ownedChunk = (rank: number, world: number): number => mod(rank + 1,
 export class RingAllReduce {
   /** bytes handed to the successor since construction */
   bytesSent = 0;
-  private readonly mail = new Map<string, Inbox<Float32Array>>();
+  private readonly mail = new Map<string, Inbox<Piece>>();
   private readonly delivered = new Set<string>();
   private seq = -1;
   /** floats per bucket, the same on every worker */
@@ -95,10 +108,10 @@ export class RingAllReduce {
     for (const key of this.delivered) if (Number(key.split('/')[0]) < seq) this.delivered.delete(key);
   }
 
-  private box(key: string): Inbox<Float32Array> {
+  private box(key: string): Inbox<Piece> {
     let b = this.mail.get(key);
     if (b === undefined) {
-      b = new Inbox<Float32Array>();
+      b = new Inbox<Piece>();
       this.mail.set(key, b);
     }
     return b;
@@ -113,11 +126,15 @@ export class RingAllReduce {
     const expectedChunk = msg.phase === 'rs' ? mod(this.rank - msg.round - 1, this.world) : mod(this.rank - msg.round, this.world);
     if (msg.chunk !== expectedChunk) throw new ProtocolError(`ring ${msg.phase} round ${msg.round}: chunk ${msg.chunk}, expected ${expectedChunk}`);
     const [b, e] = chunkRange(this.sizes[msg.bucket]!, this.world, msg.chunk);
-    if (data.length !== e - b) throw new ProtocolError(`ring chunk ${msg.chunk} of bucket ${msg.bucket}: ${data.length} floats, expected ${e - b}`);
+    if (msg.offset % PIECE_FLOATS !== 0 || msg.offset >= Math.max(1, e - b)) {
+      throw new ProtocolError(`ring chunk ${msg.chunk} of bucket ${msg.bucket}: a piece at offset ${msg.offset} of a ${e - b}-float chunk in pieces of ${PIECE_FLOATS}`);
+    }
+    const want = Math.min(PIECE_FLOATS, e - b - msg.offset);
+    if (data.length !== want) throw new ProtocolError(`ring chunk ${msg.chunk} of bucket ${msg.bucket}: ${data.length} floats at offset ${msg.offset}, expected ${want}`);
     const key = `${msg.seq}/${msg.bucket}/${msg.phase}/${msg.round}`;
-    if (this.delivered.has(key)) throw new ProtocolError(`ring message ${key} arrived twice`);
-    this.delivered.add(key);
-    this.box(key).push(data);
+    if (this.delivered.has(`${key}@${msg.offset}`)) throw new ProtocolError(`ring message ${key} at offset ${msg.offset} arrived twice`);
+    this.delivered.add(`${key}@${msg.offset}`);
+    this.box(key).push({ offset: msg.offset, data });
   }
 
   /** Fails every wait (a peer died, the run is aborting). */
@@ -131,15 +148,27 @@ export class RingAllReduce {
   private sendChunk(bucket: number, phase: 'rs' | 'ag', round: number, data: Float32Array): void {
     const chunk = phase === 'rs' ? mod(this.rank - round, this.world) : mod(this.rank + 1 - round, this.world);
     const [b, e] = chunkRange(data.length, this.world, chunk);
-    const slice = data.subarray(b, e);
-    this.send({ kind: 'ring', seq: this.seq, bucket, phase, round, chunk }, slice);
-    this.bytesSent += slice.byteLength;
+    for (let offset = 0; offset < Math.max(1, e - b); offset += PIECE_FLOATS) {
+      const piece = data.subarray(b + offset, Math.min(e, b + offset + PIECE_FLOATS));
+      this.send({ kind: 'ring', seq: this.seq, bucket, phase, round, chunk, offset }, piece);
+      this.bytesSent += piece.byteLength;
+    }
   }
 
-  private receive(bucket: number, phase: 'rs' | 'ag', round: number): Promise<Float32Array> {
-    if (this.failure) return Promise.reject(this.failure);
-    return this.box(`${this.seq}/${bucket}/${phase}/${round}`).next(this.waitMs,
-      `ring ${phase === 'rs' ? 'reduce-scatter' : 'all-gather'} bucket ${bucket} round ${round} from worker ${mod(this.rank - 1, this.world)}`);
+  /**
+   * Receives chunk `chunk` of a bucket piece by piece; `apply` puts each
+   * piece into place (adds it, or copies it) at its float offset in the chunk.
+   */
+  private async receive(bucket: number, phase: 'rs' | 'ag', round: number, length: number, apply: (offset: number, piece: Float32Array) => void): Promise<void> {
+    const key = `${this.seq}/${bucket}/${phase}/${round}`;
+    const what = `ring ${phase === 'rs' ? 'reduce-scatter' : 'all-gather'} bucket ${bucket} round ${round} from worker ${mod(this.rank - 1, this.world)}`;
+    for (let got = 0; got < Math.max(1, length);) {
+      if (this.failure) throw this.failure;
+      const { offset, data } = await this.box(key).next(this.waitMs, what);
+      apply(offset, data);
+      got += Math.max(1, data.length);
+    }
+    this.mail.delete(key);
   }
 
   /**
@@ -153,8 +182,8 @@ export class RingAllReduce {
     const n = this.world;
     for (let round = 0; round < n - 1; round++) {
       this.sendChunk(bucket, 'rs', round, data);
-      const [b] = chunkRange(data.length, n, mod(this.rank - round - 1, n));
-      addInto(data, b, await this.receive(bucket, 'rs', round));
+      const [b, e] = chunkRange(data.length, n, mod(this.rank - round - 1, n));
+      await this.receive(bucket, 'rs', round, e - b, (offset, piece) => addInto(data, b + offset, piece));
     }
     return chunkRange(data.length, n, ownedChunk(this.rank, n));
   }
@@ -164,8 +193,8 @@ export class RingAllReduce {
     const n = this.world;
     for (let round = 0; round < n - 1; round++) {
       this.sendChunk(bucket, 'ag', round, data);
-      const [b] = chunkRange(data.length, n, mod(this.rank - round, n));
-      data.set(await this.receive(bucket, 'ag', round), b);
+      const [b, e] = chunkRange(data.length, n, mod(this.rank - round, n));
+      await this.receive(bucket, 'ag', round, e - b, (offset, piece) => data.set(piece, b + offset));
     }
   }
 
