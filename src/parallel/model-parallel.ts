@@ -106,10 +106,8 @@ export class ModelParallelTower implements Strategy {
     // Summed in micro-batch order, then averaged: the same order on both workers.
     const grads = new Map<string, tf.Tensor>();
     for (const name of this.model.params.keys()) {
-      grads.set(name, tf.tidy(() => {
-        const sum = micro.slice(1).reduce((acc, r) => tf.add(acc, r.grads.get(name)!), micro[0]!.grads.get(name)!);
-        return m === 1 ? tf.clone(sum) : tf.div(sum, m);
-      }));
+      // addN: one pass over the m gradients, summed in micro-batch order
+      grads.set(name, tf.tidy(() => (m === 1 ? tf.clone(micro[0]!.grads.get(name)!) : tf.div(tf.addN(micro.map((r) => r.grads.get(name)!)), m))));
     }
     this.opt.opts.lr = s.lr;
     this.opt.apply(this.model.params, grads);
