@@ -48,13 +48,20 @@ const IDLE_MS = 24 * 3600_000;
  * measured step time, ends a stuck run sooner.
  */
 const PEER_WAIT_MS = 10 * 60_000;
+/**
+ * ZMTP heartbeats on the link to the coordinator before its setup names the
+ * cluster's own: a ping a second, the coordinator gone after 15 s of silence.
+ */
+const REGISTER_HEARTBEAT = { intervalMs: 1000, timeoutMs: 15_000 };
+/** The largest message accepted before the setup says the cluster's limit (1 GiB, the config's default), bytes. */
+const REGISTER_MAX_BYTES = 2 ** 30;
 
 interface Opened { strategy: Strategy; model: Model; checksum: () => string }
 
 export async function runWorker(args: WorkerArgs): Promise<number> {
-  const dealer = new zmq.Dealer({ routingId: `w${args.rank}`, ...socketOptions({ intervalMs: 1000, timeoutMs: 15_000 }), linger: LINGER_MS });
+  const dealer = new zmq.Dealer({ routingId: `w${args.rank}`, ...socketOptions(REGISTER_HEARTBEAT), linger: LINGER_MS });
   const fromCoordinator = new Inbox<{ msg: ToWorker; tensors: Float32Array[] }>();
-  let maxBytes = 2 ** 30;
+  let maxBytes = REGISTER_MAX_BYTES;
   const sendUp = (msg: Parameters<typeof encodeToCoordinator>[0], tensors: Float32Array[] = []) =>
     dealer.send(encodeToCoordinator(msg, tensors));
   let exitCode = 1;
