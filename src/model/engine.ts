@@ -41,6 +41,12 @@ export interface PassOptions {
   onGradient?: (name: string, grad: tf.Tensor) => void;
   /** awaited after each layer's backward (data-parallel: lets the ring's messages in) */
   afterLayer?: () => Promise<void>;
+  /**
+   * Pipelined micro-batches: a dense layer's weight gradients are left to the
+   * caller, who gets the layer's input x [B, in] and dL/d(pre-activation)
+   * dz [B, out] (and owns both) to compute xᵀ·dz once over all micro-batches.
+   */
+  onDeferredDense?: (layer: string, tower: number, x: tf.Tensor, dz: tf.Tensor) => void;
 }
 
 /** What forward kept, per layer and per local tower. */
@@ -138,7 +144,9 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
     for (let i = tape.layers.length - 1; i >= firstWeighted; i--) {
       const { layer, cross, saved } = tape.layers[i]!;
       const needDx = i > firstWeighted; // the first weighted layer's input is the image
-      const outs = saved.map((s, j) => layerBackward(layer, s, dys[j]!, layerParams(model, layer, local[j]!), needDx));
+      const defer = opts.onDeferredDense !== undefined && layer.kind === 'dense';
+      const outs = saved.map((s, j) => layerBackward(layer, s, dys[j]!, layerParams(model, layer, local[j]!), needDx, defer));
+      if (defer) outs.forEach((o, j) => opts.onDeferredDense!(layer.name, local[j]!, tf.clone(saved[j]!.x), o.dz!));
       tf.dispose(dys);
       dys = [];
       // Bucket order (the data-parallel plan) is the parameter order reversed: last tower first, bias before kernel.

@@ -37,6 +37,8 @@ export interface LayerGrads {
   dx?: tf.Tensor;
   kernel?: tf.Tensor;
   bias?: tf.Tensor;
+  /** dense with its weight gradients deferred: dL/d(pre-activation) [B, out], for kernel = xᵀ·dz and bias = Σ dz later */
+  dz?: tf.Tensor;
 }
 
 const run = (kernel: string, inputs: Record<string, tf.Tensor>, attrs: object): tf.Tensor =>
@@ -94,8 +96,11 @@ function throughActivation(relu: boolean, dy: tf.Tensor, y: tf.Tensor): tf.Tenso
 /**
  * dL/dx and the parameter gradients of one layer, given dL/dy. `needDx`
  * false skips the input gradient (conv1's input is the image).
+ * `deferDense` returns a dense layer's dz instead of its weight gradients.
  */
-export function layerBackward(layer: LayerSpec, saved: Saved, dy: tf.Tensor, params: LayerParams | undefined, needDx: boolean): LayerGrads {
+export function layerBackward(
+  layer: LayerSpec, saved: Saved, dy: tf.Tensor, params: LayerParams | undefined, needDx: boolean, deferDense = false,
+): LayerGrads {
   return tf.tidy(() => {
     const { x, y } = saved;
     switch (layer.kind) {
@@ -109,6 +114,10 @@ export function layerBackward(layer: LayerSpec, saved: Saved, dy: tf.Tensor, par
       }
       case 'dense': {
         const dz = throughActivation(layer.relu, dy, y); // [B, out]
+        if (deferDense) {
+          const dx = needDx ? tf.matMul(dz as tf.Tensor2D, params!.kernel as tf.Tensor2D, false, true) : undefined;
+          return dx ? { dx, dz: tf.clone(dz) } : { dz: tf.clone(dz) };
+        }
         const kernel = tf.matMul(x as tf.Tensor2D, dz as tf.Tensor2D, true, false); // [in, out] = xᵀ·dz
         const bias = tf.sum(dz, 0); // [out]
         const dx = needDx ? tf.matMul(dz as tf.Tensor2D, params!.kernel as tf.Tensor2D, false, true) : undefined; // [B, in] = dz·Wᵀ

@@ -28,7 +28,7 @@ import { loadModelState, readModelState } from '../checkpoint/model-state.js';
 import { specOf, type TrainConfig } from '../config/train.js';
 import { TrainBatches, type RunData } from '../data/run-data.js';
 import { readFloats, readScalar } from '../kernels/read.js';
-import { buildModel, disposeModel, type Model } from '../model/build.js';
+import { buildModel, disposeModel, paramName, type Model } from '../model/build.js';
 import { lossAndGrads, type CrossLinks } from '../model/engine.js';
 import { Sgd } from '../model/sgd.js';
 import type { PeerLink } from '../wire/peer-link.js';
@@ -92,12 +92,16 @@ export class ModelParallelTower implements Strategy {
     const m = this.microBatches;
     const size = cfg.batch / m;
     // GPipe: every micro-batch runs at once; each awaits the other tower at its cross links.
+    // Dense layers' weight gradients wait for all micro-batches: one xᵀ·dz over
+    // the whole batch instead of m weight-sized products and their sum.
+    const deferred: Array<Map<string, { x: tf.Tensor; dz: tf.Tensor }>> = Array.from({ length: m }, () => new Map());
     const micro = await Promise.all(Array.from({ length: m }, async (_, i) => {
       const { x, y } = this.batches.batch(s.epoch, s.step, i * size, size);
       try {
         return await lossAndGrads(this.model, x, y, {
           dropout: { seed: cfg.seed, step: s.globalStep, firstSample: i * size },
           links: crossLinks(link, this.rank, `${s.globalStep}/${i}`),
+          ...(m > 1 ? { onDeferredDense: (layer: string, tower: number, xs: tf.Tensor, dz: tf.Tensor) => deferred[i]!.set(paramName(this.model.spec, layer, tower, 'kernel'), { x: xs, dz }) } : {}),
         });
       } finally {
         tf.dispose([x, y]);
@@ -105,10 +109,19 @@ export class ModelParallelTower implements Strategy {
     }));
     // Summed in micro-batch order, then averaged: the same order on both workers.
     const grads = new Map<string, tf.Tensor>();
-    for (const name of this.model.params.keys()) {
-      // addN: one pass over the m gradients, summed in micro-batch order
-      grads.set(name, tf.tidy(() => (m === 1 ? tf.clone(micro[0]!.grads.get(name)!) : tf.div(tf.addN(micro.map((r) => r.grads.get(name)!)), m))));
+    for (const [name, v] of this.model.params) {
+      const bias = name.endsWith('.bias');
+      const dense = deferred[0]!.get(bias ? name.replace(/\.bias$/, '.kernel') : name);
+      grads.set(name, tf.tidy(() => {
+        if (m === 1) return tf.clone(micro[0]!.grads.get(name)!);
+        if (dense === undefined) return tf.div(tf.addN(micro.map((r) => r.grads.get(name)!)), m); // one pass over the m gradients
+        const key = bias ? name.replace(/\.bias$/, '.kernel') : name;
+        const dz = tf.concat(deferred.map((d) => d.get(key)!.dz), 0); // [B, out], micro-batches in order
+        const g = bias ? tf.sum(dz, 0) : tf.matMul(tf.concat(deferred.map((d) => d.get(key)!.x), 0) as tf.Tensor2D, dz as tf.Tensor2D, true, false);
+        return tf.div(tf.reshape(g, v.shape), m);
+      }));
     }
+    tf.dispose(deferred.flatMap((d) => [...d.values()].flatMap((e) => [e.x, e.dz])));
     this.opt.opts.lr = s.lr;
     this.opt.apply(this.model.params, grads);
     tf.dispose([...grads.values(), ...micro.flatMap((r) => [...r.grads.values()])]);
