@@ -10,8 +10,8 @@ import * as tf from '@tensorflow/tfjs';
 import { registerComposedTrainingKernels, type KernelSet } from './kernels/register.js';
 import { UsageError } from './errors.js';
 
-export const BACKEND_CHOICES = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const;
-export type BackendChoice = (typeof BACKEND_CHOICES)[number];
+import { BACKEND_CHOICES, type BackendChoice } from './config/choices.js';
+export { BACKEND_CHOICES, type BackendChoice };
 
 export interface BackendInfo {
   /** what was asked for */

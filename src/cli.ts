@@ -5,12 +5,12 @@
 import { Command, CommanderError, Option } from 'commander';
 import { BACKEND_CHOICES, initBackend, type BackendChoice } from './backend.js';
 import { UsageError, oneLine } from './errors.js';
-import { alexnet } from './model/alexnet.js';
+import { alexnet, specOf } from './model/alexnet.js';
 import { ARCHS, type Arch } from './model/spec.js';
 import { formatSummary, summarize } from './model/summary.js';
 import { fetchFashionMnist } from './data/fetch.js';
 import { findDataDir, loadSplit } from './data/fashion-mnist.js';
-import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig, specOf } from './config/train.js';
+import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig } from './config/train.js';
 import { train, type Mode } from './run/loop.js';
 import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './config/cluster.js';
 import { planDevices } from './run/launcher.js';

@@ -1,9 +1,7 @@
 import { z } from 'zod';
-import { BACKEND_CHOICES } from '../backend.js';
 import { UsageError } from '../errors.js';
 import { describeIssue } from './describe-issue.js';
-import { alexnet } from '../model/alexnet.js';
-import { ARCHS, type ModelSpec } from '../model/spec.js';
+import { ARCHS, BACKEND_CHOICES } from './choices.js';
 
 /**
  * Everything that defines a training run. It is saved inside every checkpoint
@@ -83,12 +81,4 @@ export function parseTrainConfig(raw: unknown, where = 'config'): TrainConfig {
 /** Learning rate in an epoch: lr × lrDecay^(number of decay epochs reached). */
 export function learningRate(cfg: TrainConfig, epoch: number): number {
   return cfg.lr * cfg.lrDecay ** cfg.lrDecayEpochs.filter((e) => epoch >= e).length;
-}
-
-/** The network a run trains (Fashion-MNIST: 10 classes). */
-export function specOf(cfg: TrainConfig): ModelSpec {
-  return alexnet({
-    arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10,
-    ...(cfg.init !== undefined ? { init: cfg.init } : {}),
-  });
 }

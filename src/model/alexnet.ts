@@ -1,6 +1,7 @@
 import { UsageError } from '../errors.js';
 import { ARCHS, type Arch, type InitScheme, type LayerSpec, type ModelSpec } from './spec.js';
 import { inferShapes } from './shapes.js';
+import type { TrainConfig } from '../config/train.js';
 
 export interface AlexNetOptions {
   arch: Arch;
@@ -121,4 +122,12 @@ export function smallestResolution(spec: ModelSpec): number {
     if (typeof inferShapes(trial) !== 'string') return r;
   }
   return Infinity;
+}
+
+/** The network a run trains (Fashion-MNIST: 10 classes). */
+export function specOf(cfg: TrainConfig): ModelSpec {
+  return alexnet({
+    arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, channels: cfg.channels, classes: 10,
+    ...(cfg.init !== undefined ? { init: cfg.init } : {}),
+  });
 }

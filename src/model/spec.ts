@@ -66,8 +66,8 @@ export interface DropoutLayer {
 
 export type LayerSpec = ConvLayer | LrnLayer | PoolLayer | FlattenLayer | DenseLayer | DropoutLayer;
 
-export const ARCHS = ['d2l', 'original'] as const;
-export type Arch = (typeof ARCHS)[number];
+export { ARCHS, type Arch } from '../config/choices.js';
+import type { Arch } from '../config/choices.js';
 
 /** How weights are drawn: the 2012 paper's N(0, 0.01), or Xavier-uniform as d2l's init_cnn does. */
 export type InitScheme = 'paper-normal' | 'xavier-uniform';

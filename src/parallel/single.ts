@@ -8,7 +8,8 @@
 import * as tf from '@tensorflow/tfjs';
 import type { TrainState } from '../checkpoint/checkpoint.js';
 import { loadModelState, readModelState } from '../checkpoint/model-state.js';
-import { specOf, type TrainConfig } from '../config/train.js';
+import type { TrainConfig } from '../config/train.js';
+import { specOf } from '../model/alexnet.js';
 import { TrainBatches, type RunData } from '../data/run-data.js';
 import { readScalar } from '../kernels/read.js';
 import { buildModel, disposeModel, type Model } from '../model/build.js';

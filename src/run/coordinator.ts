@@ -13,7 +13,8 @@
 import * as zmq from 'zeromq';
 import { flattenState, mergeStates, type TrainState } from '../checkpoint/checkpoint.js';
 import type { ClusterConfig, WorkerSpec } from '../config/cluster.js';
-import { specOf, type TrainConfig } from '../config/train.js';
+import type { TrainConfig } from '../config/train.js';
+import { specOf } from '../model/alexnet.js';
 import { parameterShapes } from '../model/build.js';
 import { combineReplicas } from '../parallel/data-parallel.js';
 import { combineTowers } from '../parallel/model-parallel.js';
