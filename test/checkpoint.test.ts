@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
+  checkState,
   flattenState, mergeStates, momentumKey, readCheckpointState, readCheckpointTensors, saveCheckpoint, STATE_FILE, TENSORS_FILE,
 } from '../src/checkpoint/checkpoint.js';
 import { loadModelState, readModelState } from '../src/checkpoint/model-state.js';
@@ -124,6 +125,28 @@ describe('checkpoints', () => {
     const merged = mergeStates([tower(1), tower(0)], order);
     expect(merged.params.map((p) => [p.name, p.data[0]])).toEqual([[order[0], 0], [order[1], 0.5], [order[2], 1], [order[3], 1.5]]);
     expect(merged.momentum.map((p) => [p.name, p.data[0]])).toEqual([[order[0], -0], [order[2], -1]]);
+  });
+
+  it('checkState refuses a state with a missing, unknown, repeated or misshapen tensor, naming it', () => {
+    const spec = alexnet({ arch: 'd2l', width: 1 / 16, resolution: 67 });
+    const shapes = parameterShapes(spec);
+    const full = () => ({
+      params: [...shapes].map(([name, shape]) => ({ name, shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) })),
+      momentum: [] as Array<{ name: string; shape: number[]; data: Float32Array }>,
+    });
+    expect(() => checkState(full(), shapes)).not.toThrow();
+    const missing = full();
+    missing.params.pop();
+    expect(() => checkState(missing, shapes)).toThrow('missing parameter(s) fc8.bias');
+    const unknown = full();
+    unknown.params.push({ name: 'fc9.kernel', shape: [1], data: new Float32Array(1) });
+    expect(() => checkState(unknown, shapes)).toThrow('parameter fc9.kernel is not a parameter of this model');
+    const twice = full();
+    twice.params.push(twice.params[0]!);
+    expect(() => checkState(twice, shapes)).toThrow('parameter conv1.kernel appears twice');
+    const wrong = full();
+    wrong.momentum.push({ name: 'fc8.bias', shape: [3], data: new Float32Array(3) });
+    expect(() => checkState(wrong, shapes)).toThrow('momentum of fc8.bias is [3] with 3 values, the model\'s is [10]');
   });
 
   it('refuses a state file whose tensor file was replaced, or a bad state file', async () => {

@@ -72,6 +72,30 @@ export function mergeStates(parts: PlainTensor[][], order: string[]): TrainState
   return { params, momentum };
 }
 
+/**
+ * Checks a state against the model's parameters before it is trusted (it may
+ * come from other processes): every parameter exactly once with its shape,
+ * momentum only for parameters, with their shapes. Throws with the reason.
+ */
+export function checkState(state: TrainState, shapes: Map<string, number[]>): void {
+  const check = (t: PlainTensor, what: string, seen: Set<string>) => {
+    const shape = shapes.get(t.name);
+    if (shape === undefined) throw new Error(`${what} ${t.name} is not a parameter of this model`);
+    if (seen.has(t.name)) throw new Error(`${what} ${t.name} appears twice`);
+    seen.add(t.name);
+    const size = shape.reduce((a, b) => a * b, 1);
+    if (t.shape.join(',') !== shape.join(',') || t.data.length !== size) {
+      throw new Error(`${what} ${t.name} is [${t.shape}] with ${t.data.length} values, the model's is [${shape}]`);
+    }
+  };
+  const params = new Set<string>();
+  for (const p of state.params) check(p, 'parameter', params);
+  const missing = [...shapes.keys()].filter((n) => !params.has(n));
+  if (missing.length > 0) throw new Error(`missing parameter(s) ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}`);
+  const momentum = new Set<string>();
+  for (const m of state.momentum) check(m, 'momentum of', momentum);
+}
+
 /** Writes a checkpoint of `state`. */
 export function saveCheckpoint(dir: string, spec: ModelSpec, state: TrainState, config: TrainConfig, position: Position): void {
   const tensors: NamedTensor[] = [];

@@ -23,7 +23,8 @@ export async function readFloats(t: tf.Tensor): Promise<Float32Array> {
   const heap = heapOf(t);
   if (heap) return heap.typedArrayFromHeap({ dataId: t.dataId, shape: t.shape, dtype: 'float32' }).slice();
   const d = await t.data();
-  return d instanceof Float32Array ? d : Float32Array.from(d as ArrayLike<number>);
+  // Some backends (cpu) hand out the tensor's own array: copy, so the caller may send or keep it.
+  return d instanceof Float32Array ? d.slice() : Float32Array.from(d as ArrayLike<number>);
 }
 
 /** A scalar's value. */

@@ -166,14 +166,18 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
       } else {
         const axis = dxs[0]!.rank - 1;
         if (split) {
-          dys = [await opts.links!.scatter(layer.name, dxs[0]!, axis, false)];
+          try {
+            dys = [await opts.links!.scatter(layer.name, dxs[0]!, axis, false)];
+          } finally {
+            tf.dispose(dxs);
+          }
         } else {
           // dL/d(tower t's output) = Σ over towers t' of the slice t of dL/d(tower t''s concatenated input)
           const parts = dxs.map((d) => tf.split(d, local.length, axis));
           dys = local.map((_, t) => tf.tidy(() => parts.slice(1).reduce((acc, p) => tf.add(acc, p[t]!), parts[0]![t]!)));
           tf.dispose(parts.flat());
+          tf.dispose(dxs);
         }
-        tf.dispose(dxs);
       }
       await opts.afterLayer?.();
     }

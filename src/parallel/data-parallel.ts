@@ -120,17 +120,17 @@ export class DataParallelReplica implements Strategy {
         afterLayer: yieldToSockets,
       });
       const backwardEnd = performance.now();
-      if (filled.some((f, b) => f !== this.buckets[b]!.size)) throw new Error(`data-parallel: backward left buckets unfilled (${filled.join(', ')} floats)`);
-      if (!overlap) this.buckets.forEach((b) => startBucket(b.index));
+      let value: number;
       try {
+        if (filled.some((f, b) => f !== this.buckets[b]!.size)) throw new Error(`data-parallel: backward left buckets unfilled (${filled.join(', ')} floats)`);
+        if (!overlap) this.buckets.forEach((b) => startBucket(b.index));
         await Promise.all(reductions);
+        value = await readScalar(loss);
       } finally {
-        tf.dispose([...produced.values()]);
+        tf.dispose([loss, ...produced.values()]);
       }
       const reduced = performance.now();
       this.loadWeightsIntoModel();
-      const value = await readScalar(loss);
-      loss.dispose();
       const waitMs = reduced - backwardEnd;
       return {
         loss: value, samples: shard, computeMs: performance.now() - t0 - waitMs, waitMs, bytesSent: this.ring.bytesSent - sentBefore,
@@ -206,7 +206,9 @@ export class DataParallelReplica implements Strategy {
     const flat = this.buckets.map((b) => new Float32Array(b.size)); // absent buffers are zeros, as a fresh optimizer's
     for (const m of state.momentum) {
       const at = this.where.get(m.name);
-      if (at !== undefined) flat[at.bucket]!.set(m.data, at.offset);
+      if (at === undefined) throw new Error(`state has momentum for ${m.name}, which the model does not have`);
+      if (m.data.length !== at.size) throw new Error(`state: momentum of ${m.name} has ${m.data.length} values, the parameter ${at.size}`);
+      flat[at.bucket]!.set(m.data, at.offset);
     }
     this.owned.forEach(([lo, hi], i) => this.momentum![i]!.set(flat[i]!.subarray(lo, hi)));
   }
@@ -247,4 +249,5 @@ export const combineReplicas: Combine = {
     samples: results.reduce((n, r) => n + r.samples, 0),
   }),
   stateHolders: () => [0],
+  shareOf: (state) => state, // every replica keeps all weights and picks its momentum shard
 };

@@ -55,12 +55,15 @@ export function crossLinks(link: PeerLink, rank: number, prefix: string): CrossL
         return mine;
       }
       const key = `${prefix}/${name}/bwd`;
-      link.send(key, await readFloats(other));
-      other.dispose();
-      const theirs = tf.tensor(await link.receive(key, mine.size), mine.shape);
-      const sum = tf.add(mine, theirs);
-      tf.dispose([mine, theirs]);
-      return sum;
+      try {
+        link.send(key, await readFloats(other));
+        const theirs = tf.tensor(await link.receive(key, mine.size), mine.shape);
+        const sum = tf.add(mine, theirs);
+        theirs.dispose();
+        return sum;
+      } finally {
+        tf.dispose([mine, other]);
+      }
     },
   };
 }
@@ -96,7 +99,7 @@ export class ModelParallelTower implements Strategy {
     // Dense layers' weight gradients wait for all micro-batches: one xᵀ·dz over
     // the whole batch instead of m weight-sized products and their sum.
     const deferred: Array<Map<string, { x: tf.Tensor; dz: tf.Tensor }>> = Array.from({ length: m }, () => new Map());
-    const micro = await Promise.all(Array.from({ length: m }, async (_, i) => {
+    const settled = await Promise.allSettled(Array.from({ length: m }, async (_, i) => {
       const { x, y } = this.batches.batch(s.epoch, s.step, i * size, size);
       try {
         return await lossAndGrads(this.model, x, y, {
@@ -104,10 +107,23 @@ export class ModelParallelTower implements Strategy {
           links: crossLinks(link, this.rank, `${s.globalStep}/${i}`),
           ...(m > 1 ? { onDeferredDense: (layer: string, tower: number, xs: tf.Tensor, dz: tf.Tensor) => deferred[i]!.set(paramName(this.model.spec, layer, tower, 'kernel'), { x: xs, dz }) } : {}),
         });
+      } catch (err) {
+        // The other micro-batches may be waiting on exchanges this one will never make: end them too.
+        link.fail(err instanceof Error ? err : new Error(String(err)));
+        throw err;
       } finally {
         tf.dispose([x, y]);
       }
     }));
+    const releaseDeferred = () => tf.dispose(deferred.flatMap((d) => [...d.values()].flatMap((e) => [e.x, e.dz])));
+    const failed = settled.find((r) => r.status === 'rejected');
+    if (failed) {
+      // All micro-batches have ended (the link's failure reaches every wait): free what the others made.
+      for (const r of settled) if (r.status === 'fulfilled') tf.dispose([r.value.loss, ...r.value.grads.values()]);
+      releaseDeferred();
+      throw failed.reason;
+    }
+    const micro = settled.map((r) => (r as PromiseFulfilledResult<Awaited<ReturnType<typeof lossAndGrads>>>).value);
     // Summed in micro-batch order, then averaged: the same order on both workers.
     const grads = new Map<string, tf.Tensor>();
     for (const [name, v] of this.model.params) {
@@ -122,7 +138,7 @@ export class ModelParallelTower implements Strategy {
         return tf.div(tf.reshape(g, v.shape), m);
       }));
     }
-    tf.dispose(deferred.flatMap((d) => [...d.values()].flatMap((e) => [e.x, e.dz])));
+    releaseDeferred();
     this.opt.opts.lr = s.lr;
     this.opt.apply(this.model.params, grads);
     tf.dispose([...grads.values(), ...micro.flatMap((r) => [...r.grads.values()])]);
@@ -174,4 +190,8 @@ export const combineTowers: Combine = {
   },
   evaluate: (results) => results[0]!, // both evaluated every sample together
   stateHolders: (world) => Array.from({ length: world }, (_, r) => r), // each holds its tower
+  shareOf: (state, rank) => {
+    const mine = (t: { name: string }) => t.name.includes(`.t${rank}.`); // conv1.t0.kernel: tower 0's
+    return { params: state.params.filter(mine), momentum: state.momentum.filter(mine) };
+  },
 };

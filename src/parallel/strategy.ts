@@ -67,6 +67,8 @@ export interface Combine {
   evaluate(results: EvalResult[]): EvalResult;
   /** which workers' state replies make the whole state (all of them take part in the call) */
   stateHolders(world: number): number[];
+  /** the part of a whole state that worker `rank` loads */
+  shareOf(state: TrainState, rank: number): TrainState;
 }
 
 /** FNV-1a over the 32-bit words of `arrays`: a cheap check that replicas hold the same weights. */

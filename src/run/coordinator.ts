@@ -11,7 +11,7 @@
  * them, and the error names the worker and the reason.
  */
 import * as zmq from 'zeromq';
-import { flattenState, mergeStates, type TrainState } from '../checkpoint/checkpoint.js';
+import { checkState, flattenState, mergeStates, type TrainState } from '../checkpoint/checkpoint.js';
 import type { ClusterConfig, WorkerSpec } from '../config/cluster.js';
 import type { TrainConfig } from '../config/train.js';
 import { specOf } from '../model/alexnet.js';
@@ -47,8 +47,9 @@ export interface ClusterOptions {
 
 type Msg = Decoded<ToCoordinator>;
 
-/** A step deadline is at least timeouts.stepMs, and this many times the median step seen so far. */
+/** A step deadline is at least timeouts.stepMs, and this many times the median of the last DEADLINE_WINDOW steps. */
 const DEADLINE_MEDIANS = 10;
+const DEADLINE_WINDOW = 101;
 /** Evaluation walks the whole test set: its deadline is this many step deadlines. */
 const EVAL_DEADLINES = 10;
 /** How long telling a worker to stop may take before it is terminated anyway, ms. */
@@ -207,6 +208,9 @@ export class Cluster implements Strategy {
       checksum: s.checksum ?? false, overlap: s.overlap ?? true,
     }, 'stepDone', this.deadline(), `step ${s.globalStep}`);
     this.stepMsSeen.push(performance.now() - t0);
+    if (this.stepMsSeen.length > DEADLINE_WINDOW) this.stepMsSeen.shift();
+    const stale = done.findIndex((d) => d.msg.globalStep !== s.globalStep);
+    if (stale >= 0) throw this.fail(new ClusterError(`${this.name(stale)} answered step ${s.globalStep} with step ${done[stale]!.msg.globalStep}`));
     try {
       return this.combine.step(done.map(({ msg: { loss, samples, computeMs, waitMs, bytesSent, liveTensors: tensors, checksum } }) =>
         ({ loss, samples, computeMs, waitMs, bytesSent, tensors, ...(checksum !== undefined ? { checksum } : {}) })));
@@ -218,21 +222,34 @@ export class Cluster implements Strategy {
   async evaluate(epoch: number): Promise<EvalResult> {
     this.where = `evaluation of epoch ${epoch}`;
     const evs = await this.all({ kind: 'evaluate', epoch }, 'evalDone', this.deadline() * EVAL_DEADLINES, `evaluation of epoch ${epoch}`);
+    const stale = evs.findIndex((e) => e.msg.epoch !== epoch);
+    if (stale >= 0) throw this.fail(new ClusterError(`${this.name(stale)} answered the evaluation of epoch ${epoch} with epoch ${evs[stale]!.msg.epoch}`));
     return this.combine.evaluate(evs.map(({ msg: { correct, lossSum, samples } }) => ({ correct, lossSum, samples })));
   }
 
   /** Every worker takes part (a replica's momentum is sharded); the mode says whose replies make the state. */
+  /** Every worker takes part (a replica's momentum is sharded); the mode says whose replies make the state. */
   async state(): Promise<TrainState> {
-    const states = await this.all({ kind: 'getState' }, 'state', this.deadline(), 'the model state for a checkpoint');
-    const order = [...parameterShapes(specOf(this.opts.config)).keys()];
-    return mergeStates(this.combine.stateHolders(this.world).map((r) =>
-      states[r]!.msg.tensors.map((m, i) => ({ ...m, data: states[r]!.tensors[i]! }))), order);
+    const holders = this.combine.stateHolders(this.world);
+    for (let r = 0; r < this.world; r++) await this.send(r, { kind: 'getState', reply: holders.includes(r) });
+    const states = await Promise.all(this.inboxes.map((_, r) => this.expect(r, 'state', this.deadline(), 'the model state for a checkpoint')));
+    const shapes = parameterShapes(specOf(this.opts.config));
+    const state = mergeStates(holders.map((r) => states[r]!.msg.tensors.map((m, i) => ({ ...m, data: states[r]!.tensors[i]! }))), [...shapes.keys()]);
+    try {
+      checkState(state, shapes);
+    } catch (err) {
+      throw this.fail(new ClusterError(`the workers' state for a checkpoint: ${(err as Error).message}`));
+    }
+    return state;
   }
 
+  /** Each worker gets its share: the whole state for a replica, its tower's half for a tower. */
   async load(state: TrainState): Promise<void> {
-    const flat = flattenState(state);
-    const loaded = await this.all({ kind: 'load', tensors: flat.map((t) => ({ name: t.name, shape: t.shape })) }, 'loaded',
-      this.deadline(), 'loading the checkpoint', flat.map((t) => t.data));
+    for (let r = 0; r < this.world; r++) {
+      const flat = flattenState(this.combine.shareOf(state, r));
+      await this.send(r, { kind: 'load', tensors: flat.map((t) => ({ name: t.name, shape: t.shape })) }, flat.map((t) => t.data));
+    }
+    const loaded = await Promise.all(this.inboxes.map((_, r) => this.expect(r, 'loaded', this.deadline(), 'loading the checkpoint')));
     if (this.opts.mode === 'data') this.checkSame(loaded.map((m) => m.msg.checksum), 'replicas loaded different weights');
   }
 

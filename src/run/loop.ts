@@ -18,6 +18,7 @@ import { UsageError } from '../errors.js';
 import { countParams, parameterShapes } from '../model/build.js';
 import { SingleStrategy } from '../parallel/single.js';
 import type { EvalResult, Strategy } from '../parallel/strategy.js';
+import { MAX_MICRO_BATCHES } from '../wire/protocol.js';
 import { Cluster, ClusterError, type ClusterMode } from './coordinator.js';
 import type { WorkerCommandOverride } from './launcher.js';
 import { MetricsLog } from './metrics.js';
@@ -83,7 +84,7 @@ function checkMode(mode: Mode, cfg: TrainConfig, opts: TrainOptions): WorkerSpec
   if (opts.cluster === undefined) throw new UsageError(`--mode ${mode} needs a cluster config`);
   const workers = opts.workers ?? opts.cluster.workers;
   const micro = opts.microBatches ?? 1;
-  if (!Number.isInteger(micro) || micro < 1) throw new UsageError(`--micro-batches: expected a positive integer, got ${micro}`);
+  if (!Number.isInteger(micro) || micro < 1 || micro > MAX_MICRO_BATCHES) throw new UsageError(`--micro-batches: expected an integer in 1..${MAX_MICRO_BATCHES}, got ${micro}`);
   if (mode === 'data' && cfg.batch % workers.length !== 0) throw new UsageError(`global batch ${cfg.batch} does not split evenly over ${workers.length} workers`);
   if (mode === 'model') {
     if (cfg.arch !== 'original') throw new UsageError(`--mode model splits the two-tower 'original' net: add --arch original (this run is '${cfg.arch}')`);

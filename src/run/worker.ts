@@ -102,6 +102,8 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
       switch (msg.kind) {
         case 'step': {
           const r = await strategy.step(msg);
+          // A loss that is not a number cannot travel (the protocol refuses it): say what it means here.
+          if (!Number.isFinite(r.loss)) throw new WorkerFailure(`loss is ${r.loss} at epoch ${msg.epoch} step ${msg.step}: lower --lr`);
           await sendUp({
             kind: 'stepDone', globalStep: msg.globalStep, loss: r.loss, samples: r.samples, computeMs: r.computeMs,
             waitMs: r.waitMs, bytesSent: r.bytesSent, liveTensors: r.tensors, ...(r.checksum !== undefined ? { checksum: r.checksum } : {}),
@@ -112,7 +114,8 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
           await sendUp({ kind: 'evalDone', epoch: msg.epoch, ...(await strategy.evaluate(msg.epoch)) });
           break;
         case 'getState': {
-          const flat = flattenState(await strategy.state());
+          const state = await strategy.state();
+          const flat = msg.reply ? flattenState(state) : [];
           await sendUp({ kind: 'state', tensors: flat.map((t) => ({ name: t.name, shape: t.shape })) }, flat.map((t) => t.data));
           break;
         }
@@ -155,6 +158,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
 async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig): Promise<Opened> {
   if (setup.rank !== args.rank) throw new WorkerFailure(`setup for rank ${setup.rank} sent to worker ${args.rank}`);
   if (setup.peers.length !== setup.world) throw new WorkerFailure(`setup lists ${setup.peers.length} peers for a world of ${setup.world}`);
+  if (setup.rank >= setup.world) throw new WorkerFailure(`setup for rank ${setup.rank} in a world of ${setup.world}`);
   const data = loadRunData(cfg);
   const { rank, world } = setup;
   const wire = { heartbeat: setup.heartbeat, maxMessageBytes: setup.maxMessageBytes, waitMs: PEER_WAIT_MS };

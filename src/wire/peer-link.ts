@@ -32,6 +32,8 @@ export class PeerLink {
   /** bytes handed to the peer since the link opened */
   bytesSent = 0;
   private readonly boxes = new Map<string, Inbox<Float32Array>>();
+  /** messages arrived and not yet received */
+  private unclaimed = 0;
   private readonly seen = new Set<string>();
   private failure: Error | undefined;
   /** zeromq.js allows one send in progress per socket: sends are chained */
@@ -61,8 +63,9 @@ export class PeerLink {
       const { msg, tensors: [t] } = decodeToPeer(frames, this.opts.maxMessageBytes);
       if (msg.kind !== 'xfer') throw new ProtocolError(`'${msg.kind}' message on a model-parallel link`);
       if (this.seen.has(msg.key)) throw new ProtocolError(`'${msg.key}' arrived twice`);
-      if (this.boxes.size >= MAX_UNCLAIMED) throw new ProtocolError(`more than ${MAX_UNCLAIMED} unclaimed messages`);
+      if (this.unclaimed >= MAX_UNCLAIMED) throw new ProtocolError(`more than ${MAX_UNCLAIMED} unclaimed messages`);
       this.seen.add(msg.key);
+      this.unclaimed++;
       this.box(msg.key).push(t!);
     } catch (err) {
       this.fail(new Error(`refused a message from worker ${this.opts.peerRank}: ${(err as Error).message}`));
@@ -79,7 +82,8 @@ export class PeerLink {
     return b;
   }
 
-  private fail(err: Error): void {
+  /** Fails every pending and future receive with `err` (a peer or a local step failed). */
+  fail(err: Error): void {
     if (this.failure) return;
     this.failure = err;
     for (const b of this.boxes.values()) b.fail(err);
@@ -97,6 +101,7 @@ export class PeerLink {
   async receive(key: string, floats: number): Promise<Float32Array> {
     try {
       const data = await this.box(key).next(this.opts.waitMs, `'${key}' from worker ${this.opts.peerRank}`);
+      this.unclaimed--;
       if (data.length !== floats) throw new ProtocolError(`'${key}' from worker ${this.opts.peerRank}: ${data.length} floats, expected ${floats}`);
       return data;
     } finally {

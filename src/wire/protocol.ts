@@ -12,6 +12,9 @@ import { describeIssue } from '../config/describe-issue.js';
 
 export const PROTOCOL_VERSION = 2;
 
+/** The most micro-batches a step may be split into (each has 9 exchanges in flight at most). */
+export const MAX_MICRO_BATCHES = 256;
+
 /** Raised for any message that is malformed or unexpected; the text is the reason. */
 export class ProtocolError extends Error {
   override readonly name = 'ProtocolError';
@@ -31,8 +34,8 @@ const Setup = z.strictObject({
   v, kind: z.literal('setup'),
   rank: Count, world: z.number().int().min(1).max(1024),
   mode: z.enum(['data', 'model']),
-  /** model mode: split each step's batch into this many micro-batches (gradients accumulate) */
-  microBatches: z.number().int().min(1).default(1),
+  /** model mode: split each step's batch into this many pipelined micro-batches */
+  microBatches: z.number().int().min(1).max(MAX_MICRO_BATCHES).default(1),
   /** the training config (validated again by the worker with the trainer's schema) */
   train: z.record(z.string(), z.unknown()),
   /** every worker's peer endpoint, by rank; this worker binds peers[rank] */
@@ -51,7 +54,8 @@ const Step = z.strictObject({
 const Evaluate = z.strictObject({ v, kind: z.literal('evaluate'), epoch: Count });
 /** resume: parameters and momentum.<name> buffers in our layout, one frame each */
 const Load = z.strictObject({ v, kind: z.literal('load'), tensors: z.array(TensorMeta) });
-const GetState = z.strictObject({ v, kind: z.literal('getState') });
+/** every worker takes part (a replica's momentum is sharded); only those with `reply` send their tensors back */
+const GetState = z.strictObject({ v, kind: z.literal('getState'), reply: z.boolean() });
 const Shutdown = z.strictObject({ v, kind: z.literal('shutdown') });
 const Abort = z.strictObject({ v, kind: z.literal('abort'), reason: z.string() });
 

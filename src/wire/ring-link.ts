@@ -28,7 +28,11 @@ export async function openRing(opts: RingLinkOptions): Promise<RingLink> {
   const sockOpts = socketOptions(opts.heartbeat);
   const pull = new zmq.Pull(sockOpts);
   const push = new zmq.Push({ ...sockOpts, sendHighWaterMark: 0 });
-  const close = () => { if (!pull.closed) pull.close(); if (!push.closed) push.close(); };
+  const close = () => {
+    ring.fail(new Error('ring closed')); // ends any wait still pending
+    if (!pull.closed) pull.close();
+    if (!push.closed) push.close();
+  };
   const next = (rank + 1) % world;
   const pred = (rank - 1 + world) % world;
   let sending: Promise<void> = Promise.resolve();

@@ -81,6 +81,7 @@ export class Inbox<T> {
         if (i >= 0) this.waiters.splice(i, 1);
         reject(new TimeoutError(`${what}: nothing within ${(timeoutMs / 1000).toFixed(1)} s`));
       }, timeoutMs);
+      timer.unref(); // a deadline alone does not keep a process alive: its sockets do
       this.waiters.push({ resolve, reject, timer });
     });
   }
