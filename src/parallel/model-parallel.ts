@@ -36,6 +36,10 @@ import type { PeerLink } from '../wire/peer-link.js';
 import { evaluate } from './evaluate.js';
 import { type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
 
+/** A micro-batch's dense layers, by kernel name: input x [b, in] and dL/d(pre-activation) dz [b, out]. */
+type Deferred = Map<string, { x: tf.Tensor; dz: tf.Tensor }>;
+const disposeDeferred = (deferred: Deferred[]) => tf.dispose(deferred.flatMap((d) => [...d.values()].flatMap((e) => [e.x, e.dz])));
+
 /** The two towers' exchanges for one micro-batch (or test batch) under key prefix `prefix`. */
 export function crossLinks(link: PeerLink, rank: number, prefix: string): CrossLinks {
   return {
@@ -93,12 +97,32 @@ export class ModelParallelTower implements Strategy {
     const loopBefore = performance.eventLoopUtilization();
     const sentBefore = link.bytesSent;
     link.forgetSeen();
+    const { micro, deferred } = await this.runMicroBatches(s);
+    const grads = this.averageGradients(micro.map((r) => r.grads), deferred);
+    this.opt.opts.lr = s.lr;
+    this.opt.apply(this.model.params, grads);
+    tf.dispose([...grads.values(), ...micro.flatMap((r) => [...r.grads.values()])]);
+    let lossSum = 0;
+    for (const r of micro) lossSum += await readScalar(r.loss);
+    tf.dispose(micro.map((r) => r.loss));
+    const waitMs = performance.eventLoopUtilization(loopBefore).idle;
+    return {
+      loss: lossSum / micro.length, samples: cfg.batch, computeMs: Math.max(0, performance.now() - t0 - waitMs), waitMs,
+      bytesSent: link.bytesSent - sentBefore, tensors: tf.memory().numTensors,
+    };
+  }
+
+  /**
+   * GPipe: every micro-batch runs at once; each awaits the other tower at its
+   * cross links. With m > 1 the dense layers' weight gradients wait for all
+   * micro-batches (their x and dz come back in `deferred`): one xᵀ·dz over the
+   * whole batch instead of m weight-sized products and their sum.
+   */
+  private async runMicroBatches(s: StepInput): Promise<{ micro: Array<Awaited<ReturnType<typeof lossAndGrads>>>; deferred: Deferred[] }> {
+    const { link, cfg } = this;
     const m = this.microBatches;
     const size = cfg.batch / m;
-    // GPipe: every micro-batch runs at once; each awaits the other tower at its cross links.
-    // Dense layers' weight gradients wait for all micro-batches: one xᵀ·dz over
-    // the whole batch instead of m weight-sized products and their sum.
-    const deferred: Array<Map<string, { x: tf.Tensor; dz: tf.Tensor }>> = Array.from({ length: m }, () => new Map());
+    const deferred: Deferred[] = Array.from({ length: m }, () => new Map());
     const settled = await Promise.allSettled(Array.from({ length: m }, async (_, i) => {
       const { x, y } = this.batches.batch(s.epoch, s.step, i * size, size);
       try {
@@ -115,41 +139,34 @@ export class ModelParallelTower implements Strategy {
         tf.dispose([x, y]);
       }
     }));
-    const releaseDeferred = () => tf.dispose(deferred.flatMap((d) => [...d.values()].flatMap((e) => [e.x, e.dz])));
     const failed = settled.find((r) => r.status === 'rejected');
     if (failed) {
       // All micro-batches have ended (the link's failure reaches every wait): free what the others made.
       for (const r of settled) if (r.status === 'fulfilled') tf.dispose([r.value.loss, ...r.value.grads.values()]);
-      releaseDeferred();
+      disposeDeferred(deferred);
       throw failed.reason;
     }
-    const micro = settled.map((r) => (r as PromiseFulfilledResult<Awaited<ReturnType<typeof lossAndGrads>>>).value);
-    // Summed in micro-batch order, then averaged: the same order on both workers.
+    return { micro: settled.map((r) => (r as PromiseFulfilledResult<Awaited<ReturnType<typeof lossAndGrads>>>).value), deferred };
+  }
+
+  /** Every parameter's gradient averaged over the micro-batches, summed in micro-batch order (the same on both workers). */
+  private averageGradients(micro: Array<Map<string, tf.Tensor>>, deferred: Deferred[]): Map<string, tf.Tensor> {
+    const m = micro.length;
     const grads = new Map<string, tf.Tensor>();
     for (const [name, v] of this.model.params) {
-      const bias = name.endsWith('.bias');
-      const dense = deferred[0]!.get(bias ? name.replace(/\.bias$/, '.kernel') : name);
+      const key = name.replace(/\.bias$/, '.kernel'); // a dense layer's deferred inputs are filed under its kernel
+      const dense = deferred[0]!.has(key);
       grads.set(name, tf.tidy(() => {
-        if (m === 1) return tf.clone(micro[0]!.grads.get(name)!);
-        if (dense === undefined) return tf.div(tf.addN(micro.map((r) => r.grads.get(name)!)), m); // one pass over the m gradients
-        const key = bias ? name.replace(/\.bias$/, '.kernel') : name;
+        if (m === 1) return tf.clone(micro[0]!.get(name)!);
+        if (!dense) return tf.div(tf.addN(micro.map((g) => g.get(name)!)), m); // one pass over the m gradients
         const dz = tf.concat(deferred.map((d) => d.get(key)!.dz), 0); // [B, out], micro-batches in order
-        const g = bias ? tf.sum(dz, 0) : tf.matMul(tf.concat(deferred.map((d) => d.get(key)!.x), 0) as tf.Tensor2D, dz as tf.Tensor2D, true, false);
+        const g = name.endsWith('.bias') ? tf.sum(dz, 0)
+          : tf.matMul(tf.concat(deferred.map((d) => d.get(key)!.x), 0) as tf.Tensor2D, dz as tf.Tensor2D, true, false); // [in, out]
         return tf.div(tf.reshape(g, v.shape), m);
       }));
     }
-    releaseDeferred();
-    this.opt.opts.lr = s.lr;
-    this.opt.apply(this.model.params, grads);
-    tf.dispose([...grads.values(), ...micro.flatMap((r) => [...r.grads.values()])]);
-    let lossSum = 0;
-    for (const r of micro) lossSum += await readScalar(r.loss);
-    tf.dispose(micro.map((r) => r.loss));
-    const waitMs = performance.eventLoopUtilization(loopBefore).idle;
-    return {
-      loss: lossSum / m, samples: cfg.batch, computeMs: Math.max(0, performance.now() - t0 - waitMs), waitMs, bytesSent: link.bytesSent - sentBefore,
-      tensors: tf.memory().numTensors,
-    };
+    disposeDeferred(deferred);
+    return grads;
   }
 
   evaluate(epoch: number): Promise<EvalResult> {
