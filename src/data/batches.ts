@@ -77,7 +77,9 @@ export function makeBatch(data: LabeledImages, samples: ArrayLike<number>, opts:
     let t: tf.Tensor4D = tf.tensor4d(pixels, [b, SIDE, SIDE, 1]);
     if (opts.resolution !== SIDE) t = tf.image.resizeBilinear(t, [opts.resolution, opts.resolution]);
     t = tf.div(tf.sub(t, PIXEL_MEAN), PIXEL_STD);
-    return opts.channels === 1 ? t : tf.tile(t, [1, 1, 1, opts.channels]);
+    // Grey repeated to C channels by a broadcast product with ones (exact): wasm's Tile is a
+    // per-element loop, ~100 ms for [64, 99, 99, 1] -> 3 channels against ~8 ms for this.
+    return opts.channels === 1 ? t : tf.mul(t, tf.ones([1, 1, 1, opts.channels])) as tf.Tensor4D;
   });
   return { x, y: tf.tensor1d(labels, 'int32') };
 }
