@@ -8,17 +8,21 @@ import type { KernelBackend, TensorInfo } from '@tensorflow/tfjs-core';
  */
 
 /** The wasm backend's heap access, which tfjs does not type. */
-interface HeapBackend {
+export interface HeapBackend {
   makeOutput(shape: number[], dtype: 'float32'): TensorInfo;
   typedArrayFromHeap(t: TensorInfo): Float32Array;
 }
 
-function heap(backend: KernelBackend): HeapBackend {
+/** The backend's heap access when it has one (wasm), else undefined. */
+export function heapOf(backend: KernelBackend): HeapBackend | undefined {
   const b = backend as unknown as Partial<HeapBackend>;
-  if (typeof b.makeOutput !== 'function' || typeof b.typedArrayFromHeap !== 'function') {
-    throw new Error('heap-ops: expected the wasm backend (makeOutput, typedArrayFromHeap)');
-  }
-  return b as HeapBackend;
+  return typeof b.makeOutput === 'function' && typeof b.typedArrayFromHeap === 'function' ? (b as HeapBackend) : undefined;
+}
+
+function heap(backend: KernelBackend): HeapBackend {
+  const h = heapOf(backend);
+  if (h === undefined) throw new Error('heap-ops: expected the wasm backend (makeOutput, typedArrayFromHeap)');
+  return h;
 }
 
 const TILE = 16; // 16×16 floats = 1 KiB per tile (measured best of 8, 16, 32, 64)
@@ -70,17 +74,4 @@ export function flipSwapFilter(backend: KernelBackend, w: TensorInfo): TensorInf
     }
   }
   return out;
-}
-
-/**
- * Copies a float32 tensor's values into `dst` at `offset` with one copy: on
- * wasm straight from the heap, elsewhere through dataSync.
- */
-export function copyTensorInto(t: { dataId: object; shape: number[]; dtype: string; size: number }, backend: KernelBackend, dst: Float32Array, offset: number, dataSync: () => Float32Array): void {
-  const b = backend as unknown as Partial<HeapBackend>;
-  if (typeof b.typedArrayFromHeap === 'function' && t.dtype === 'float32') {
-    dst.set(b.typedArrayFromHeap({ dataId: t.dataId, shape: t.shape, dtype: 'float32' }), offset);
-    return;
-  }
-  dst.set(dataSync(), offset);
 }

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { heapOf, type HeapBackend } from './heap-ops.js';
 
 /**
  * Reading a tensor's values back to the host, asynchronously. No training
@@ -9,18 +10,14 @@ import * as tf from '@tensorflow/tfjs';
  * there directly (one copy, no staging), behind the same asynchronous call.
  */
 
-/** The wasm backend's heap access, which tfjs does not type. */
-interface HeapView { typedArrayFromHeap(t: { dataId: object; shape: number[]; dtype: 'float32' }): Float32Array }
-
-function heapOf(t: tf.Tensor): HeapView | undefined {
-  if (t.dtype !== 'float32') return undefined;
-  const b = tf.backend() as unknown as Partial<HeapView>;
-  return tf.getBackend() === 'wasm' && typeof b.typedArrayFromHeap === 'function' ? (b as HeapView) : undefined;
+/** The heap `t` lives in, when it is a float32 tensor on wasm. */
+function heapFor(t: tf.Tensor): HeapBackend | undefined {
+  return t.dtype === 'float32' && tf.getBackend() === 'wasm' ? heapOf(tf.backend()) : undefined;
 }
 
 /** A float32 copy of `t`'s values that the caller owns (safe to send zero-copy). */
 export async function readFloats(t: tf.Tensor): Promise<Float32Array> {
-  const heap = heapOf(t);
+  const heap = heapFor(t);
   if (heap) return heap.typedArrayFromHeap({ dataId: t.dataId, shape: t.shape, dtype: 'float32' }).slice();
   const d = await t.data();
   // Some backends (cpu) hand out the tensor's own array: copy, so the caller may send or keep it.
@@ -39,7 +36,7 @@ export async function readScalar(t: tf.Tensor): Promise<number> {
  * go on computing meanwhile. `t` must stay alive until then.
  */
 export function copyInto(t: tf.Tensor, dst: Float32Array, offset: number): Promise<void> | undefined {
-  const heap = heapOf(t);
+  const heap = heapFor(t);
   if (heap) {
     dst.set(heap.typedArrayFromHeap({ dataId: t.dataId, shape: t.shape, dtype: 'float32' }), offset);
     return undefined;

@@ -50,8 +50,12 @@ export class DataParallelReplica implements Strategy {
   private readonly where = new Map<string, { bucket: number; offset: number; size: number }>();
   /** all weights, flat per bucket */
   private readonly weights: Float32Array[];
-  /** two gradient buffers per bucket, used on alternate steps */
-  private readonly gradBuffers: Float32Array[][];
+  /**
+   * one gradient buffer per bucket. Its chunks go out zero-copy; reusing it
+   * next step is safe because the coordinator starts a step only once every
+   * replica has finished the last, so every frame of it has arrived.
+   */
+  private readonly gradBuffers: Float32Array[];
   /** momentum of this replica's chunk of each bucket (none for plain SGD) */
   private readonly momentum: Float32Array[] | undefined;
   /** [begin, end) of this replica's chunk of each bucket */
@@ -74,7 +78,7 @@ export class DataParallelReplica implements Strategy {
     this.buckets = planBuckets([...this.model.params].reverse().map(([name, v]) => ({ name, size: v.size })), bucketBytes);
     for (const b of this.buckets) for (const p of b.params) this.where.set(p.name, { bucket: b.index, offset: p.offset, size: p.size });
     this.weights = this.buckets.map((b) => new Float32Array(b.size));
-    this.gradBuffers = [0, 1].map(() => this.buckets.map((b) => new Float32Array(b.size)));
+    this.gradBuffers = this.buckets.map((b) => new Float32Array(b.size));
     this.owned = this.buckets.map((b) => chunkRange(b.size, world, ownedChunk(rank, world)));
     this.momentum = cfg.momentum === 0 ? undefined : this.owned.map(([lo, hi]) => new Float32Array(hi - lo));
     this.ring.configure(this.buckets.map((b) => b.size));
@@ -94,7 +98,7 @@ export class DataParallelReplica implements Strategy {
     const t0 = performance.now();
     const shard = this.cfg.batch / this.world;
     const { x, y } = this.batches.batch(s.epoch, s.step, this.rank * shard, shard);
-    const grads = this.gradBuffers[s.globalStep % 2]!;
+    const grads = this.gradBuffers;
     const filled = this.buckets.map(() => 0);
     const copies: Array<Array<Promise<void>>> = this.buckets.map(() => []);
     const reductions: Array<Promise<void>> = [];

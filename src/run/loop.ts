@@ -19,7 +19,7 @@ import { countParams, parameterShapes } from '../model/build.js';
 import { SingleStrategy } from '../parallel/single.js';
 import type { EvalResult, Strategy } from '../parallel/strategy.js';
 import { MAX_MICRO_BATCHES } from '../wire/protocol.js';
-import { Cluster, ClusterError, type ClusterMode } from './coordinator.js';
+import { Cluster, type ClusterMode } from './coordinator.js';
 import type { WorkerCommandOverride } from './launcher.js';
 import { MetricsLog } from './metrics.js';
 import { Progress } from './progress.js';
@@ -223,4 +223,3 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   }
 }
 
-export { ClusterError };

@@ -109,7 +109,7 @@ export class PeerLink {
     }
   }
 
-  /** Forgets which keys were seen before `prefix`-tagged exchanges begin (bounded memory over a long run). */
+  /** Forgets the keys seen so far (called as each step begins: their keys carry the step, so memory stays bounded). */
   forgetSeen(): void {
     this.seen.clear();
   }
