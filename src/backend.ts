@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 import { registerComposedTrainingKernels, type KernelSet } from './kernels/register.js';
 import { UsageError } from './errors.js';
+import { activateWebGpu, hardwareUnreachable, type AdapterChosen, type AdapterWant } from './webgpu.js';
 
 import { BACKEND_CHOICES, type BackendChoice } from './config/choices.js';
 export { BACKEND_CHOICES, type BackendChoice };
@@ -16,12 +17,14 @@ export { BACKEND_CHOICES, type BackendChoice };
 export interface BackendInfo {
   /** what was asked for */
   choice: BackendChoice;
-  /** the tfjs backend name now active: 'tensorflow', 'wasm' or 'cpu' */
+  /** the tfjs backend name now active: 'tensorflow', 'webgpu', 'wasm' or 'cpu' */
   name: string;
   /** the package that provides it */
   pkg: string;
   /** one line: why this one */
   reason: string;
+  /** the GPU (or software rasterizer) under 'webgpu' */
+  adapter?: AdapterChosen;
 }
 
 const NATIVE = {
@@ -102,12 +105,42 @@ async function useCpu(choice: BackendChoice, because: string): Promise<BackendIn
   return { choice, name: 'cpu', pkg: '@tensorflow/tfjs-backend-cpu', reason: because };
 }
 
-/** Activates the backend asked for; `auto` takes the first that works, in order of speed. */
-export async function initBackend(choice: BackendChoice): Promise<BackendInfo> {
+const WEBGPU_PKG = '@tensorflow/tfjs-backend-webgpu';
+
+function adapterLine(a: AdapterChosen): string {
+  return `adapter '${a.name}' (vendor ${a.vendor}, through ${a.via}${a.software ? ', software: a CPU rasterizer' : ''})`;
+}
+
+/** WebGPU on the adapter `want` names; when not required, a failure is returned as the reason. */
+async function useWebGpu(choice: BackendChoice, want: AdapterWant, required: boolean): Promise<BackendInfo | string> {
+  try {
+    const { adapter } = await activateWebGpu(want);
+    return { choice, name: 'webgpu', pkg: `${WEBGPU_PKG} on Dawn`, reason: adapterLine(adapter), adapter };
+  } catch (err) {
+    if (required) throw err;
+    return `webgpu: ${err instanceof Error ? err.message.replace(/^webgpu: /, '') : String(err)}`;
+  }
+}
+
+/**
+ * Activates the backend asked for; `auto` takes the first that works, in order
+ * of speed: tfjs-node-gpu, WebGPU on a hardware adapter, tfjs-node, wasm, cpu.
+ *
+ * `gpu` is this process's device: the adapter WebGPU should open, or null
+ * for a process given no GPU (a worker whose device is 'cpu'), where `auto`
+ * skips WebGPU and `webgpu` is refused.
+ */
+export async function initBackend(choice: BackendChoice, gpu: AdapterWant | null = { kind: 'hardware' }): Promise<BackendInfo> {
   switch (choice) {
     case 'tensorflow-gpu':
     case 'tensorflow': {
       const got = await useNative(choice, true);
+      if (typeof got === 'string') throw new Error(got); // unreachable: required throws
+      return got;
+    }
+    case 'webgpu': {
+      if (gpu === null) throw new UsageError("backend 'webgpu': this process was given no GPU (device 'cpu'); give it a GPU device, or --adapter software to run WebGPU on the CPU");
+      const got = await useWebGpu(choice, gpu, true);
       if (typeof got === 'string') throw new Error(got); // unreachable: required throws
       return got;
     }
@@ -118,10 +151,14 @@ export async function initBackend(choice: BackendChoice): Promise<BackendInfo> {
     case 'auto': {
       const gpuWhy = await useNative('tensorflow-gpu', false);
       if (typeof gpuWhy !== 'string') return gpuWhy;
+      // auto never falls onto a software adapter: wasm is faster than llvmpipe.
+      const unreachable = gpu === null || gpu.kind === 'software' ? 'no GPU given to this process' : hardwareUnreachable();
+      const webgpuWhy = unreachable !== undefined ? `webgpu: ${unreachable}` : await useWebGpu(choice, gpu!, false);
+      if (typeof webgpuWhy !== 'string') return webgpuWhy;
       const cpuWhy = await useNative('tensorflow', false);
       if (typeof cpuWhy !== 'string') return cpuWhy;
       try {
-        return await useWasm(choice, `${gpuWhy}; ${cpuWhy}`);
+        return await useWasm(choice, `${gpuWhy}; ${webgpuWhy}; ${cpuWhy}`);
       } catch (err) {
         return useCpu(choice, `wasm failed to start (${err instanceof Error ? err.message : String(err)})`);
       }

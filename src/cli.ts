@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { BACKEND_CHOICES, initBackend, type BackendChoice } from './backend.js';
+import { closeWebGpu, parseAdapterWant } from './webgpu.js';
 import { UsageError, oneLine } from './errors.js';
 import { alexnet, specOf } from './model/alexnet.js';
 import { ARCHS, type Arch } from './model/spec.js';
@@ -53,6 +54,7 @@ export function buildProgram(): Command {
   const program = new Command('splitnet')
     .description('AlexNet across processes: the 2012 two-GPU split and data-parallel replicas')
     .addOption(new Option('--backend <name>', 'compute backend').choices(BACKEND_CHOICES).default('auto'))
+    .option('--adapter <which>', "WebGPU adapter: 'hardware' (default), 'software' (llvmpipe: slow, for tests), an index or a name fragment")
     .exitOverride()
     .configureOutput({ outputError: () => {} }); // errors are printed once, by main()
 
@@ -60,7 +62,8 @@ export function buildProgram(): Command {
     .command('backend')
     .description('activate the compute backend and say which one and why')
     .action(async () => {
-      const info = await initBackend(program.opts<{ backend: BackendChoice }>().backend);
+      const g = program.opts<GlobalFlags>();
+      const info = await initBackend(g.backend, parseAdapterWant(g.adapter ?? 'hardware'));
       console.log(`backend: ${info.name} (${info.pkg}): ${info.reason}`);
     });
 
@@ -110,7 +113,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--mode <mode>', 'single: this process; data/model: the cluster in --config').choices(['single', 'model', 'data']).default('single'))
     .option('--config <file>', 'cluster config for --mode data|model', 'cluster.config.json')
     .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches')))
-    .action(async (o: TrainFlags) => runTrain(o, program.opts<{ backend: BackendChoice }>().backend));
+    .action(async (o: TrainFlags) => runTrain(o, program.opts<GlobalFlags>()));
 
   addTrainFlags(program.command('launch')
     .description('train across the cluster in --config: one worker process per device, a coordinator here')
@@ -118,19 +121,19 @@ export function buildProgram(): Command {
     .option('--config <file>', 'cluster config', 'cluster.config.json')
     .option('--no-overlap', 'all-reduce only after backward (for comparison)')
     .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches')))
-    .action(async (o: TrainFlags) => runTrain(o, program.opts<{ backend: BackendChoice }>().backend));
+    .action(async (o: TrainFlags) => runTrain(o, program.opts<GlobalFlags>()));
 
   program
     .command('worker')
     .description('a worker process (started by the launcher, not by people)')
     .requiredOption('--coordinator <endpoint>', 'the coordinator, e.g. tcp://127.0.0.1:5550')
     .requiredOption('--rank <r>', 'this worker\'s rank', intOrZeroArg('--rank'))
-    .option('--device <d>', "'cpu' or a GPU index", 'cpu')
+    .option('--device <d>', "'cpu', a GPU index or a fragment of the GPU's name", 'cpu')
     .option('--register-ms <ms>', 'how long to wait for the coordinator', intArg('--register-ms'), 60_000)
     .action(async (o: { coordinator: string; rank: number; device: string; registerMs: number }) => {
       // Ctrl-C in the terminal reaches the whole process group: the coordinator decides.
       process.on('SIGINT', () => {});
-      const backend = program.opts<{ backend: BackendChoice }>().backend;
+      const { backend } = program.opts<GlobalFlags>();
       const code = await runWorker({ coordinator: o.coordinator, rank: o.rank, device: o.device, backend, registerMs: o.registerMs });
       if (code !== 0) throw new WorkerExit(code);
     });
@@ -171,7 +174,7 @@ class WorkerExit extends Error {
   constructor(readonly code: number) { super(`worker exit ${code}`); }
 }
 
-async function runTrain(o: TrainFlags, backend: BackendChoice): Promise<void> {
+async function runTrain(o: TrainFlags, { backend, adapter }: GlobalFlags): Promise<void> {
   if (o.resume !== undefined && o.out !== undefined && o.resume !== o.out) {
     throw new UsageError('--resume and --out name different directories: a resumed run continues in its own directory');
   }
@@ -182,7 +185,7 @@ async function runTrain(o: TrainFlags, backend: BackendChoice): Promise<void> {
     o.arch = 'original';
     if (o.init === undefined && o.recipe === 'cpu') o.init = 'xavier-uniform';
   }
-  const config = o.resume !== undefined ? CPU_DEFAULTS : trainConfigFromFlags(o, backend);
+  const config = o.resume !== undefined ? CPU_DEFAULTS : trainConfigFromFlags(o, backend, adapter);
   const outDir = o.resume ?? o.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
   const resume = o.resume !== undefined;
   let mode = o.mode;
@@ -206,6 +209,9 @@ async function runTrain(o: TrainFlags, backend: BackendChoice): Promise<void> {
   console.log(formatRunSummary(result, outDir));
 }
 
+/** Options given before the command. */
+interface GlobalFlags { backend: BackendChoice; adapter?: string }
+
 interface TrainFlags {
   mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: 'cpu' | 'd2l'; arch?: Arch; init?: 'paper-normal' | 'xavier-uniform'; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
   epochs?: number; lr?: number; momentum?: number; weightDecay?: number; lrDecayEpochs?: number[]; lrDecay?: number;
@@ -213,7 +219,7 @@ interface TrainFlags {
   checkpointEvery?: number; evalBatch?: number; out?: string; resume?: string; progress: boolean;
 }
 
-function trainConfigFromFlags(o: TrainFlags, backend: BackendChoice): TrainConfig {
+function trainConfigFromFlags(o: TrainFlags, backend: BackendChoice, adapter: string | undefined): TrainConfig {
   const base: TrainConfig = { ...CPU_DEFAULTS, ...(o.recipe === 'd2l' ? D2L_RECIPE : {}) };
   const set = <K extends keyof TrainConfig>(k: K, v: TrainConfig[K] | undefined) => { if (v !== undefined) base[k] = v; };
   set('arch', o.arch); set('init', o.init); set('width', o.width); set('resolution', o.resolution); set('channels', o.channels);
@@ -224,6 +230,7 @@ function trainConfigFromFlags(o: TrainFlags, backend: BackendChoice): TrainConfi
   if (o.synthetic) base.data = 'synthetic';
   if (o.arch === 'original' && o.channels === undefined) base.channels = 3; // the 2012 net's RGB input, Fashion-MNIST's grey repeated
   base.backend = backend;
+  if (adapter !== undefined) { parseAdapterWant(adapter); base.adapter = adapter; }
   const cfg = parseTrainConfig(base, 'flags');
   specOf(cfg); // checks the size now, not after loading data
   return cfg;
@@ -246,6 +253,8 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`splitnet: ${usage ? '' : 'error: '}${oneLine(err)}\n`);
     if (!usage && process.env.SPLITNET_DEBUG) console.error(err);
     return usage ? 2 : 1;
+  } finally {
+    closeWebGpu(); // Dawn's instance would keep Node running
   }
 }
 

@@ -13,8 +13,14 @@ const Port = z.number().int().min(1).max(65_535);
 export const WorkerSchema = z.strictObject({
   /** where the worker runs; anything but a loopback name is started over ssh */
   host: z.string().min(1),
-  /** 'cpu' or the index of a GPU on that host */
-  device: z.union([z.literal('cpu'), z.number().int().min(0)]),
+  /**
+   * 'cpu', the index of a GPU on that host (nvidia-smi's numbering; WebGPU
+   * counts adapters in the same order), or a fragment of the GPU's name as
+   * WebGPU reports it (e.g. 'H200', or 'llvmpipe' for the software adapter)
+   */
+  device: z.union([z.literal('cpu'), z.number().int().min(0), z.string().trim().min(1)]),
+  /** this worker may share its GPU with the other workers that say so (how a one-GPU box runs both modes) */
+  shared: z.boolean().default(false),
   /** the worker's peer port (tcp) for worker-to-worker links */
   port: Port,
 });
@@ -48,7 +54,7 @@ export const ClusterConfigSchema = z.strictObject({
 export type ClusterConfig = z.infer<typeof ClusterConfigSchema>;
 export type WorkerSpec = z.infer<typeof WorkerSchema>;
 
-/** Validates a parsed config: schema, then duplicate ports and devices. */
+/** Validates a parsed config: schema, then duplicate ports, and devices claimed twice without "shared". */
 export function parseClusterConfig(raw: unknown, where = 'cluster config'): ClusterConfig {
   const r = ClusterConfigSchema.safeParse(raw);
   if (!r.success) throw new UsageError(describeIssue(where, r.error.issues[0]!));
@@ -65,9 +71,11 @@ export function parseClusterConfig(raw: unknown, where = 'cluster config'): Clus
   cfg.workers.forEach((w, i) => {
     claim(w.host, w.port, `workers.${i}.port`);
     if (w.device !== 'cpu') {
-      const k = `${w.host}/gpu${w.device}`;
+      const k = `${w.host}/${typeof w.device === 'number' ? `gpu${w.device}` : `name:${w.device}`}`;
       const prev = seenDevices.get(k);
-      if (prev !== undefined) throw new UsageError(`${where}: workers.${i}.device: GPU ${w.device} on ${w.host} is already workers.${prev}'s`);
+      if (prev !== undefined && !(w.shared && cfg.workers[prev]!.shared)) {
+        throw new UsageError(`${where}: workers.${i}.device: GPU ${JSON.stringify(w.device)} on ${w.host} is already workers.${prev}'s (set "shared": true on both to let them share it)`);
+      }
       seenDevices.set(k, i);
     }
   });

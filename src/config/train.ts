@@ -35,6 +35,12 @@ export const TrainConfigSchema = z.strictObject({
   checkpointEvery: z.number().int().min(0),
   evalBatch: z.number().int().min(1),
   backend: z.enum(BACKEND_CHOICES),
+  /**
+   * WebGPU's adapter: 'software' (llvmpipe, only when asked for), 'hardware',
+   * an index or a name fragment. Unset: a worker opens its configured device,
+   * one process the first hardware adapter.
+   */
+  adapter: z.string().trim().min(1).optional(),
 });
 
 export type TrainConfig = z.infer<typeof TrainConfigSchema>;

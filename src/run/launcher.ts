@@ -46,11 +46,13 @@ export interface DevicePlan {
 
 /**
  * Which configured workers can run: CPU workers always; GPU workers on this
- * host only if the GPU exists (remote GPUs are the remote host's business).
+ * host only if the GPU index exists (remote GPUs are the remote host's
+ * business, and a GPU named rather than numbered is checked by its worker
+ * when it opens the adapter).
  * Fewer than two usable workers means single-process training.
  */
 export function planDevices(cluster: ClusterConfig, gpus: number[] = discoverGpus()): DevicePlan {
-  const usable = cluster.workers.filter((w) => w.device === 'cpu' || !isLocal(w.host) || gpus.includes(w.device));
+  const usable = cluster.workers.filter((w) => typeof w.device !== 'number' || !isLocal(w.host) || gpus.includes(w.device));
   const missing = cluster.workers.filter((w) => !usable.includes(w));
   if (usable.length < 2) {
     const why = cluster.workers.length === 1
@@ -76,7 +78,10 @@ export function startWorker(
   const { command, args } = workerCommand();
   const workerArgs = ['worker', '--coordinator', coordinator, '--rank', String(rank), '--device', String(spec.device),
     '--register-ms', String(cluster.timeouts.registerMs)];
-  const deviceEnv: NodeJS.ProcessEnv = spec.device === 'cpu' ? { CUDA_VISIBLE_DEVICES: '' } : { CUDA_VISIBLE_DEVICES: String(spec.device), TF_FORCE_GPU_ALLOW_GROWTH: 'true' };
+  // CUDA_VISIBLE_DEVICES pins tfjs-node-gpu; WebGPU takes the adapter from --device itself.
+  const deviceEnv: NodeJS.ProcessEnv = spec.device === 'cpu' ? { CUDA_VISIBLE_DEVICES: '' }
+    : typeof spec.device === 'number' ? { CUDA_VISIBLE_DEVICES: String(spec.device), TF_FORCE_GPU_ALLOW_GROWTH: 'true' }
+    : {};
   let child: ChildProcess;
   const replaced = override?.(rank);
   if (replaced !== undefined) {
@@ -103,7 +108,7 @@ export function startWorker(
   });
   return {
     rank, spec, child, exited, stderrTail,
-    describe: () => `worker ${rank} (${spec.host}, ${spec.device === 'cpu' ? 'cpu' : `GPU ${spec.device}`}, pid ${child.pid ?? '?'})`,
+    describe: () => `worker ${rank} (${spec.host}, ${spec.device === 'cpu' ? 'cpu' : `GPU ${spec.device}${spec.shared ? ', shared' : ''}`}, pid ${child.pid ?? '?'})`,
   };
 }
 

@@ -8,6 +8,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend } from '../backend.js';
+import { parseAdapterWant } from '../webgpu.js';
 import { readCheckpointState, readCheckpointTensors, saveCheckpoint, type Position, type TrainState } from '../checkpoint/checkpoint.js';
 import type { ClusterConfig, WorkerSpec } from '../config/cluster.js';
 import { learningRate, type TrainConfig } from '../config/train.js';
@@ -113,7 +114,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   let strategy: Strategy;
   let cluster: Cluster | undefined;
   if (mode === 'single') {
-    const backend = await initBackend(cfg.backend);
+    const backend = await initBackend(cfg.backend, parseAdapterWant(cfg.adapter ?? 'hardware'));
     const data = loadRunData(cfg);
     const single = new SingleStrategy(cfg, data);
     strategy = single;

@@ -10,6 +10,7 @@
 import { hostname } from 'node:os';
 import * as zmq from 'zeromq';
 import { initBackend, type BackendChoice } from '../backend.js';
+import { adapterFor } from '../webgpu.js';
 import { flattenState, mergeStates, type TrainState } from '../checkpoint/checkpoint.js';
 import { parseTrainConfig, type TrainConfig } from '../config/train.js';
 import { loadRunData } from '../data/run-data.js';
@@ -92,7 +93,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
     const setup = first.msg;
     maxBytes = setup.maxMessageBytes;
     const cfg = parseTrainConfig(setup.train, 'setup.train');
-    const backend = await initBackend(cfg.backend === 'auto' ? args.backend : cfg.backend);
+    const backend = await initBackend(cfg.backend === 'auto' ? args.backend : cfg.backend, adapterFor(args.device, cfg.adapter));
     opened = await openStrategy(args, setup, cfg);
     const { strategy } = opened;
     await sendUp({ kind: 'ready', checksum: opened.checksum(), backend: backend.name, params: countParams(opened.model) });
