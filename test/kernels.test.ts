@@ -158,3 +158,39 @@ describe('BatchMatMul on wasm (1×1 convolutions)', () => {
     expect(planMatMul(4096, 32, 4096, true, false).cast).toBe('direct'); // dW = xᵀ·dy: small filter dy
   });
 });
+
+describe('MaxPoolGrad on wasm (splitnet kernel)', () => {
+  /** The gradient by its definition: each window's dy goes to the window's first maximum. */
+  function byDefinition(x: Float32Array, [nb, h, w, c]: number[], dy: Float32Array, k: number, s: number): Float32Array {
+    const oh = Math.floor((h! - k) / s) + 1;
+    const ow = Math.floor((w! - k) / s) + 1;
+    const dx = new Float32Array(x.length);
+    for (let b = 0; b < nb!; b++) for (let i = 0; i < oh; i++) for (let j = 0; j < ow; j++) for (let ch = 0; ch < c!; ch++) {
+      let best = -Infinity;
+      let at = -1;
+      for (let di = 0; di < k; di++) for (let dj = 0; dj < k; dj++) {
+        const idx = ((b * h! + i * s + di) * w! + j * s + dj) * c! + ch;
+        if (x[idx]! > best) { best = x[idx]!; at = idx; }
+      }
+      dx[at] = dx[at]! + dy[((b * oh + i) * ow + j) * c! + ch]!;
+    }
+    return dx;
+  }
+
+  // tfjs-backend-wasm's own kernel is 9–43% off on the first two shapes.
+  for (const shape of [[1, 11, 11, 5], [2, 13, 13, 8], [2, 7, 7, 1]]) {
+    it(`routes dy to each overlapping 3×3/2 window's maximum: x [${shape}]`, async () => {
+      const xs = pseudoRandom(shape.reduce((a, b) => a * b), 11);
+      const got = await onBackend('wasm', async () => {
+        const x = tf.tensor4d(xs, shape as [number, number, number, number]);
+        const y = tf.maxPool(x, 3, 2, 'valid');
+        const dy = tf.tensor(pseudoRandom(y.size, 12), y.shape);
+        const dx = tf.grad((v: tf.Tensor) => tf.maxPool(v as tf.Tensor4D, 3, 2, 'valid'))(x, dy);
+        const out = { dx: await dx.data() as Float32Array, dy: await dy.data() as Float32Array };
+        tf.dispose([x, y, dy, dx]);
+        return out;
+      });
+      expect(relError(got.dx, byDefinition(xs, shape, got.dy, 3, 2))).toBeLessThan(1e-6);
+    });
+  }
+});

@@ -3,17 +3,20 @@ import {
   Conv2DBackpropFilter,
   Conv2DBackpropInput,
   getKernel,
+  MaxPoolGrad,
   registerKernel,
   unregisterKernel,
   type BatchMatMulAttrs,
   type Conv2DBackpropFilterAttrs,
   type Conv2DBackpropInputAttrs,
   type KernelFunc,
+  type MaxPoolGradAttrs,
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
 import { conv2DBackpropFilterViaConv } from './conv2d-backprop-filter.js';
 import { conv2DBackpropInputViaConv } from './conv2d-backprop-input.js';
 import { batchMatMulViaConv } from './batch-matmul.js';
+import { maxPoolGradOnHeap } from './max-pool-grad.js';
 
 /** The kernels a training step on `backendName` gets from splitnet instead of tfjs. */
 export const COMPOSED_TRAINING_KERNELS = [Conv2DBackpropFilter, Conv2DBackpropInput, BatchMatMul] as const;
@@ -30,7 +33,8 @@ const registered = new Map<string, KernelSet>();
 /**
  * Gives a backend the training kernels as forward convolutions on its own
  * Conv2D. On wasm this adds the missing Conv2DBackpropFilter and replaces the
- * scalar loops of Conv2DBackpropInput and transposed BatchMatMul with XNNPACK.
+ * scalar loops of Conv2DBackpropInput and transposed BatchMatMul with XNNPACK,
+ * and replaces tfjs's MaxPoolGrad, which is wrong over several channels.
  * Idempotent.
  */
 export function registerComposedTrainingKernels(backendName: string, set: KernelSet = 'all'): void {
@@ -55,6 +59,15 @@ export function registerComposedTrainingKernels(backendName: string, set: Kernel
     kernelFunc: ((a: { inputs: { x: TensorInfo; dy: TensorInfo }; backend: never; attrs: Conv2DBackpropFilterAttrs }) =>
       conv2DBackpropFilterViaConv({ ...a, backendName })) as unknown as KernelFunc,
   });
+  if (backendName === 'wasm') {
+    // A correctness fix, not a speed-up: both sets get it (see max-pool-grad.ts).
+    if (getKernel(MaxPoolGrad, backendName) !== undefined) unregisterKernel(MaxPoolGrad, backendName);
+    registerKernel({
+      kernelName: MaxPoolGrad,
+      backendName,
+      kernelFunc: ((a: { inputs: { dy: TensorInfo; input: TensorInfo }; backend: never; attrs: MaxPoolGradAttrs }) => maxPoolGradOnHeap(a)) as unknown as KernelFunc,
+    });
+  }
   if (set === 'filter-only') {
     registered.set(backendName, set);
     return;
