@@ -159,7 +159,7 @@ async function locate(want: AdapterWant): Promise<{ via: string; name?: string }
   if (want.kind === 'software') return { via: SOFTWARE_BACKEND };
   const via = hardwareBackend();
   if (want.kind === 'hardware') return { via };
-  const names = await listAdapters(via);
+  const names = hardwareUnreachable() === undefined ? await listAdapters(via) : [];
   if (want.kind === 'name') {
     if (names.some((n) => n.includes(want.name))) return { via, name: want.name };
     // A name may also pick the software adapter ('llvmpipe'): naming it is asking for it.
@@ -196,7 +196,11 @@ let open: WebGpuSession | undefined;
  * answers (a software adapter is used only when asked for).
  */
 export async function activateWebGpu(want: AdapterWant): Promise<WebGpuSession> {
-  if (open) return open;
+  if (open) {
+    // One device per process: a second call (a run after a test, a resumed run) switches back to it.
+    if (!(await tf.setBackend('webgpu'))) throw new Error(`webgpu: the tfjs backend failed to restart on '${open.adapter.name}'`);
+    return open;
+  }
   const d = await loadDawn();
   const { via, name } = await locate(want);
   if (via === SOFTWARE_BACKEND) prepareHeadlessGl();

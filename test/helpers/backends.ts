@@ -11,7 +11,7 @@ export async function setupBackends(): Promise<void> {
  * Runs fn with `name` active (awaiting it, if it is asynchronous, before the
  * backend is switched back), returns plain arrays (tensors cannot cross backends).
  */
-export async function onBackend<T>(name: 'wasm' | 'cpu', fn: () => T | Promise<T>): Promise<T> {
+export async function onBackend<T>(name: 'wasm' | 'cpu' | 'webgpu', fn: () => T | Promise<T>): Promise<T> {
   const before = tf.getBackend();
   await tf.setBackend(name);
   try {
