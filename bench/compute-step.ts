@@ -1,12 +1,13 @@
 /**
  * Times one SGD training step in this process (the child side of the compute
  * benchmark) and prints one JSON object. Flags: --arch --resolution --width
- * --batch --steps --warmup --backend. The wasm kernel set comes from
+ * --batch --steps --warmup --backend --adapter. The wasm kernel set comes from
  * SPLITNET_WASM_KERNELS so that each variant runs in a fresh process.
  */
 import * as tf from '@tensorflow/tfjs';
 import { parseArgs } from 'node:util';
 import { initBackend, type BackendChoice } from '../src/backend.js';
+import { closeWebGpu, parseAdapterWant } from '../src/webgpu.js';
 import { alexnet } from '../src/model/alexnet.js';
 import type { Arch } from '../src/model/spec.js';
 import { buildModel } from '../src/model/build.js';
@@ -22,11 +23,12 @@ const { values } = parseArgs({
     steps: { type: 'string', default: '8' },
     warmup: { type: 'string', default: '2' },
     backend: { type: 'string', default: 'wasm' },
+    adapter: { type: 'string', default: 'hardware' },
   },
   strict: true,
 });
 
-const backend = await initBackend(values.backend as BackendChoice);
+const backend = await initBackend(values.backend as BackendChoice, parseAdapterWant(values.adapter));
 const spec = alexnet({ arch: values.arch as Arch, resolution: Number(values.resolution), width: Number(values.width) });
 const batch = Number(values.batch);
 const model = buildModel(spec, { seed: 1 });
@@ -51,6 +53,7 @@ const median = sorted.length % 2 === 1
 console.log(JSON.stringify({
   framework: `tfjs ${tf.version.tfjs} ${backend.name}`,
   kernels: backend.name === 'wasm' ? (process.env.SPLITNET_WASM_KERNELS ?? 'all') : 'native',
+  ...(backend.adapter ? { adapter: backend.adapter } : {}),
   threads: 1,
   batch,
   resolution: h,
@@ -60,3 +63,4 @@ console.log(JSON.stringify({
   imagesPerSec: Math.round((batch / median) * 1000 * 100) / 100,
   params: [...model.params.values()].reduce((n, v) => n + v.size, 0),
 }));
+closeWebGpu(); // Dawn's instance would keep the process alive

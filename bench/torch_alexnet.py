@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""The reference point for `npm run bench -- compute`: one SGD training step of
-d2l's AlexNet in PyTorch on the CPU, same layers, input and batch as splitnet's
-benchmark. Prints one JSON object on stdout.
+"""The reference point for `npm run bench -- compute` and the GPU check: one
+SGD training step of d2l's AlexNet in PyTorch, same layers, input and batch as
+splitnet's benchmark, on the CPU or a CUDA GPU (cuDNN, autotuned). Prints one
+JSON object on stdout.
 
-Usage: torch_alexnet.py --resolution 96 --width 1 --batch 32 --threads 1 --steps 8 --warmup 2
+Usage: torch_alexnet.py --resolution 96 --width 1 --batch 32 --threads 1 --steps 8 --warmup 2 [--device cuda]
 """
 import argparse
 import json
@@ -52,16 +53,23 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     a = p.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"error": "torch.cuda.is_available() is False"}))
+        sys.exit(3)
+    dev = torch.device(a.device)
+    # cuDNN picks the fastest algorithm per layer shape: the fair reference.
+    torch.backends.cudnn.benchmark = True
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    net = d2l_alexnet(a.width, a.channels, a.classes, a.resolution)
+    net = d2l_alexnet(a.width, a.channels, a.classes, a.resolution).to(dev)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     loss_fn = nn.CrossEntropyLoss()
-    x = torch.rand(a.batch, a.channels, a.resolution, a.resolution)
-    y = torch.randint(0, a.classes, (a.batch,))
+    x = torch.rand(a.batch, a.channels, a.resolution, a.resolution, device=dev)
+    y = torch.randint(0, a.classes, (a.batch,), device=dev)
 
     times = []
     for i in range(a.warmup + a.steps):
@@ -70,13 +78,14 @@ def main() -> None:
         loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
-        float(loss)
+        float(loss)  # waits for the step to finish, on a GPU too
         dt = time.perf_counter() - t0
         if i >= a.warmup:
             times.append(dt)
     median = statistics.median(times)
     print(json.dumps({
         "framework": f"pytorch {torch.__version__}",
+        "device": torch.cuda.get_device_name(dev) if a.device == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "batch": a.batch,
         "resolution": a.resolution,
