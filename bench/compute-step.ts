@@ -1,7 +1,8 @@
 /**
  * Times one SGD training step in this process (the child side of the compute
  * benchmark) and prints one JSON object. Flags: --arch --resolution --width
- * --batch --steps --warmup --backend --adapter. The wasm kernel set comes from
+ * --batch --steps --warmup --backend --adapter, and --flag NAME=value (a tfjs
+ * environment flag, repeatable). The wasm kernel set comes from
  * SPLITNET_WASM_KERNELS so that each variant runs in a fresh process.
  */
 import * as tf from '@tensorflow/tfjs';
@@ -24,11 +25,19 @@ const { values } = parseArgs({
     warmup: { type: 'string', default: '2' },
     backend: { type: 'string', default: 'wasm' },
     adapter: { type: 'string', default: 'hardware' },
+    flag: { type: 'string', multiple: true, default: [] },
   },
   strict: true,
 });
 
 const backend = await initBackend(values.backend as BackendChoice, parseAdapterWant(values.adapter));
+const flags: Record<string, boolean | number> = {};
+for (const f of values.flag) {
+  const m = /^([A-Z0-9_]+)=(true|false|-?\d+(?:\.\d+)?)$/.exec(f);
+  if (m === null) throw new Error(`--flag: expected NAME=true|false|number, got '${f}'`);
+  flags[m[1]!] = m[2] === 'true' ? true : m[2] === 'false' ? false : Number(m[2]);
+  tf.env().set(m[1]!, flags[m[1]!]!);
+}
 const spec = alexnet({ arch: values.arch as Arch, resolution: Number(values.resolution), width: Number(values.width) });
 const batch = Number(values.batch);
 const model = buildModel(spec, { seed: 1 });
@@ -54,6 +63,7 @@ console.log(JSON.stringify({
   framework: `tfjs ${tf.version.tfjs} ${backend.name}`,
   kernels: backend.name === 'wasm' ? (process.env.SPLITNET_WASM_KERNELS ?? 'all') : 'native',
   ...(backend.adapter ? { adapter: backend.adapter } : {}),
+  flags,
   threads: 1,
   batch,
   resolution: h,

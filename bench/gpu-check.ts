@@ -81,11 +81,11 @@ async function part(name: string, fn: () => Promise<unknown>): Promise<void> {
 }
 
 /** Runs compute-step in its own process (a fresh backend, as the compute benchmark does); returns its JSON. */
-async function computeStep(backend: 'webgpu' | 'wasm', steps: number, warmup: number): Promise<{ imagesPerSec: number; medianStepMs: number }> {
+async function computeStep(backend: 'webgpu' | 'wasm', steps: number, warmup: number, flags: string[] = []): Promise<{ imagesPerSec: number; medianStepMs: number }> {
   const script = join(here, `compute-step.${fromSource ? 'ts' : 'js'}`);
   const args = [...(fromSource ? ['--import', 'tsx'] : []), script, '--backend', backend, '--adapter', o.adapter,
     '--resolution', String(SIZE.resolution), '--width', String(SIZE.width), '--batch', String(SIZE.batch),
-    '--steps', String(steps), '--warmup', String(warmup)];
+    '--steps', String(steps), '--warmup', String(warmup), ...flags.flatMap((f) => ['--flag', f])];
   const { stdout, stderr } = await run(process.execPath, args, { maxBuffer: 16 * 2 ** 20, timeout: 20 * 60_000 });
   for (const line of stderr.split('\n')) if (line.trim() !== '' && !line.includes('artificially reduced')) log(`   ${line}`);
   return JSON.parse(stdout.trim().split('\n').pop()!) as { imagesPerSec: number; medianStepMs: number };
@@ -130,22 +130,35 @@ await part('step', async () => {
   const r = await computeStep('webgpu', SIZE.steps, SIZE.warmup);
   step = r;
   log(`   webgpu: ${r.imagesPerSec.toFixed(1)} img/s (${r.medianStepMs.toFixed(1)} ms/step), d2l ${SIZE.resolution}×${SIZE.resolution}, batch ${SIZE.batch}`);
-  return r;
+  // tfjs computes Conv2DBackpropInput with a naive shader by default; its matmul
+  // form may be faster on a real GPU. Measured here, where it matters.
+  const matmulInput = await computeStep('webgpu', SIZE.steps, SIZE.warmup, ['WEBGPU_USE_NAIVE_CONV2D_TRANSPOSE=false']);
+  log(`   webgpu, input gradients as matmuls (WEBGPU_USE_NAIVE_CONV2D_TRANSPOSE=false): ${matmulInput.imagesPerSec.toFixed(1)} img/s (${matmulInput.medianStepMs.toFixed(1)} ms/step)`);
+  return { ...r, matmulInputGradient: matmulInput };
 });
 
-await part('torch', async () => {
+/** PyTorch's step on the same device; strict: no TF32 in convolutions (float32 throughout, as WebGPU). */
+async function torchStep(strict: boolean): Promise<{ imagesPerSec: number; medianStepMs: number; device: string }> {
   const device = o.adapter === 'software' ? 'cpu' : 'cuda';
   const { stdout } = await run(o.python, [join(here, 'torch_alexnet.py'), '--device', device, '--resolution', String(SIZE.resolution),
     '--width', String(SIZE.width), '--batch', String(SIZE.batch), '--steps', String(SIZE.steps), '--warmup', String(SIZE.warmup),
-    '--threads', '1'], { timeout: 10 * 60_000 }).catch((err: { stdout?: string; message: string }) => {
+    '--threads', '1', ...(strict ? ['--strict-fp32'] : [])], { timeout: 10 * 60_000 }).catch((err: { stdout?: string; message: string }) => {
     const said = (() => { try { return (JSON.parse(err.stdout ?? '') as { error?: string }).error; } catch { return undefined; } })();
     throw new Error(said ?? err.message.split('\n')[0]!);
   });
-  const r = JSON.parse(stdout.trim().split('\n').pop()!) as { imagesPerSec: number; medianStepMs: number; device: string };
+  return JSON.parse(stdout.trim().split('\n').pop()!) as { imagesPerSec: number; medianStepMs: number; device: string };
+}
+
+await part('torch', async () => {
+  const r = await torchStep(false);
   const ratio = step ? step.imagesPerSec / r.imagesPerSec : undefined;
-  log(`   pytorch on ${r.device}: ${r.imagesPerSec.toFixed(1)} img/s (${r.medianStepMs} ms/step)` +
+  log(`   pytorch on ${r.device} (its defaults: cuDNN autotuned, TF32 convolutions): ${r.imagesPerSec.toFixed(1)} img/s (${r.medianStepMs} ms/step)` +
     (ratio === undefined ? '' : `; splitnet webgpu / pytorch = ${ratio.toFixed(3)} (target ≥ 0.25)`));
-  return { ...r, webgpuOverTorch: ratio };
+  const strict = await torchStep(true);
+  const strictRatio = step ? step.imagesPerSec / strict.imagesPerSec : undefined;
+  log(`   pytorch, float32 throughout (no TF32): ${strict.imagesPerSec.toFixed(1)} img/s (${strict.medianStepMs} ms/step)` +
+    (strictRatio === undefined ? '' : `; splitnet webgpu / pytorch = ${strictRatio.toFixed(3)}`));
+  return { ...r, webgpuOverTorch: ratio, strictFp32: { ...strict, webgpuOverTorch: strictRatio } };
 });
 
 await part('wasm', async () => {

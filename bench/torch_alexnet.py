@@ -54,6 +54,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--strict-fp32", action="store_true",
+                   help="no TF32 tensor-core math in convolutions (PyTorch's default allows it): float32 throughout, as WebGPU computes")
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"error": "torch.cuda.is_available() is False"}))
@@ -61,6 +63,8 @@ def main() -> None:
     dev = torch.device(a.device)
     # cuDNN picks the fastest algorithm per layer shape: the fair reference.
     torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = not a.strict_fp32
+    torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default since 1.12
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -86,6 +90,7 @@ def main() -> None:
     print(json.dumps({
         "framework": f"pytorch {torch.__version__}",
         "device": torch.cuda.get_device_name(dev) if a.device == "cuda" else "cpu",
+        "convTf32": torch.backends.cudnn.allow_tf32 if a.device == "cuda" else False,
         "threads": torch.get_num_threads(),
         "batch": a.batch,
         "resolution": a.resolution,

@@ -68,6 +68,22 @@ describe('devices and the single-process fallback', () => {
     expect(planDevices(parseClusterConfig({ ...base, workers: [base.workers[0]] }), []).single).toBe('the cluster config has one worker: training in one process (single mode)');
   });
 
+  it('two workers may share one GPU when both say "shared" (how a one-GPU box runs both modes)', () => {
+    const shared = parseClusterConfig({ ...base, workers: base.workers.map((w) => ({ ...w, device: 0, shared: true })) });
+    expect(shared.workers.map((w) => [w.device, w.shared])).toEqual([[0, true], [0, true]]);
+    expect(planDevices(shared, [0])).toEqual({ workers: shared.workers });
+    const oneSays = { ...base, workers: [{ ...base.workers[0], device: 0, shared: true }, { ...base.workers[1], device: 0 }] };
+    expect(() => parseClusterConfig(oneSays, 'cfg')).toThrow(`cfg: workers.1.device: GPU 0 on 127.0.0.1 is already workers.0's (set "shared": true on both to let them share it)`);
+  });
+
+  it('a GPU may be named instead of numbered; its worker checks it when it opens the adapter', () => {
+    const named = parseClusterConfig({ ...base, workers: [{ ...base.workers[0], device: 'H200' }, { ...base.workers[1], device: 'A100' }] });
+    expect(planDevices(named, []).workers).toEqual(named.workers);
+    const twice = { ...base, workers: base.workers.map((w) => ({ ...w, device: 'H200' })) };
+    expect(() => parseClusterConfig(twice, 'cfg')).toThrow(`cfg: workers.1.device: GPU "H200" on 127.0.0.1 is already workers.0's`);
+    expect(() => parseClusterConfig({ ...base, workers: [{ ...base.workers[0], device: ' ' }, base.workers[1]] }, 'cfg')).toThrow('cfg: workers.0.device:');
+  });
+
   it('CPU workers need no GPU', () => {
     expect(planDevices(parseClusterConfig(base), []).single).toBeUndefined();
   });
