@@ -107,8 +107,14 @@ async function useCpu(choice: BackendChoice, because: string): Promise<BackendIn
 
 const WEBGPU_PKG = '@tensorflow/tfjs-backend-webgpu';
 
+/** 'wasm', or 'webgpu on 'NVIDIA H200' (nvidia, through vulkan)': what run logs say a process computes on. */
+export function backendLabel(info: BackendInfo): string {
+  const a = info.adapter;
+  return a === undefined ? info.name : `${info.name} on '${a.name}' (${a.vendor || 'vendor not reported'}, through ${a.via}${a.software ? ', software' : ''})`;
+}
+
 function adapterLine(a: AdapterChosen): string {
-  return `adapter '${a.name}' (vendor ${a.vendor}, through ${a.via}${a.software ? ', software: a CPU rasterizer' : ''})`;
+  return `adapter '${a.name}' (vendor ${a.vendor || 'not reported'}, through ${a.via}${a.software ? ', software: a CPU rasterizer' : ''})`;
 }
 
 /** WebGPU on the adapter `want` names; when not required, a failure is returned as the reason. */

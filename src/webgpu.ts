@@ -33,6 +33,7 @@ export type AdapterWant =
 export interface AdapterChosen {
   /** Dawn's device name, e.g. 'NVIDIA H200' or 'llvmpipe (LLVM 15.0.6, 256 bits)' */
   name: string;
+  /** 'nvidia', 'amd', 'intel', 'apple'; '' when the driver does not say (llvmpipe) */
   vendor: string;
   /** driver description, e.g. 'OpenGL version 4.5 (Core Profile) Mesa 22.3.6' */
   description: string;
@@ -217,7 +218,7 @@ export async function activateWebGpu(want: AdapterWant): Promise<WebGpuSession> 
   const info = adapter.info;
   const chosen: AdapterChosen = {
     name: info.device || info.description || '(unnamed)',
-    vendor: info.vendor || '(unknown)',
+    vendor: info.vendor,
     description: info.description,
     via,
     software: SOFTWARE_NAMES.test(`${info.device} ${info.description}`) || (info as { isFallbackAdapter?: boolean }).isFallbackAdapter === true,

@@ -188,11 +188,14 @@ export class Cluster implements Strategy {
       });
     }
     const readies = await Promise.all(this.inboxes.map((_, r) => this.expect(r, 'ready', register * 2, 'ready (model built)')));
+    // One backend for all, or each worker's (workers may sit on different GPUs).
+    const labels = readies.map((m) => m.msg.backend);
+    const backends = new Set(labels).size === 1 ? `${labels[0]} backend` : labels.map((b, r) => `worker ${r}: ${b}`).join('; ');
     if (mode === 'data') {
       this.checkSame(readies.map((m) => m.msg.checksum), 'replicas start from different weights');
-      log(`  ${readies[0]!.msg.params.toLocaleString('en-US')} parameters per replica, weights identical (checksum ${readies[0]!.msg.checksum}), ${readies[0]!.msg.backend} backend`);
+      log(`  ${readies[0]!.msg.params.toLocaleString('en-US')} parameters per replica, weights identical (checksum ${readies[0]!.msg.checksum}), ${backends}`);
     } else {
-      log(`  ${readies.map((m, r) => `tower ${r}: ${m.msg.params.toLocaleString('en-US')} parameters`).join(', ')}, ${readies[0]!.msg.backend} backend`);
+      log(`  ${readies.map((m, r) => `tower ${r}: ${m.msg.params.toLocaleString('en-US')} parameters`).join(', ')}, ${backends}`);
     }
   }
 

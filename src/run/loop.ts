@@ -7,7 +7,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { initBackend } from '../backend.js';
+import { backendLabel, initBackend } from '../backend.js';
 import { parseAdapterWant } from '../webgpu.js';
 import { readCheckpointState, readCheckpointTensors, saveCheckpoint, type Position, type TrainState } from '../checkpoint/checkpoint.js';
 import type { ClusterConfig, WorkerSpec } from '../config/cluster.js';
@@ -119,7 +119,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     const single = new SingleStrategy(cfg, data);
     strategy = single;
     log(`splitnet train: ${cfg.arch} AlexNet ${cfg.resolution}×${cfg.resolution}×${cfg.channels}, width ${cfg.width}, ` +
-      `${countParams(single.model).toLocaleString('en-US')} parameters, ${backend.name} backend`);
+      `${countParams(single.model).toLocaleString('en-US')} parameters, ${backendLabel(backend)} backend`);
     log(`  ${data.source}: ${data.train.count} train / ${data.test.count} test`);
   } else {
     cluster = await Cluster.start({

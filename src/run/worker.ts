@@ -9,7 +9,7 @@
  */
 import { hostname } from 'node:os';
 import * as zmq from 'zeromq';
-import { initBackend, type BackendChoice } from '../backend.js';
+import { backendLabel, initBackend, type BackendChoice } from '../backend.js';
 import { adapterFor } from '../webgpu.js';
 import { flattenState, mergeStates, type TrainState } from '../checkpoint/checkpoint.js';
 import { parseTrainConfig, type TrainConfig } from '../config/train.js';
@@ -96,7 +96,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
     const backend = await initBackend(cfg.backend === 'auto' ? args.backend : cfg.backend, adapterFor(args.device, cfg.adapter));
     opened = await openStrategy(args, setup, cfg);
     const { strategy } = opened;
-    await sendUp({ kind: 'ready', checksum: opened.checksum(), backend: backend.name, params: countParams(opened.model) });
+    await sendUp({ kind: 'ready', checksum: opened.checksum(), backend: backendLabel(backend), params: countParams(opened.model) });
 
     for (;;) {
       const { msg, tensors } = await fromCoordinator.next(IDLE_MS, 'the next command');
