@@ -1,0 +1,103 @@
+/**
+ * What `splitnet compare` measures, predicts and writes (compare.json). The
+ * terminal table, report.html and each mode's trace.json are all drawn from
+ * this one object.
+ */
+import type { Mode } from '../run/loop.js';
+
+/** Milliseconds of one step, split by what the process was doing (means over the timed steps). */
+export interface StepSplit {
+  /** forward and backward kernels (and the data pipeline) */
+  compute: number;
+  /** handing bytes to the sockets (serializing, copying into frames) */
+  send: number;
+  /** waiting on a peer: a cross link, or the part of the all-reduce not hidden behind backward */
+  wait: number;
+  /** the SGD update */
+  optimizer: number;
+}
+
+/** One span on a worker's timeline, for the Chrome trace. */
+export interface Span {
+  /** 'compute' | 'send' | 'wait' | 'optimizer' */
+  cat: keyof StepSplit;
+  /** e.g. 'forward', 'backward', 'conv3 fwd', 'bucket 2 reduce-scatter', 'sgd' */
+  name: string;
+  /** milliseconds since the run's start on that process's clock */
+  startMs: number;
+  durMs: number;
+  step: number;
+}
+
+export interface WorkerMeasure {
+  rank: number;
+  /** means over the timed steps */
+  stepMs: StepSplit;
+  bytesSentPerStep: number;
+  bytesReceivedPerStep: number;
+  /** bytes sent per step by link ('conv3', 'fc6', ...) or bucket ('bucket 0', ...) */
+  sentByLink: Record<string, number>;
+  peakRssBytes: number;
+  /** the backend's own tensor memory at its peak (tf.memory().numBytes) */
+  peakBackendBytes: number;
+  spans: Span[];
+}
+
+export interface ModeMeasure {
+  mode: Mode;
+  /** processes that trained */
+  world: number;
+  /** set when the mode ran in one process for want of devices, with the reason */
+  fallback?: string;
+  /** set when the mode could not run at all (e.g. model mode on the one-tower d2l net) */
+  skipped?: string;
+  imagesPerSec: number;
+  /** wall time per step as the coordinator saw it, mean */
+  stepMs: number;
+  workers: WorkerMeasure[];
+  /** one loss per step */
+  losses: number[];
+  testAccuracy: number;
+  /** what the model of src/compare/predict.ts said before the run */
+  predicted: { bytesSentPerStep: number; sentByLink: Record<string, number>; stepMs: number };
+}
+
+/** Per-layer compute time of one training step in one process (the prediction's input). */
+export interface LayerTiming {
+  name: string;
+  forwardMs: number;
+  backwardMs: number;
+  /** parameters of the layer (all towers) */
+  params: number;
+  /** floats of the layer's output per sample (all towers) */
+  outputFloats: number;
+}
+
+export interface LinkMeasure {
+  /** one-way latency of a small message, ms */
+  latencyMs: number;
+  /** bytes per second for large messages */
+  bandwidth: number;
+}
+
+export interface ForecastPoint {
+  workers: number;
+  /** link label: 'loopback (measured)', '10 Gb/s', '100 Gb/s', 'NVLink-class' */
+  link: string;
+  batch: number;
+  /** predicted step time per mode, ms (hybrid: data-parallel conv, model-parallel fc) */
+  stepMs: { data: number; model: number; hybrid: number };
+  best: 'data' | 'model' | 'hybrid';
+}
+
+export interface CompareResult {
+  date: string;
+  /** the train config every mode ran (arch, width, resolution, batch, seed, steps) */
+  config: { arch: string; width: number; resolution: number; batch: number; seed: number; steps: number; backend: string };
+  link: LinkMeasure;
+  layers: LayerTiming[];
+  modes: ModeMeasure[];
+  forecast: ForecastPoint[];
+  /** the forecast model against every configuration measured: relative error of the predicted step time */
+  forecastCheck: Array<{ mode: 'data' | 'model'; workers: number; oversubscribed: boolean; measuredMs: number; predictedMs: number; error: number }>;
+}
