@@ -37,7 +37,7 @@ import { sgdUpdateRange, type SgdOptions } from '../model/sgd.js';
 import { chunkRange, ownedChunk, planBuckets, type Bucket, type RingAllReduce } from '../wire/ring-allreduce.js';
 import type { RingLink } from '../wire/ring-link.js';
 import { evaluate } from './evaluate.js';
-import { checksumOf, type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
+import { checksumOf, trafficSpans, type Combine, type EvalResult, type StepInput, type StepResult, type StepSpan, type Strategy } from './strategy.js';
 
 /** Lets socket events in between layers of backward (a macrotask turn of the event loop). */
 const yieldToSockets = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -48,6 +48,10 @@ export class DataParallelReplica implements Strategy {
   private readonly sgd: SgdOptions;
   private readonly batches: TrainBatches;
   private readonly where = new Map<string, { bucket: number; offset: number; size: number }>();
+  /** this step's optimizer time and spans (the chunk updates run inside the bucket reductions) */
+  private optimizerMs = 0;
+  private optimizerSpans: StepSpan[] = [];
+  private stepStart = 0;
   /** all weights, flat per bucket */
   private readonly weights: Float32Array[];
   /**
@@ -103,6 +107,10 @@ export class DataParallelReplica implements Strategy {
     const copies: Array<Array<Promise<void>>> = this.buckets.map(() => []);
     const reductions: Array<Promise<void>> = [];
     const sentBefore = this.ring.bytesSent;
+    this.ring.traffic.take(); // what arrived between steps (late pieces of the last all-gather) is not this step's
+    this.optimizerMs = 0;
+    this.optimizerSpans = [];
+    this.stepStart = t0;
     const lr = s.lr;
     const overlap = s.overlap !== false;
     this.ring.begin(this.seq++);
@@ -124,6 +132,7 @@ export class DataParallelReplica implements Strategy {
         afterLayer: yieldToSockets,
       });
       const backwardEnd = performance.now();
+      const backendBytes = tf.memory().numBytes;
       let value: number;
       try {
         if (filled.some((f, b) => f !== this.buckets[b]!.size)) throw new Error(`data-parallel: backward left buckets unfilled (${filled.join(', ')} floats)`);
@@ -135,11 +144,24 @@ export class DataParallelReplica implements Strategy {
       }
       const reduced = performance.now();
       this.loadWeightsIntoModel();
+      const loaded = performance.now();
       const waitMs = reduced - backwardEnd;
+      const traffic = this.ring.traffic.take();
       return {
         loss: value, samples: shard, computeMs: performance.now() - t0 - waitMs, waitMs, bytesSent: this.ring.bytesSent - sentBefore,
         tensors: tf.memory().numTensors,
         ...(s.checksum ? { checksum: checksumOf(this.weights) } : {}),
+        detail: {
+          sendMs: traffic.sendMs, optimizerMs: this.optimizerMs + (loaded - reduced), bytesReceived: traffic.receivedBytes, sentByLink: traffic.sentBy,
+          rssBytes: process.memoryUsage().rss, backendBytes,
+          spans: [
+            { cat: 'compute', name: 'forward + backward', startMs: 0, durMs: backwardEnd - t0 },
+            { cat: 'wait', name: 'all-reduce not hidden', startMs: backwardEnd - t0, durMs: waitMs },
+            ...this.optimizerSpans,
+            { cat: 'optimizer', name: 'weights into the model', startMs: reduced - t0, durMs: loaded - reduced },
+            ...trafficSpans('send', traffic.sends, t0),
+          ],
+        },
       };
     } finally {
       tf.dispose([x, y]);
@@ -150,7 +172,11 @@ export class DataParallelReplica implements Strategy {
   private async reduceBucket(b: number, grads: Float32Array, copies: Array<Promise<void>>, lr: number): Promise<void> {
     await Promise.all(copies);
     const [lo, hi] = await this.ring.reduceScatter(b, grads);
+    const u0 = performance.now();
     sgdUpdateRange({ ...this.sgd, lr }, this.weights[b]!, this.momentum?.[b], grads, lo, hi, 1 / this.world);
+    const u1 = performance.now();
+    this.optimizerMs += u1 - u0;
+    this.optimizerSpans.push({ cat: 'optimizer', name: `sgd bucket ${b}`, startMs: u0 - this.stepStart, durMs: u1 - u0 });
     await this.ring.allGather(b, this.weights[b]!);
   }
 

@@ -34,7 +34,7 @@ import { lossAndGrads, type CrossLinks } from '../model/engine.js';
 import { Sgd } from '../model/sgd.js';
 import type { PeerLink } from '../wire/peer-link.js';
 import { evaluate } from './evaluate.js';
-import { type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
+import { trafficSpans, type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
 
 /** A micro-batch's dense layers, by kernel name: input x [b, in] and dL/d(pre-activation) dz [b, out]. */
 type Deferred = Map<string, { x: tf.Tensor; dz: tf.Tensor }>;
@@ -96,19 +96,37 @@ export class ModelParallelTower implements Strategy {
     // so they are measured as the event loop's idle time, not summed.
     const loopBefore = performance.eventLoopUtilization();
     const sentBefore = link.bytesSent;
+    link.traffic.take(); // evaluation's exchanges are not this step's
     link.forgetSeen();
     const { micro, deferred } = await this.runMicroBatches(s);
+    const backendBytes = tf.memory().numBytes;
+    const g0 = performance.now();
     const grads = this.averageGradients(micro.map((r) => r.grads), deferred);
+    const u0 = performance.now();
     this.opt.opts.lr = s.lr;
     this.opt.apply(this.model.params, grads);
+    const u1 = performance.now();
     tf.dispose([...grads.values(), ...micro.flatMap((r) => [...r.grads.values()])]);
     let lossSum = 0;
     for (const r of micro) lossSum += await readScalar(r.loss);
     tf.dispose(micro.map((r) => r.loss));
     const waitMs = performance.eventLoopUtilization(loopBefore).idle;
+    const traffic = link.traffic.take();
     return {
       loss: lossSum / micro.length, samples: cfg.batch, computeMs: Math.max(0, performance.now() - t0 - waitMs), waitMs,
       bytesSent: link.bytesSent - sentBefore, tensors: tf.memory().numTensors,
+      detail: {
+        sendMs: traffic.sendMs, optimizerMs: u1 - u0, bytesReceived: traffic.receivedBytes, sentByLink: traffic.sentBy,
+        rssBytes: process.memoryUsage().rss, backendBytes,
+        spans: [
+          // The micro-batches' compute and their waits on the other tower interleave: one span, its idle share in waitMs.
+          { cat: 'compute', name: `forward + backward (${this.microBatches} micro-batch${this.microBatches > 1 ? 'es' : ''}, waits inside)`, startMs: 0, durMs: g0 - t0 },
+          { cat: 'compute', name: 'average gradients', startMs: g0 - t0, durMs: u0 - g0 },
+          { cat: 'optimizer', name: 'sgd', startMs: u0 - t0, durMs: u1 - u0 },
+          ...trafficSpans('send', traffic.sends, t0),
+          ...trafficSpans('wait', traffic.waits, t0),
+        ],
+      },
     };
   }
 

@@ -18,10 +18,16 @@ import { Sgd } from '../model/sgd.js';
 import { evaluate } from './evaluate.js';
 import type { EvalResult, StepInput, StepResult, Strategy } from './strategy.js';
 
+/** Where a step's time went: filled by trainStep when given. */
+export interface StepTimes { backwardEndMs: number; optimizerMs: number; backendBytes: number }
+
 /** One SGD step of `model` on x [B, H, W, C], labels [B]: the batch's loss (before the update). */
-export async function trainStep(model: Model, opt: Sgd, x: tf.Tensor4D, labels: tf.Tensor1D, opts: PassOptions = {}): Promise<number> {
+export async function trainStep(model: Model, opt: Sgd, x: tf.Tensor4D, labels: tf.Tensor1D, opts: PassOptions = {}, times?: StepTimes): Promise<number> {
   const { loss, grads } = await lossAndGrads(model, x, labels, opts);
+  const t1 = performance.now();
+  if (times) times.backendBytes = tf.memory().numBytes;
   opt.apply(model.params, grads);
+  if (times) { times.backwardEndMs = t1; times.optimizerMs = performance.now() - t1; }
   tf.dispose([...grads.values()]);
   const value = await readScalar(loss);
   loss.dispose();
@@ -45,8 +51,19 @@ export class SingleStrategy implements Strategy {
     try {
       // Dropout is keyed by the global step: a resumed run draws the same masks.
       this.opt.opts.lr = s.lr;
-      const loss = await trainStep(this.model, this.opt, x, y, { dropout: { seed: this.cfg.seed, step: s.globalStep, firstSample: 0 } });
-      return { loss, samples: this.cfg.batch, computeMs: performance.now() - t0, waitMs: 0, bytesSent: 0, tensors: tf.memory().numTensors };
+      const times: StepTimes = { backwardEndMs: t0, optimizerMs: 0, backendBytes: 0 };
+      const loss = await trainStep(this.model, this.opt, x, y, { dropout: { seed: this.cfg.seed, step: s.globalStep, firstSample: 0 } }, times);
+      const wall = performance.now() - t0;
+      return {
+        loss, samples: this.cfg.batch, computeMs: wall, waitMs: 0, bytesSent: 0, tensors: tf.memory().numTensors,
+        detail: {
+          sendMs: 0, optimizerMs: times.optimizerMs, bytesReceived: 0, sentByLink: {}, rssBytes: process.memoryUsage().rss, backendBytes: times.backendBytes,
+          spans: [
+            { cat: 'compute', name: 'forward + backward', startMs: 0, durMs: times.backwardEndMs - t0 },
+            { cat: 'optimizer', name: 'sgd', startMs: times.backwardEndMs - t0, durMs: times.optimizerMs },
+          ],
+        },
+      };
     } finally {
       tf.dispose([x, y]);
     }

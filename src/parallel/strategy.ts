@@ -41,6 +41,35 @@ export interface StepResult {
   tensors: number;
   /** a cluster: what each worker reported, by rank */
   workers?: StepResult[];
+  /** where the time went and what moved, for splitnet compare */
+  detail?: StepDetail;
+}
+
+/** A stretch of a step on one process's timeline, in ms from the step's start. */
+export interface StepSpan { cat: 'compute' | 'send' | 'wait' | 'optimizer'; name: string; startMs: number; durMs: number }
+
+/**
+ * The step's time beyond compute and wait, its traffic and its memory.
+ * sendMs and optimizerMs are main-thread time inside StepResult.computeMs:
+ * the step's wall time is (computeMs − sendMs − optimizerMs) of compute,
+ * plus sendMs, optimizerMs and waitMs.
+ */
+export interface StepDetail {
+  sendMs: number;
+  optimizerMs: number;
+  bytesReceived: number;
+  /** bytes sent by link ('conv3', 'fc6', …) or bucket ('bucket 0', …) */
+  sentByLink: Record<string, number>;
+  /** process resident set at the step's end, bytes */
+  rssBytes: number;
+  /** the backend's tensor memory with the step's gradients alive (its peak), bytes */
+  backendBytes: number;
+  spans: StepSpan[];
+}
+
+/** Spans of one kind from a step's traffic, moved to the step's own clock (t0: the step's start). */
+export function trafficSpans(cat: 'send' | 'wait', spans: Array<{ name: string; startMs: number; durMs: number }>, t0: number): StepSpan[] {
+  return spans.map((s) => ({ cat, name: s.name, startMs: s.startMs - t0, durMs: s.durMs }));
 }
 
 export interface EvalResult {

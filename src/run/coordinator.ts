@@ -215,8 +215,8 @@ export class Cluster implements Strategy {
     const stale = done.findIndex((d) => d.msg.globalStep !== s.globalStep);
     if (stale >= 0) throw this.fail(new ClusterError(`${this.name(stale)} answered step ${s.globalStep} with step ${done[stale]!.msg.globalStep}`));
     try {
-      return this.combine.step(done.map(({ msg: { loss, samples, computeMs, waitMs, bytesSent, liveTensors: tensors, checksum } }) =>
-        ({ loss, samples, computeMs, waitMs, bytesSent, tensors, ...(checksum !== undefined ? { checksum } : {}) })));
+      return this.combine.step(done.map(({ msg: { loss, samples, computeMs, waitMs, bytesSent, liveTensors: tensors, checksum, detail } }) =>
+        ({ loss, samples, computeMs, waitMs, bytesSent, tensors, ...(checksum !== undefined ? { checksum } : {}), ...(detail !== undefined ? { detail } : {}) })));
     } catch (err) {
       throw this.fail(new ClusterError(`at step ${s.globalStep}: ${(err as Error).message}`));
     }

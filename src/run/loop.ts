@@ -18,7 +18,7 @@ import { loadRunData } from '../data/run-data.js';
 import { UsageError } from '../errors.js';
 import { countParams, parameterShapes } from '../model/build.js';
 import { SingleStrategy } from '../parallel/single.js';
-import type { EvalResult, Strategy } from '../parallel/strategy.js';
+import type { EvalResult, StepDetail, Strategy } from '../parallel/strategy.js';
 import { MAX_MICRO_BATCHES } from '../wire/protocol.js';
 import { Cluster, type ClusterMode } from './coordinator.js';
 import type { WorkerCommandOverride } from './launcher.js';
@@ -58,7 +58,11 @@ export interface TrainOptions {
 export type RunEvent = { type: 'started'; pids: number[] } | { type: 'step'; globalStep: number };
 
 /** One step as each worker saw it (one entry in single mode). */
-export interface StepStats { computeMs: number[]; waitMs: number[]; bytesSent: number[]; tensors: number[]; wallMs: number }
+export interface StepStats {
+  computeMs: number[]; waitMs: number[]; bytesSent: number[]; tensors: number[]; wallMs: number;
+  /** each worker's time split, traffic and memory, where its strategy reports them */
+  detail: Array<StepDetail | undefined>;
+}
 
 export interface TrainResult {
   config: TrainConfig;
@@ -169,7 +173,10 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         const wallMs = performance.now() - t0;
         if (!Number.isFinite(r.loss)) throw new UsageError(`loss is ${r.loss} at epoch ${pos.epoch} step ${pos.step}: lower --lr`);
         const each = r.workers ?? [r];
-        result.stats.push({ computeMs: each.map((w) => w.computeMs), waitMs: each.map((w) => w.waitMs), bytesSent: each.map((w) => w.bytesSent), tensors: each.map((w) => w.tensors), wallMs });
+        result.stats.push({
+          computeMs: each.map((w) => w.computeMs), waitMs: each.map((w) => w.waitMs), bytesSent: each.map((w) => w.bytesSent),
+          tensors: each.map((w) => w.tensors), wallMs, detail: each.map((w) => w.detail),
+        });
         pos.step++;
         pos.globalStep++;
         stepsThisRun++;

@@ -108,6 +108,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
           await sendUp({
             kind: 'stepDone', globalStep: msg.globalStep, loss: r.loss, samples: r.samples, computeMs: r.computeMs,
             waitMs: r.waitMs, bytesSent: r.bytesSent, liveTensors: r.tensors, ...(r.checksum !== undefined ? { checksum: r.checksum } : {}),
+            ...(r.detail !== undefined ? { detail: r.detail } : {}),
           });
           break;
         }

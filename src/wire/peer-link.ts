@@ -10,6 +10,7 @@
 import * as zmq from 'zeromq';
 import { decodeToPeer, encodeToPeer, ProtocolError } from './protocol.js';
 import { bindAddress, Inbox, receiveLoop, socketOptions, type Heartbeat } from './transport.js';
+import { linkOfKey, Traffic } from './traffic.js';
 
 export interface PeerLinkOptions {
   bind: string;
@@ -31,6 +32,8 @@ export const MAX_UNCLAIMED = 1024;
 export class PeerLink {
   /** bytes handed to the peer since the link opened */
   bytesSent = 0;
+  /** bytes by link and send time, per step (splitnet compare) */
+  readonly traffic = new Traffic();
   private readonly boxes = new Map<string, Inbox<Float32Array>>();
   /** messages arrived and not yet received */
   private unclaimed = 0;
@@ -93,15 +96,23 @@ export class PeerLink {
   send(key: string, data: Float32Array): void {
     if (this.failure) throw this.failure;
     this.bytesSent += data.byteLength;
-    this.sending = this.sending.then(() => this.push.send(encodeToPeer({ kind: 'xfer', key }, [data])))
+    this.sending = this.sending.then(() => {
+      const t0 = performance.now();
+      const sent = this.push.send(encodeToPeer({ kind: 'xfer', key }, [data]));
+      this.traffic.sent(linkOfKey(key), data.byteLength, t0, performance.now());
+      return sent;
+    })
       .catch((err: Error) => this.fail(new Error(`sending '${key}' to worker ${this.opts.peerRank}: ${err.message}`)));
   }
 
   /** The peer's tensor for `key`, which must hold `floats` values. */
   async receive(key: string, floats: number): Promise<Float32Array> {
     try {
+      const t0 = performance.now();
       const data = await this.box(key).next(this.opts.waitMs, `'${key}' from worker ${this.opts.peerRank}`);
+      this.traffic.waited(`${linkOfKey(key)} ${key.split('/')[3] ?? ''}`.trim(), t0, performance.now());
       this.unclaimed--;
+      this.traffic.received(data.byteLength);
       if (data.length !== floats) throw new ProtocolError(`'${key}' from worker ${this.opts.peerRank}: ${data.length} floats, expected ${floats}`);
       return data;
     } finally {

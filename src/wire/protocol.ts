@@ -66,6 +66,21 @@ export type ToWorker = z.infer<typeof ToWorker>;
 
 const Hello = z.strictObject({ v, kind: z.literal('hello'), rank: Count, pid: z.number().int().positive(), host: z.string(), device: z.string() });
 const Ready = z.strictObject({ v, kind: z.literal('ready'), checksum: z.string(), backend: z.string(), params: Count });
+/** Spans one step may report: enough for every ring piece of AlexNet's buckets, bounded so a report cannot balloon. */
+export const MAX_STEP_SPANS = 10_000;
+const Ms = z.number().finite().min(0);
+/** Where a worker's step time went and what it moved (splitnet compare). */
+const StepDetail = z.strictObject({
+  sendMs: Ms,
+  optimizerMs: Ms,
+  bytesReceived: Count,
+  sentByLink: z.record(z.string().min(1).max(64), Count),
+  rssBytes: Count,
+  backendBytes: Count,
+  spans: z.array(z.strictObject({
+    cat: z.enum(['compute', 'send', 'wait', 'optimizer']), name: z.string().min(1).max(200), startMs: z.number().finite(), durMs: Ms,
+  })).max(MAX_STEP_SPANS),
+});
 const StepDone = z.strictObject({
   v, kind: z.literal('stepDone'), globalStep: Count, loss: z.number(), samples: Count,
   /** forward + backward + update, minus waitMs, milliseconds */
@@ -77,6 +92,7 @@ const StepDone = z.strictObject({
   /** live backend tensors after the step ('tensors' names a message's frames) */
   liveTensors: Count,
   checksum: z.string().optional(),
+  detail: StepDetail.optional(),
 });
 const EvalDone = z.strictObject({ v, kind: z.literal('evalDone'), epoch: Count, correct: Count, lossSum: z.number(), samples: Count });
 const State = z.strictObject({ v, kind: z.literal('state'), tensors: z.array(TensorMeta) });

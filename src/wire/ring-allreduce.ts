@@ -17,6 +17,7 @@
  */
 import { ProtocolError, type ToPeer } from './protocol.js';
 import { Inbox } from './transport.js';
+import { Traffic } from './traffic.js';
 
 export interface BucketParam { name: string; offset: number; size: number }
 export interface Bucket { index: number; size: number; params: BucketParam[] }
@@ -80,6 +81,8 @@ export const ownedChunk = (rank: number, world: number): number => mod(rank + 1,
 export class RingAllReduce {
   /** bytes handed to the successor since construction */
   bytesSent = 0;
+  /** bytes by bucket and send time, per step (splitnet compare) */
+  readonly traffic = new Traffic();
   private readonly mail = new Map<string, Inbox<Piece>>();
   private readonly delivered = new Set<string>();
   private seq = -1;
@@ -150,7 +153,9 @@ export class RingAllReduce {
     const [b, e] = chunkRange(data.length, this.world, chunk);
     for (let offset = 0; offset < Math.max(1, e - b); offset += PIECE_FLOATS) {
       const piece = data.subarray(b + offset, Math.min(e, b + offset + PIECE_FLOATS));
+      const t0 = performance.now();
       this.send({ kind: 'ring', seq: this.seq, bucket, phase, round, chunk, offset }, piece);
+      this.traffic.sent(`bucket ${bucket}`, piece.byteLength, t0, performance.now());
       this.bytesSent += piece.byteLength;
     }
   }
@@ -165,6 +170,7 @@ export class RingAllReduce {
     for (let got = 0; got < Math.max(1, length);) {
       if (this.failure) throw this.failure;
       const { offset, data } = await this.box(key).next(this.waitMs, what);
+      this.traffic.received(data.byteLength);
       apply(offset, data);
       got += Math.max(1, data.length);
     }

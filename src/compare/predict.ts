@@ -1,0 +1,533 @@
+/**
+ * What each way of training should cost, before it runs: the bytes each
+ * worker sends per step (from the layer shapes alone) and the step time (from
+ * per-layer compute times measured in one process and a measured link).
+ * Pure functions of numbers: nothing here builds tensors, opens sockets or
+ * reads files.
+ *
+ * Modes:
+ *   single - one process, the whole batch.
+ *   data   - N replicas, ZeRO-1 over a ring (src/parallel/data-parallel.ts).
+ *   model  - the 2012 split (src/parallel/model-parallel.ts); the
+ *            implementation runs exactly 2 towers on 2 workers. For N ≠ 2
+ *            (forecasts only) the split is generalized: every layer's units
+ *            are divided N ways, and each cross link becomes a ring
+ *            all-gather forward and a ring reduce-scatter backward.
+ *   hybrid - forecasts only (no implementation): Krizhevsky 2014, "One weird
+ *            trick for parallelizing convolutional neural networks":
+ *            data-parallel conv layers, model-parallel fc layers.
+ *
+ * Units: ms for time, bytes for volume, bytes per second for bandwidth;
+ * "floats" are float32 values (4 bytes).
+ */
+import type { Mode } from '../run/loop.js';
+import { parameterShapes } from '../model/build.js';
+import { shapesOf } from '../model/shapes.js';
+import { isWeighted, type LayerSpec, type ModelSpec } from '../model/spec.js';
+import { chunkRange, ownedChunk, planBuckets, type Bucket } from '../wire/ring-allreduce.js';
+import type { ForecastPoint, LayerTiming, LinkMeasure } from './types.js';
+
+/** Bytes of one float32 value: everything on the wire is float32. */
+export const FLOAT_BYTES = 4;
+const MS_PER_S = 1000;
+
+/** What a mode predicts, in the shape of ModeMeasure['predicted'] (less the step time). */
+export interface BytesPerStep {
+  /** bytes one worker sends per training step */
+  bytesSentPerStep: number;
+  /** the same, by ring bucket ('bucket 0', …) or by cross link ('conv3', …, 'logits') */
+  sentByLink: Record<string, number>;
+}
+
+export type PredictMode = Mode | 'hybrid';
+
+const product = (xs: readonly number[]): number => xs.reduce((a, b) => a * b, 1);
+const mod = (a: number, n: number): number => ((a % n) + n) % n;
+
+function positiveInteger(what: string, v: number): void {
+  if (!Number.isInteger(v) || v < 1) throw new Error(`${what}: expected a positive integer, got ${v}`);
+}
+function positive(what: string, v: number): void {
+  if (!(v > 0)) throw new Error(`${what}: expected a positive number, got ${v}`);
+}
+function nonNegative(what: string, v: number): void {
+  if (!(v >= 0)) throw new Error(`${what}: expected a number ≥ 0, got ${v}`);
+}
+
+// ---------------------------------------------------------------------------
+// Gradient buckets and the ring (data mode, and the conv half of hybrid)
+// ---------------------------------------------------------------------------
+
+/** The layer a parameter belongs to: `conv1.t0.kernel` → `conv1`. */
+const layerOfParam = (name: string): string => name.slice(0, name.indexOf('.'));
+
+/**
+ * The buckets a data-parallel replica plans: the parameters in the order
+ * backward produces their gradients (the model's fixed order reversed, so
+ * fc8 first, conv1 last), grouped by planBuckets exactly as
+ * DataParallelReplica does. `keep` restricts them to some layers (hybrid
+ * all-reduces only the conv layers' gradients).
+ */
+export function gradientBuckets(spec: ModelSpec, bucketBytes: number, keep: (layer: string) => boolean = () => true): Bucket[] {
+  positive('bucketBytes', bucketBytes);
+  const params = [...parameterShapes(spec)]
+    .filter(([name]) => keep(layerOfParam(name)))
+    .map(([name, shape]) => ({ name, size: product(shape) }));
+  return planBuckets(params.reverse(), bucketBytes);
+}
+
+/** Floats in chunk c of a bucket of `size` floats split over `world` workers (ring-allreduce's chunkRange). */
+function chunkFloats(size: number, world: number, c: number): number {
+  const [begin, end] = chunkRange(size, world, c);
+  return end - begin;
+}
+
+/**
+ * Bytes worker `rank` sends for one bucket: in reduce-scatter round r it
+ * sends chunk (rank − r) mod N, in all-gather round r chunk (rank + 1 − r)
+ * mod N (RingAllReduce.sendChunk), N − 1 rounds each. Over the two halves
+ * that is every chunk twice but the two it only receives, about
+ * 2(N−1)/N × size floats; exactly size floats for N = 2.
+ */
+export function ringBytesSent(size: number, world: number, rank: number): number {
+  let floats = 0;
+  for (let round = 0; round < world - 1; round++) {
+    floats += chunkFloats(size, world, mod(rank - round, world)); // reduce-scatter
+    floats += chunkFloats(size, world, mod(rank + 1 - round, world)); // all-gather
+  }
+  return floats * FLOAT_BYTES;
+}
+
+function bucketBytesSent(buckets: Bucket[], world: number, rank: number): BytesPerStep {
+  const sentByLink: Record<string, number> = {};
+  for (const b of buckets) sentByLink[`bucket ${b.index}`] = ringBytesSent(b.size, world, rank);
+  return { bytesSentPerStep: sum(Object.values(sentByLink)), sentByLink };
+}
+
+const sum = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0);
+
+/**
+ * Bytes one data-parallel worker sends per step, total and by bucket
+ * ('bucket 0' holds fc8's gradients). Exact to the byte for worker `rank`:
+ * chunk sizes differ by one float when N does not divide a bucket, so for
+ * N > 2 ranks may differ by a few bytes; their mean is 2(N−1)/N × paramBytes.
+ */
+export function dataParallelBytes(spec: ModelSpec, world: number, bucketBytes: number, rank = 0): BytesPerStep {
+  positiveInteger('data-parallel world', world);
+  if (!Number.isInteger(rank) || rank < 0 || rank >= world) throw new Error(`data-parallel rank: expected 0..${world - 1}, got ${rank}`);
+  return bucketBytesSent(gradientBuckets(spec, bucketBytes), world, rank);
+}
+
+// ---------------------------------------------------------------------------
+// Activation exchanges (model mode, and the fc half of hybrid)
+// ---------------------------------------------------------------------------
+
+/**
+ * One tensor the workers of a split exchange every step: a layer's input
+ * gathered from all workers forward (and, if `backward`, its gradient
+ * reduce-scattered back), or the logits.
+ */
+interface Exchange {
+  /** the layer that reads it ('conv3', 'fc6', …) or 'logits' */
+  link: string;
+  /** index in spec.layers of the layer that reads it; spec.layers.length for the logits */
+  index: number;
+  /** floats per sample of the whole tensor (all towers): C·H·W of the previous layer for conv3, its flat size for fc6 */
+  floatsPerSample: number;
+  /** the logits' gradient is not exchanged: every worker computes the same loss from all logits */
+  backward: boolean;
+}
+
+/** Floats per sample of layer i's output, all towers together. */
+function outputFloats(spec: ModelSpec, i: number): number {
+  return product(shapesOf(spec)[i]!.outputShape) * spec.towers;
+}
+
+function logitsExchange(spec: ModelSpec): Exchange {
+  return { link: 'logits', index: spec.layers.length, floatsPerSample: outputFloats(spec, spec.layers.length - 1), backward: false };
+}
+
+/**
+ * Where the model-parallel split talks: the layers that read every tower's
+ * output ('cross': conv3, fc6, fc7, fc8 in the 2012 net), then the logits.
+ * A one-tower net (d2l) has no towers to keep apart: split N ways, every
+ * weighted layer after the first reads all of the previous one.
+ */
+function modelExchanges(spec: ModelSpec): Exchange[] {
+  const firstWeighted = spec.layers.findIndex(isWeighted);
+  const out: Exchange[] = [];
+  spec.layers.forEach((l, i) => {
+    if (!isWeighted(l) || i === 0 || i <= firstWeighted) return;
+    if (spec.towers === 1 || l.link === 'cross') out.push({ link: l.name, index: i, floatsPerSample: outputFloats(spec, i - 1), backward: true });
+  });
+  return [...out, logitsExchange(spec)];
+}
+
+/** Index of the first dense layer: hybrid's boundary between data-parallel and model-parallel layers. */
+function firstDense(spec: ModelSpec): number {
+  const i = spec.layers.findIndex((l) => l.kind === 'dense');
+  if (i < 1) throw new Error(`hybrid: expected conv layers followed by dense layers in ${spec.arch}, got the first dense layer at ${i}`);
+  return i;
+}
+
+/**
+ * Hybrid's exchanges: every dense layer's input, then the logits.
+ *   fc6 input x6 [B, D] (D = pool5's C·H·W, all towers): each worker holds
+ *     its B/N samples; forward all-gathers them (ring, N−1 rounds of
+ *     [B/N, D]), backward reduce-scatters dL/dx6 [B, D] — each worker's
+ *     partial sum over its 1/N of fc6's units — back to the samples' owners.
+ *   fc7 input h6 [B, H6], fc8 input h7 [B, H7]: each worker holds its H/N
+ *     units of the whole batch; all-gather forward, reduce-scatter backward.
+ *   logits [B, C]: all-gathered forward only, as in model mode.
+ * Every exchange sends (N−1)/N of the tensor per worker per direction.
+ */
+function hybridExchanges(spec: ModelSpec): Exchange[] {
+  const out: Exchange[] = [];
+  spec.layers.forEach((l, i) => {
+    if (l.kind === 'dense') out.push({ link: l.name, index: i, floatsPerSample: outputFloats(spec, i - 1), backward: true });
+  });
+  return [...out, logitsExchange(spec)];
+}
+
+/** Floats one worker sends per sample for an exchange: (N−1)/N of the tensor per direction. */
+const exchangeFloatsPerSample = (x: Exchange, world: number): number =>
+  (x.backward ? 2 : 1) * ((world - 1) / world) * x.floatsPerSample;
+
+/**
+ * Floats one worker sends per sample at each cross link of the model-parallel
+ * split over `world` workers (2 is what the implementation runs): forward its
+ * slice of the layer's gathered input, backward the others' slices of that
+ * input's gradient (the same size), plus its share of the logits forward.
+ * For the 2012 net on 2 workers: 2 × one tower's output at conv3, fc6, fc7,
+ * fc8, and classes/2 for the logits.
+ */
+export function crossLinkFloatsPerSample(spec: ModelSpec, world = 2): { links: Array<{ link: string; floats: number }>; total: number } {
+  positiveInteger('model-parallel world', world);
+  const links = modelExchanges(spec).map((x) => ({ link: x.link, floats: exchangeFloatsPerSample(x, world) }));
+  return { links, total: sum(links.map((l) => l.floats)) };
+}
+
+function exchangeBytesSent(exchanges: Exchange[], world: number, batch: number): BytesPerStep {
+  const sentByLink: Record<string, number> = {};
+  for (const x of exchanges) sentByLink[x.link] = exchangeFloatsPerSample(x, world) * batch * FLOAT_BYTES;
+  return { bytesSentPerStep: sum(Object.values(sentByLink)), sentByLink };
+}
+
+/**
+ * Bytes one model-parallel worker sends per step at global batch `batch`:
+ * crossLinkFloatsPerSample × batch × 4, by link ('conv3', 'fc6', 'fc7',
+ * 'fc8', 'logits' for the 2012 net).
+ */
+export function modelParallelBytes(spec: ModelSpec, batch: number, world = 2): BytesPerStep {
+  positiveInteger('batch', batch);
+  positiveInteger('model-parallel world', world);
+  return exchangeBytesSent(modelExchanges(spec), world, batch);
+}
+
+/** The conv (data-parallel) half of hybrid: the layers before the first dense one. */
+const convLayerNames = (spec: ModelSpec): Set<string> => new Set(spec.layers.slice(0, firstDense(spec)).map((l) => l.name));
+
+/**
+ * Bytes one hybrid worker sends per step: the conv gradients' ring buckets
+ * ('bucket k', planned like data mode's but over the conv parameters only)
+ * plus hybrid's activation exchanges ('fc6', 'fc7', 'fc8', 'logits').
+ */
+export function hybridBytes(spec: ModelSpec, world: number, batch: number, bucketBytes: number, rank = 0): BytesPerStep {
+  positiveInteger('hybrid world', world);
+  positiveInteger('batch', batch);
+  const conv = convLayerNames(spec);
+  const ring = bucketBytesSent(gradientBuckets(spec, bucketBytes, (l) => conv.has(l)), world, rank);
+  const fc = exchangeBytesSent(hybridExchanges(spec), world, batch);
+  return { bytesSentPerStep: ring.bytesSentPerStep + fc.bytesSentPerStep, sentByLink: { ...ring.sentByLink, ...fc.sentByLink } };
+}
+
+/** Bytes one worker sends per step in `mode` (single: none). */
+export function predictBytes(mode: PredictMode, spec: ModelSpec, world: number, batch: number, bucketBytes: number): BytesPerStep {
+  switch (mode) {
+    case 'single': return { bytesSentPerStep: 0, sentByLink: {} };
+    case 'data': return dataParallelBytes(spec, world, bucketBytes);
+    case 'model': return modelParallelBytes(spec, batch, world);
+    case 'hybrid': return hybridBytes(spec, world, batch, bucketBytes);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Step time
+// ---------------------------------------------------------------------------
+
+export interface StepInputs {
+  /** per-layer compute of one step in one process at `measuredBatch`, named as the spec's layers */
+  layers: LayerTiming[];
+  link: LinkMeasure;
+  /** workers (ignored by single) */
+  world: number;
+  /** global batch of the step to predict */
+  batch: number;
+  /** the batch `layers` were timed at */
+  measuredBatch: number;
+  spec: ModelSpec;
+  /** the ring's bucket size (data, hybrid) */
+  bucketBytes: number;
+  /** the SGD update's cost per parameter it updates, ms (default 0: the update is left out) */
+  optimizerMsPerParam?: number;
+}
+
+/** A spec layer with its measured compute at `measuredBatch` (0 for layers the timing leaves out). */
+interface TimedLayer {
+  layer: LayerSpec;
+  forwardMs: number;
+  backwardMs: number;
+}
+
+/**
+ * The spec's layers, in order, with the times measured for them. Layers
+ * without weights may be missing (a timer may fold pooling into the conv
+ * before it); a weighted layer may not, since its gradients' bucket waits
+ * for it, and a timing for a layer the spec lacks means another net was timed.
+ */
+function timedLayers(spec: ModelSpec, timings: LayerTiming[]): TimedLayer[] {
+  const shapes = shapesOf(spec);
+  const byName = new Map<string, LayerTiming>();
+  for (const t of timings) {
+    if (byName.has(t.name)) throw new Error(`layer timings: '${t.name}' appears twice`);
+    if (!shapes.some((s) => s.layer.name === t.name)) {
+      throw new Error(`layer timing '${t.name}': expected a layer of the ${spec.arch} net (${spec.layers.map((l) => l.name).join(', ')})`);
+    }
+    nonNegative(`layer timing '${t.name}' forwardMs`, t.forwardMs);
+    nonNegative(`layer timing '${t.name}' backwardMs`, t.backwardMs);
+    byName.set(t.name, t);
+  }
+  return shapes.map((s) => {
+    const t = byName.get(s.layer.name);
+    if (t === undefined) {
+      if (isWeighted(s.layer)) throw new Error(`layer timings: expected a timing for ${s.layer.name} (it owns weights), got none`);
+      return { layer: s.layer, forwardMs: 0, backwardMs: 0 };
+    }
+    const params = s.params * spec.towers;
+    if (t.params !== params) throw new Error(`layer timing '${t.name}': ${t.params} parameters, expected ${params} (all towers): was another net timed?`);
+    return { layer: s.layer, forwardMs: t.forwardMs, backwardMs: t.backwardMs };
+  });
+}
+
+/** One message of `bytes` over the link: latency, then bytes at the link's bandwidth. */
+export function transferMs(bytes: number, link: LinkMeasure): number {
+  return link.latencyMs + (bytes / link.bandwidth) * MS_PER_S;
+}
+
+const totalParams = (spec: ModelSpec): number => sum([...parameterShapes(spec).values()].map(product));
+
+/**
+ * One bucket's collective on the link, ms: 2(N−1) ring rounds, in each of
+ * which every worker sends one chunk to its successor at once (a round lasts
+ * as long as the largest chunk, ceil(size/N) floats), and between the halves
+ * the SGD step of the owned chunk (ZeRO-1).
+ */
+function ringBucketMs(size: number, world: number, link: LinkMeasure, optimizerMsPerParam: number): number {
+  const largest = Math.max(...Array.from({ length: world }, (_, c) => chunkFloats(size, world, c)));
+  const owned = chunkFloats(size, world, ownedChunk(0, world));
+  return 2 * (world - 1) * transferMs(largest * FLOAT_BYTES, link) + optimizerMsPerParam * owned;
+}
+
+/**
+ * Backward through `layers` (in forward order) from `startMs`, each layer's
+ * backward scaled by `scale`, with the ring overlapped: a bucket may start
+ * once backward has passed every layer it holds gradients of; buckets go over
+ * the link one after another in order (fc8's first); returns when both
+ * backward and the last bucket's all-gather are done.
+ */
+function backwardWithRing(
+  layers: TimedLayer[], startMs: number, scale: number,
+  buckets: Bucket[], world: number, link: LinkMeasure, optimizerMsPerParam: number,
+): number {
+  const gradReadyMs = new Map<string, number>();
+  let t = startMs;
+  for (const l of [...layers].reverse()) {
+    t += l.backwardMs * scale;
+    gradReadyMs.set(l.layer.name, t);
+  }
+  const backwardEndMs = t;
+  let linkFreeMs = startMs;
+  for (const b of buckets) {
+    const readyMs = Math.max(...b.params.map((p) => gradReadyMs.get(layerOfParam(p.name))!));
+    linkFreeMs = Math.max(readyMs, linkFreeMs) + ringBucketMs(b.size, world, link, optimizerMsPerParam);
+  }
+  return Math.max(backwardEndMs, linkFreeMs);
+}
+
+/** An exchange over `world` workers at global batch `batch`: N−1 ring rounds of 1/N of the tensor. */
+function exchangeMs(x: Exchange, world: number, batch: number, link: LinkMeasure): number {
+  return (world - 1) * transferMs((x.floatsPerSample * batch * FLOAT_BYTES) / world, link);
+}
+
+/**
+ * Forward then backward through `layers` with the exchanges in between, not
+ * overlapped with compute (one micro-batch: the next layer needs what comes).
+ * `exchanges` are keyed by the index of the layer that reads them.
+ */
+function splitLayersMs(
+  layers: Array<TimedLayer & { index: number }>, exchanges: Exchange[], scale: number, world: number, batch: number, link: LinkMeasure,
+): number {
+  const at = new Map(exchanges.map((x) => [x.index, x]));
+  let t = 0;
+  for (const l of layers) t += (at.has(l.index) ? exchangeMs(at.get(l.index)!, world, batch, link) : 0) + l.forwardMs * scale;
+  for (const x of exchanges) if (!layers.some((l) => l.index === x.index)) t += exchangeMs(x, world, batch, link); // the logits
+  for (const l of [...layers].reverse()) {
+    const x = at.get(l.index);
+    t += l.backwardMs * scale + (x?.backward ? exchangeMs(x, world, batch, link) : 0);
+  }
+  return t;
+}
+
+/** single: Σ (forward + backward) × B/B₀, plus the update of every parameter. */
+function singleMs(layers: TimedLayer[], i: Required<StepInputs>): number {
+  const scale = i.batch / i.measuredBatch;
+  return sum(layers.map((l) => (l.forwardMs + l.backwardMs) * scale)) + i.optimizerMsPerParam * totalParams(i.spec);
+}
+
+/**
+ * data: one replica's forward on B/N samples, then its backward with the
+ * ring overlapped (backwardWithRing over all parameters' buckets):
+ *   step = max(backward end, last bucket's all-gather end)
+ *   bucket k: start_k = max(ready_k, end_{k−1}),
+ *             end_k = start_k + 2(N−1)·(latency + ceil(L_k/N)·4 / bandwidth) + optimizer·L_k/N
+ */
+function dataMs(layers: TimedLayer[], i: Required<StepInputs>): number {
+  const scale = i.batch / i.world / i.measuredBatch;
+  const forwardMs = sum(layers.map((l) => l.forwardMs * scale));
+  return backwardWithRing(layers, forwardMs, scale, gradientBuckets(i.spec, i.bucketBytes), i.world, i.link, i.optimizerMsPerParam);
+}
+
+/**
+ * model: every worker computes 1/N of every layer on the whole batch
+ * (layer time × B/B₀ / N), and waits at each cross link, forward and
+ * backward, for (N−1)·(latency + (floats per sample)·B/N·4 / bandwidth)
+ * — for N = 2 one send of the link's bytes; then updates its P/N parameters.
+ */
+function modelMs(layers: TimedLayer[], i: Required<StepInputs>): number {
+  const scale = i.batch / i.measuredBatch / i.world;
+  const indexed = layers.map((l, index) => ({ ...l, index }));
+  return splitLayersMs(indexed, modelExchanges(i.spec), scale, i.world, i.batch, i.link) +
+    i.optimizerMsPerParam * totalParams(i.spec) / i.world;
+}
+
+/**
+ * hybrid (Krizhevsky 2014), N workers, global batch B, B₀ the timed batch:
+ *   conv forward on B/N samples:                 Σ_conv fwd × (B/N)/B₀
+ *   fc forward on all B, 1/N of each fc's units:  Σ_fc fwd × B/B₀ / N
+ *     + before fc6: all-gather x6 [B, D]          (N−1)·(lat + B/N·D·4/bw)
+ *     + before fc7, fc8: all-gather h [B, H]      (N−1)·(lat + B/N·H·4/bw)
+ *     + the logits [B, C]                         (N−1)·(lat + B/N·C·4/bw)
+ *   fc backward, the same compute and the same exchanges (reduce-scatter)
+ *     but none for the logits
+ *   conv backward on B/N samples, with the conv gradients' buckets on the
+ *     ring overlapped as in data mode (backwardWithRing); the link is free
+ *     for them only once the fc exchanges are over
+ *   + the update of the conv chunks (inside the ring) and of this worker's
+ *     1/N of the fc parameters: optimizer × P_fc / N
+ */
+function hybridMs(layers: TimedLayer[], i: Required<StepInputs>): number {
+  const split = firstDense(i.spec);
+  const conv = layers.slice(0, split);
+  const fc = layers.slice(split).map((l, k) => ({ ...l, index: split + k }));
+  const convScale = i.batch / i.world / i.measuredBatch;
+  const fcScale = i.batch / i.measuredBatch / i.world;
+  const convForwardMs = sum(conv.map((l) => l.forwardMs * convScale));
+  const fcMs = splitLayersMs(fc, hybridExchanges(i.spec), fcScale, i.world, i.batch, i.link);
+  const convNames = convLayerNames(i.spec);
+  const buckets = gradientBuckets(i.spec, i.bucketBytes, (l) => convNames.has(l));
+  const endMs = backwardWithRing(conv, convForwardMs + fcMs, convScale, buckets, i.world, i.link, i.optimizerMsPerParam);
+  const fcParams = sum([...parameterShapes(i.spec)].filter(([n]) => !convNames.has(layerOfParam(n))).map(([, s]) => product(s)));
+  return endMs + i.optimizerMsPerParam * fcParams / i.world;
+}
+
+function checkInputs(i: StepInputs): Required<StepInputs> {
+  positiveInteger('world', i.world);
+  positive('batch', i.batch);
+  positive('measuredBatch', i.measuredBatch);
+  nonNegative('link latencyMs', i.link.latencyMs);
+  positive('link bandwidth (bytes/s)', i.link.bandwidth);
+  const optimizerMsPerParam = i.optimizerMsPerParam ?? 0;
+  nonNegative('optimizerMsPerParam', optimizerMsPerParam);
+  return { ...i, optimizerMsPerParam };
+}
+
+/**
+ * Predicted wall time of one training step, ms. Compute is the measured
+ * per-layer time scaled linearly with the samples (and, when a layer is
+ * split, the units) a worker handles; each worker is taken to be as fast as
+ * the process the layers were timed in. See singleMs, dataMs, modelMs,
+ * hybridMs for each mode's formula. Not modelled: the ring's CPU work
+ * (summing chunks), serialization, and, on loopback, the workers sharing one
+ * machine's cores.
+ */
+export function predictStepMs(mode: PredictMode, inputs: StepInputs): number {
+  const i = checkInputs(inputs);
+  const layers = timedLayers(i.spec, i.layers);
+  switch (mode) {
+    case 'single': return singleMs(layers, i);
+    case 'data': return dataMs(layers, i);
+    case 'model': return modelMs(layers, i);
+    case 'hybrid': return hybridMs(layers, i);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Forecast
+// ---------------------------------------------------------------------------
+
+/** 10 Gb/s Ethernet: 1.25e9 bytes/s, 50 µs one way. */
+export const LINK_10_GBIT_S: LinkMeasure = { latencyMs: 0.05, bandwidth: 1.25e9 };
+/** 100 Gb/s (InfiniBand or RoCE class): 12.5e9 bytes/s, 10 µs one way. */
+export const LINK_100_GBIT_S: LinkMeasure = { latencyMs: 0.01, bandwidth: 12.5e9 };
+/** a GPU-to-GPU fabric (NVLink class): 300e9 bytes/s, 5 µs one way. */
+export const LINK_NVLINK_CLASS: LinkMeasure = { latencyMs: 0.005, bandwidth: 300e9 };
+
+export interface NamedLink { label: string; link: LinkMeasure }
+
+/** The forecast's links: the one measured here, then three reference fabrics. */
+export function forecastLinks(measured: LinkMeasure): NamedLink[] {
+  return [
+    { label: 'loopback (measured)', link: measured },
+    { label: '10 Gb/s', link: LINK_10_GBIT_S },
+    { label: '100 Gb/s', link: LINK_100_GBIT_S },
+    { label: 'NVLink-class', link: LINK_NVLINK_CLASS },
+  ];
+}
+
+export const FORECAST_WORKERS: readonly number[] = [2, 4, 8, 16];
+
+export type ForecastInputs = Omit<StepInputs, 'world' | 'batch' | 'optimizerMsPerParam'> & { optimizerMsPerParam: number };
+
+const FORECAST_MODES = ['data', 'model', 'hybrid'] as const;
+
+/**
+ * Predicted step times of data, model and hybrid at every (workers, link,
+ * batch), in that nesting order, with the fastest marked (ties go to the
+ * first of data, model, hybrid). Every worker is assumed as fast as the
+ * process the layers were timed in; model mode beyond 2 workers is the
+ * generalized split (see the file's comment). Batches need not divide
+ * evenly: shards are taken as B/N samples.
+ */
+export function forecast(
+  inputs: ForecastInputs, workers: readonly number[] = FORECAST_WORKERS,
+  links: readonly NamedLink[] = forecastLinks(inputs.link), batches: readonly number[] = [inputs.measuredBatch],
+): ForecastPoint[] {
+  const points: ForecastPoint[] = [];
+  for (const world of workers) {
+    for (const { label, link } of links) {
+      for (const batch of batches) {
+        const at = { ...inputs, world, batch, link };
+        const stepMs = { data: predictStepMs('data', at), model: predictStepMs('model', at), hybrid: predictStepMs('hybrid', at) };
+        const best = FORECAST_MODES.reduce((a, m) => (stepMs[m] < stepMs[a] ? m : a));
+        points.push({ workers: world, link: label, batch, stepMs, best });
+      }
+    }
+  }
+  return points;
+}
+
+/** (predicted − measured) / measured: positive when the model predicts too slow a step. */
+export function relativeError(measured: number, predicted: number): number {
+  if (!(measured > 0) || !Number.isFinite(measured)) throw new Error(`relativeError: expected a positive finite measured value, got ${measured}`);
+  return (predicted - measured) / measured;
+}
