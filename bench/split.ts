@@ -14,12 +14,14 @@ import { parseClusterConfig } from '../src/config/cluster.js';
 import type { TrainResult as ClusterResult } from '../src/run/loop.js';
 import { freePorts } from '../src/wire/free-ports.js';
 import { alexnet } from '../src/model/alexnet.js';
-import { shapesOf } from '../src/model/shapes.js';
-import type { ModelSpec } from '../src/model/spec.js';
+import { crossLinkFloatsPerSample } from '../src/compare/predict.js';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train } from '../src/run/loop.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
+
+/** one definition of the cross-link volume, shared with `splitnet compare`'s prediction */
+export { crossLinkFloatsPerSample };
 
 export interface SplitBenchOptions { resolution: number; width: number; batch: number; steps: number; warmup: number; passes: number; micro: number; data: 'synthetic' | 'fashion-mnist' }
 
@@ -27,24 +29,6 @@ const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
-
-/**
- * Floats one worker sends per sample: at every cross link its tower's output
- * forward and the other tower's slice of the input gradient backward (the
- * same size), plus its share of the logits forward.
- */
-export function crossLinkFloatsPerSample(spec: ModelSpec): { links: Array<{ link: string; floats: number }>; total: number } {
-  const shapes = shapesOf(spec);
-  const links: Array<{ link: string; floats: number }> = [];
-  shapes.forEach((s, i) => {
-    if ((s.layer.kind === 'conv' || s.layer.kind === 'dense') && s.layer.link === 'cross' && i > 0) {
-      const prev = shapes[i - 1]!.outputShape.reduce((a, b) => a * b, 1);
-      links.push({ link: s.layer.name, floats: 2 * prev });
-    }
-  });
-  links.push({ link: 'logits', floats: shapes[shapes.length - 1]!.outputShape[0]! });
-  return { links, total: links.reduce((n, l) => n + l.floats, 0) };
-}
 
 export async function splitBench(o: SplitBenchOptions): Promise<void> {
   const total = o.steps + o.warmup;

@@ -24,7 +24,7 @@ import type { Mode } from '../run/loop.js';
 import { parameterShapes } from '../model/build.js';
 import { shapesOf } from '../model/shapes.js';
 import { isWeighted, type LayerSpec, type ModelSpec } from '../model/spec.js';
-import { chunkRange, ownedChunk, planBuckets, type Bucket } from '../wire/ring-allreduce.js';
+import { chunkRange, planBuckets, type Bucket } from '../wire/ring-allreduce.js';
 import type { ForecastPoint, LayerTiming, LinkMeasure } from './types.js';
 
 /** Bytes of one float32 value: everything on the wire is float32. */
@@ -316,16 +316,22 @@ export function transferMs(bytes: number, link: LinkMeasure): number {
 
 const totalParams = (spec: ModelSpec): number => sum([...parameterShapes(spec).values()].map(product));
 
+/** The index of a largest chunk (chunkRange's floors make the sizes differ by at most one float). */
+function largestChunk(size: number, world: number): number {
+  let best = 0;
+  for (let c = 1; c < world; c++) if (chunkFloats(size, world, c) > chunkFloats(size, world, best)) best = c;
+  return best;
+}
+
 /**
  * One bucket's collective on the link, ms: 2(N−1) ring rounds, in each of
  * which every worker sends one chunk to its successor at once (a round lasts
  * as long as the largest chunk, ceil(size/N) floats), and between the halves
- * the SGD step of the owned chunk (ZeRO-1).
+ * the SGD step of the owned chunk (ZeRO-1; the slowest replica's, the largest).
  */
 function ringBucketMs(size: number, world: number, link: LinkMeasure, optimizerMsPerParam: number): number {
-  const largest = Math.max(...Array.from({ length: world }, (_, c) => chunkFloats(size, world, c)));
-  const owned = chunkFloats(size, world, ownedChunk(0, world));
-  return 2 * (world - 1) * transferMs(largest * FLOAT_BYTES, link) + optimizerMsPerParam * owned;
+  const largest = chunkFloats(size, world, largestChunk(size, world));
+  return 2 * (world - 1) * transferMs(largest * FLOAT_BYTES, link) + optimizerMsPerParam * largest;
 }
 
 /**
@@ -389,7 +395,8 @@ function singleMs(layers: TimedLayer[], i: Required<StepInputs>): number {
  * ring overlapped (backwardWithRing over all parameters' buckets):
  *   step = max(backward end, last bucket's all-gather end)
  *   bucket k: start_k = max(ready_k, end_{k−1}),
- *             end_k = start_k + 2(N−1)·(latency + ceil(L_k/N)·4 / bandwidth) + optimizer·L_k/N
+ *             end_k = start_k + 2(N−1)·(latency + ceil(L_k/N)·4 / bandwidth) + optimizer·ceil(L_k/N)
+ *   ready_k = when backward has passed every layer bucket k holds (fc8's first)
  */
 function dataMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   const scale = i.batch / i.world / i.measuredBatch;
@@ -429,13 +436,14 @@ function hybridMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   const split = firstDense(i.spec);
   const conv = layers.slice(0, split);
   const fc = layers.slice(split).map((l, k) => ({ ...l, index: split + k }));
-  const convScale = i.batch / i.world / i.measuredBatch;
-  const fcScale = i.batch / i.measuredBatch / i.world;
-  const convForwardMs = sum(conv.map((l) => l.forwardMs * convScale));
-  const fcMs = splitLayersMs(fc, hybridExchanges(i.spec), fcScale, i.world, i.batch, i.link);
+  // conv: B/N samples through the whole layer; fc: all B samples through 1/N
+  // of its units. Both are B/(N·B₀) of the timed layer.
+  const scale = i.batch / i.world / i.measuredBatch;
+  const convForwardMs = sum(conv.map((l) => l.forwardMs * scale));
+  const fcMs = splitLayersMs(fc, hybridExchanges(i.spec), scale, i.world, i.batch, i.link);
   const convNames = convLayerNames(i.spec);
   const buckets = gradientBuckets(i.spec, i.bucketBytes, (l) => convNames.has(l));
-  const endMs = backwardWithRing(conv, convForwardMs + fcMs, convScale, buckets, i.world, i.link, i.optimizerMsPerParam);
+  const endMs = backwardWithRing(conv, convForwardMs + fcMs, scale, buckets, i.world, i.link, i.optimizerMsPerParam);
   const fcParams = sum([...parameterShapes(i.spec)].filter(([n]) => !convNames.has(layerOfParam(n))).map(([, s]) => product(s)));
   return endMs + i.optimizerMsPerParam * fcParams / i.world;
 }

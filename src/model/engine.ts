@@ -41,6 +41,8 @@ export interface PassOptions {
   onGradient?: (name: string, grad: tf.Tensor) => void;
   /** awaited after each layer's backward (data-parallel: lets the ring's messages in) */
   afterLayer?: () => Promise<void>;
+  /** awaited after each layer's forward and each layer's backward (splitnet compare times the layers) */
+  onLayer?: (layer: string, phase: 'forward' | 'backward') => Promise<void> | void;
   /**
    * Pipelined micro-batches: a dense layer's weight gradients are left to the
    * caller, who gets the layer's input x [B, in] and dL/d(pre-activation)
@@ -116,6 +118,7 @@ export async function forward(model: Model, x: tf.Tensor4D, opts: PassOptions, k
       else { release([...new Set(inputs)]); release(outs.flatMap((o) => (o.mask ? [o.mask] : []))); }
       acts = outs.map((o) => o.y);
       if (isWeighted(layer)) first = false;
+      await opts.onLayer?.(layer.name, 'forward');
     }
     // Every process computes the loss from all logits [B, classes].
     tape.logits = own(split ? await opts.links!.gather('logits', acts[0]!, 1) : acts.length === 1 ? tf.clone(acts[0]!) : tf.concat(acts, 1)) as tf.Tensor2D;
@@ -159,7 +162,10 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
           opts.onGradient?.(name, g);
         }
       }
-      if (!needDx) break;
+      if (!needDx) {
+        await opts.onLayer?.(layer.name, 'backward');
+        break;
+      }
       const dxs = outs.map((o) => o.dx!);
       if (!cross) {
         dys = dxs;
@@ -179,6 +185,7 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
           tf.dispose(dxs);
         }
       }
+      await opts.onLayer?.(layer.name, 'backward');
       await opts.afterLayer?.();
     }
   } catch (err) {

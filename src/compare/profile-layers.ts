@@ -1,0 +1,61 @@
+/**
+ * Per-layer compute time of one training step in this process: the input of
+ * the step-time prediction (src/compare/predict.ts). The whole net (every
+ * tower) runs here on a synthetic batch; each layer's forward and backward is
+ * timed between the engine's per-layer hooks.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { TrainConfig } from '../config/train.js';
+import { readScalar } from '../kernels/read.js';
+import { specOf } from '../model/alexnet.js';
+import { buildModel, disposeModel } from '../model/build.js';
+import { lossAndGrads } from '../model/engine.js';
+import { shapesOf } from '../model/shapes.js';
+import type { LayerTiming } from './types.js';
+
+/** Steps timed after one untimed (kernels' first runs compile or allocate); the median of each layer is kept. */
+const TIMED_STEPS = 3;
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+export async function profileLayers(cfg: TrainConfig): Promise<LayerTiming[]> {
+  const spec = specOf(cfg);
+  const model = buildModel(spec, { seed: cfg.seed });
+  const [c, h, w] = spec.input;
+  const x = tf.randomUniform([cfg.batch, h, w, c], 0, 1, 'float32', cfg.seed) as tf.Tensor4D;
+  const y = tf.tensor1d(Array.from({ length: cfg.batch }, (_, i) => i % spec.classes), 'int32');
+  // Backends that compute asynchronously (WebGPU) are made to finish each layer before its time is taken.
+  const synchronous = ['wasm', 'cpu', 'tensorflow'].includes(tf.getBackend());
+  const times = new Map<string, { forward: number[]; backward: number[] }>(spec.layers.map((l) => [l.name, { forward: [], backward: [] }]));
+  try {
+    for (let step = 0; step <= TIMED_STEPS; step++) {
+      let last = performance.now();
+      const onLayer = async (layer: string, phase: 'forward' | 'backward') => {
+        if (!synchronous) await readScalar(tf.tidy(() => tf.scalar(0)));
+        const now = performance.now();
+        if (step > 0) times.get(layer)![phase].push(now - last);
+        last = now;
+      };
+      const { loss, grads } = await lossAndGrads(model, x, y, { dropout: { seed: cfg.seed, step, firstSample: 0 }, onLayer });
+      tf.dispose([loss, ...grads.values()]);
+    }
+  } finally {
+    tf.dispose([x, y]);
+    disposeModel(model);
+  }
+  const shapes = shapesOf(spec);
+  return spec.layers.map((layer, i) => {
+    const t = times.get(layer.name)!;
+    return {
+      name: layer.name,
+      forwardMs: t.forward.length ? median(t.forward) : 0,
+      // layers before the first weighted one have no backward (the image needs no gradient)
+      backwardMs: t.backward.length ? median(t.backward) : 0,
+      params: shapes[i]!.params * spec.towers,
+      outputFloats: shapes[i]!.outputShape.reduce((a, b) => a * b, 1) * spec.towers,
+    };
+  });
+}
