@@ -5,6 +5,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { BACKEND_CHOICES, initBackend, type BackendChoice } from './backend.js';
 import { closeWebGpu, parseAdapterWant } from './webgpu.js';
+import { compareCommand, type CompareFlags } from './compare/command.js';
 import { UsageError, oneLine } from './errors.js';
 import { alexnet, specOf } from './model/alexnet.js';
 import { ARCHS, type Arch } from './model/spec.js';
@@ -122,6 +123,27 @@ export function buildProgram(): Command {
     .option('--no-overlap', 'all-reduce only after backward (for comparison)')
     .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches')))
     .action(async (o: TrainFlags) => runTrain(o, program.opts<GlobalFlags>()));
+
+  program
+    .command('compare')
+    .description('every mode side by side on the same net, data, seed and steps: measured, predicted, forecast (compare.json, report.html, traces)')
+    .addOption(new Option('--arch <name>', "architecture ('original' is the two-tower net the split needs)").choices(ARCHS).default('original'))
+    .option('--width <w>', 'channel multiplier', numberArg('--width'), 0.25)
+    .option('--resolution <px>', 'input side (default: the CPU recipe\'s)', intArg('--resolution'))
+    .option('--batch <n>', 'global batch size', intArg('--batch'), 64)
+    .option('--steps <n>', 'steps per mode (default 12)', intArg('--steps'))
+    .option('--epochs <n>', 'epochs per mode, instead of --steps', intArg('--epochs'))
+    .option('--modes <list>', 'comma list of single, data, model', 'single,data,model')
+    .option('--config <file>', 'cluster config', 'cluster.config.json')
+    .option('--test-samples <n>', 'test images each mode is evaluated on', intArg('--test-samples'), 1000)
+    .option('--seed <n>', 'the seed every mode shares', intOrZeroArg('--seed'), 1)
+    .option('--out <dir>', 'where compare.json, report.html and the traces go (default: compare/<time>)')
+    .option('--no-forecast-check', 'skip the extra data-parallel runs at 3 and 4 workers that check the step-time model')
+    .option('--no-progress', 'no progress bars')
+    .action(async (o: CompareFlags) => {
+      const g = program.opts<GlobalFlags>();
+      await compareCommand(o, g.backend, g.adapter);
+    });
 
   program
     .command('worker')

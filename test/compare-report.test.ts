@@ -4,11 +4,11 @@
  * chromium, driven by playwright-core) as a file, with no network, and every
  * chart is checked to carry the run's own numbers and to have drawn pixels.
  */
-import { existsSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { chromium, type BrowserContext } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { chromeTrace, micros, pidOf, type TraceEvent } from '../src/compare/chrome-trace.js';
 import { renderReport } from '../src/compare/report-html.js';
 import type { CompareResult, ForecastPoint, ModeMeasure, Span, StepSplit, WorkerMeasure } from '../src/compare/types.js';
@@ -218,12 +218,19 @@ type GivenCharts = Record<string, { labels: unknown[]; datasets: Array<{ label: 
 
 describe('report.html in chromium', () => {
   let context: BrowserContext | undefined;
+  let profile: string | undefined;
 
-  beforeAll(async () => {
+  /**
+   * The browser, started by the first test that needs it: a missing chromium
+   * then fails each test (a failing beforeAll would only mark them skipped).
+   * A fresh profile in a temp dir, nothing from the network.
+   */
+  async function browser(): Promise<BrowserContext> {
     if (!existsSync(CHROMIUM)) {
       throw new Error(`expected Debian's chromium at ${CHROMIUM} (apt-get install chromium), found nothing there`);
     }
-    context = await chromium.launchPersistentContext(tempDir('splitnet-chromium-'), {
+    profile ??= tempDir('splitnet-chromium-');
+    context ??= await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
       headless: true,
       args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -231,19 +238,19 @@ describe('report.html in chromium', () => {
       viewport: { width: 1200, height: 900 },
       timeout: 60_000,
     });
-  });
+    return context;
+  }
 
   afterAll(async () => {
     await context?.close();
+    if (profile) rmSync(profile, { recursive: true, force: true });
   });
 
-  it('draws all five charts from the run\'s own numbers, offline, without errors', async () => {
-    const result = fixture();
-    const dir = tempDir('splitnet-report-');
-    const file = join(dir, 'report.html');
+  /** Writes the report to a temp report.html, opens it as a file and waits for the five charts. */
+  async function openReport(result: CompareResult) {
+    const file = join(tempDir('splitnet-report-'), 'report.html');
     writeFileSync(file, renderReport(result));
-
-    const page = await context!.newPage();
+    const page = await (await browser()).newPage();
     const errors: string[] = [];
     const requests: string[] = [];
     page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
@@ -257,8 +264,13 @@ describe('report.html in chromium', () => {
       const ready = await page.evaluate(() => document.body.dataset.chartsReady);
       throw new Error(`expected chartsReady "5", got ${JSON.stringify(ready)}; page errors: ${JSON.stringify(errors)} (${(e as Error).message})`);
     }
-
     const charts = await page.evaluate(() => (window as unknown as { __charts: GivenCharts }).__charts);
+    return { page, charts, errors, requests, dir: dirname(file) };
+  }
+
+  it('draws all five charts from the run\'s own numbers, offline, without errors', async () => {
+    const result = fixture();
+    const { page, charts, errors, requests, dir } = await openReport(result);
     expect(Object.keys(charts).sort()).toEqual([...CHART_IDS].sort());
     const series = (id: string) => Object.fromEntries(charts[id]!.datasets.map((d) => [d.label, d.data]));
     const [single, data, model] = result.modes as [ModeMeasure, ModeMeasure, ModeMeasure];
@@ -320,9 +332,25 @@ describe('report.html in chromium', () => {
     expect(errors).toEqual([]);
     expect(requests.filter((u) => !u.startsWith('file://'))).toEqual([]);
 
-    const shot = join(tempDir('splitnet-report-shot-'), 'report.png');
+    const shot = join(dir, 'report.png'); // beside the report.html it shows
     await page.screenshot({ path: shot, fullPage: true });
     console.log(`report screenshot: ${shot}`);
+    await page.close();
+  });
+
+  it('shows a skipped mode as skipped, with no bar, and draws the rest', async () => {
+    const result = fixture();
+    result.modes[2] = {
+      mode: 'model', world: 0, skipped: 'model mode needs the two-tower net', imagesPerSec: 0, stepMs: 0, workers: [], losses: [],
+      testAccuracy: 0, predicted: { bytesSentPerStep: 0, sentByLink: {}, stepMs: 0 },
+    };
+    const { page, charts, errors } = await openReport(result);
+    expect(charts['chart-throughput']!.labels).toEqual(['single', 'data', 'model (skipped)']);
+    expect(charts['chart-throughput']!.datasets[0]!.data).toEqual([412.5, 655.25, null]);
+    expect(charts['chart-loss']!.datasets.map((d) => d.label)).toEqual(['single', 'data']);
+    expect(charts['chart-bytes']!.labels).toEqual(['single', 'data']);
+    expect(await page.locator('#chart-throughput-table').textContent()).toContain('skipped: model mode needs the two-tower net');
+    expect(errors).toEqual([]);
     await page.close();
   });
 });

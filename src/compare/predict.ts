@@ -258,6 +258,8 @@ export function predictBytes(mode: PredictMode, spec: ModelSpec, world: number, 
 export interface StepInputs {
   /** per-layer compute of one step in one process at `measuredBatch`, named as the spec's layers */
   layers: LayerTiming[];
+  /** the same at half of `measuredBatch`, when measured: separates each layer's fixed cost from its per-sample cost */
+  layersAtHalfBatch?: LayerTiming[];
   link: LinkMeasure;
   /** workers (ignored by single) */
   world: number;
@@ -272,11 +274,31 @@ export interface StepInputs {
   optimizerMsPerParam?: number;
 }
 
-/** A spec layer with its measured compute at `measuredBatch` (0 for layers the timing leaves out). */
+/**
+ * A spec layer with its measured compute at `measuredBatch` (0 for layers the
+ * timing leaves out), and the part of it that does not shrink with the work
+ * (kernel launches, per-call overheads, weight-sized passes): known when the
+ * layer was also timed at half the batch, else 0 (purely proportional).
+ */
 interface TimedLayer {
   layer: LayerSpec;
   forwardMs: number;
   backwardMs: number;
+  forwardFixedMs: number;
+  backwardFixedMs: number;
+}
+
+/** A layer's forward at `scale` of the timed work: fixed + (timed − fixed)·scale. */
+const fwd = (l: TimedLayer, scale: number): number => l.forwardFixedMs + (l.forwardMs - l.forwardFixedMs) * scale;
+const bwd = (l: TimedLayer, scale: number): number => l.backwardFixedMs + (l.backwardMs - l.backwardFixedMs) * scale;
+
+/**
+ * The batch-independent part of a time measured at full (t₁) and half (t½)
+ * batch, from t(s) = a + b·s through both points: a = 2·t½ − t₁, kept within
+ * [0, t₁] (timing noise can put t½ above t₁ or below t₁/2).
+ */
+function fixedPart(full: number, half: number): number {
+  return Math.min(full, Math.max(0, 2 * half - full));
 }
 
 /**
@@ -285,7 +307,8 @@ interface TimedLayer {
  * before it); a weighted layer may not, since its gradients' bucket waits
  * for it, and a timing for a layer the spec lacks means another net was timed.
  */
-function timedLayers(spec: ModelSpec, timings: LayerTiming[]): TimedLayer[] {
+function timedLayers(spec: ModelSpec, timings: LayerTiming[], halfBatch?: LayerTiming[]): TimedLayer[] {
+  const half = new Map((halfBatch ?? []).map((t) => [t.name, t]));
   const shapes = shapesOf(spec);
   const byName = new Map<string, LayerTiming>();
   for (const t of timings) {
@@ -301,11 +324,15 @@ function timedLayers(spec: ModelSpec, timings: LayerTiming[]): TimedLayer[] {
     const t = byName.get(s.layer.name);
     if (t === undefined) {
       if (isWeighted(s.layer)) throw new Error(`layer timings: expected a timing for ${s.layer.name} (it owns weights), got none`);
-      return { layer: s.layer, forwardMs: 0, backwardMs: 0 };
+      return { layer: s.layer, forwardMs: 0, backwardMs: 0, forwardFixedMs: 0, backwardFixedMs: 0 };
     }
     const params = s.params * spec.towers;
     if (t.params !== params) throw new Error(`layer timing '${t.name}': ${t.params} parameters, expected ${params} (all towers): was another net timed?`);
-    return { layer: s.layer, forwardMs: t.forwardMs, backwardMs: t.backwardMs };
+    const h = half.get(t.name);
+    return {
+      layer: s.layer, forwardMs: t.forwardMs, backwardMs: t.backwardMs,
+      forwardFixedMs: h ? fixedPart(t.forwardMs, h.forwardMs) : 0, backwardFixedMs: h ? fixedPart(t.backwardMs, h.backwardMs) : 0,
+    };
   });
 }
 
@@ -348,7 +375,7 @@ function backwardWithRing(
   const gradReadyMs = new Map<string, number>();
   let t = startMs;
   for (const l of [...layers].reverse()) {
-    t += l.backwardMs * scale;
+    t += bwd(l, scale);
     gradReadyMs.set(l.layer.name, t);
   }
   const backwardEndMs = t;
@@ -375,11 +402,11 @@ function splitLayersMs(
 ): number {
   const at = new Map(exchanges.map((x) => [x.index, x]));
   let t = 0;
-  for (const l of layers) t += (at.has(l.index) ? exchangeMs(at.get(l.index)!, world, batch, link) : 0) + l.forwardMs * scale;
+  for (const l of layers) t += (at.has(l.index) ? exchangeMs(at.get(l.index)!, world, batch, link) : 0) + fwd(l, scale);
   for (const x of exchanges) if (!layers.some((l) => l.index === x.index)) t += exchangeMs(x, world, batch, link); // the logits
   for (const l of [...layers].reverse()) {
     const x = at.get(l.index);
-    t += l.backwardMs * scale + (x?.backward ? exchangeMs(x, world, batch, link) : 0);
+    t += bwd(l, scale) + (x?.backward ? exchangeMs(x, world, batch, link) : 0);
   }
   return t;
 }
@@ -387,7 +414,7 @@ function splitLayersMs(
 /** single: Σ (forward + backward) × B/B₀, plus the update of every parameter. */
 function singleMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   const scale = i.batch / i.measuredBatch;
-  return sum(layers.map((l) => (l.forwardMs + l.backwardMs) * scale)) + i.optimizerMsPerParam * totalParams(i.spec);
+  return sum(layers.map((l) => fwd(l, scale) + bwd(l, scale))) + i.optimizerMsPerParam * totalParams(i.spec);
 }
 
 /**
@@ -400,7 +427,7 @@ function singleMs(layers: TimedLayer[], i: Required<StepInputs>): number {
  */
 function dataMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   const scale = i.batch / i.world / i.measuredBatch;
-  const forwardMs = sum(layers.map((l) => l.forwardMs * scale));
+  const forwardMs = sum(layers.map((l) => fwd(l, scale)));
   return backwardWithRing(layers, forwardMs, scale, gradientBuckets(i.spec, i.bucketBytes), i.world, i.link, i.optimizerMsPerParam);
 }
 
@@ -439,7 +466,7 @@ function hybridMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   // conv: B/N samples through the whole layer; fc: all B samples through 1/N
   // of its units. Both are B/(N·B₀) of the timed layer.
   const scale = i.batch / i.world / i.measuredBatch;
-  const convForwardMs = sum(conv.map((l) => l.forwardMs * scale));
+  const convForwardMs = sum(conv.map((l) => fwd(l, scale)));
   const fcMs = splitLayersMs(fc, hybridExchanges(i.spec), scale, i.world, i.batch, i.link);
   const convNames = convLayerNames(i.spec);
   const buckets = gradientBuckets(i.spec, i.bucketBytes, (l) => convNames.has(l));
@@ -456,13 +483,14 @@ function checkInputs(i: StepInputs): Required<StepInputs> {
   positive('link bandwidth (bytes/s)', i.link.bandwidth);
   const optimizerMsPerParam = i.optimizerMsPerParam ?? 0;
   nonNegative('optimizerMsPerParam', optimizerMsPerParam);
-  return { ...i, optimizerMsPerParam };
+  return { ...i, optimizerMsPerParam, layersAtHalfBatch: i.layersAtHalfBatch ?? [] };
 }
 
 /**
  * Predicted wall time of one training step, ms. Compute is the measured
- * per-layer time scaled linearly with the samples (and, when a layer is
- * split, the units) a worker handles; each worker is taken to be as fast as
+ * per-layer time scaled with the samples (and, when a layer is split, the
+ * units) a worker handles: linearly, or, when the layers were also timed at
+ * half the batch, as a fixed cost plus a proportional one; each worker is taken to be as fast as
  * the process the layers were timed in. See singleMs, dataMs, modelMs,
  * hybridMs for each mode's formula. Not modelled: the ring's CPU work
  * (summing chunks), serialization, and, on loopback, the workers sharing one
@@ -470,7 +498,7 @@ function checkInputs(i: StepInputs): Required<StepInputs> {
  */
 export function predictStepMs(mode: PredictMode, inputs: StepInputs): number {
   const i = checkInputs(inputs);
-  const layers = timedLayers(i.spec, i.layers);
+  const layers = timedLayers(i.spec, i.layers, i.layersAtHalfBatch);
   switch (mode) {
     case 'single': return singleMs(layers, i);
     case 'data': return dataMs(layers, i);

@@ -10,6 +10,7 @@ import { readScalar } from '../kernels/read.js';
 import { specOf } from '../model/alexnet.js';
 import { buildModel, disposeModel } from '../model/build.js';
 import { lossAndGrads } from '../model/engine.js';
+import { Sgd } from '../model/sgd.js';
 import { shapesOf } from '../model/shapes.js';
 import type { LayerTiming } from './types.js';
 
@@ -21,14 +22,23 @@ const median = (xs: number[]): number => {
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-export async function profileLayers(cfg: TrainConfig): Promise<LayerTiming[]> {
+export interface LayerProfile {
+  layers: LayerTiming[];
+  /** the SGD update of every parameter, ms (median) */
+  optimizerMs: number;
+}
+
+/** Times every layer of `cfg`'s net at `cfg.batch` (or `batch`). */
+export async function profileLayers(cfg: TrainConfig, batch = cfg.batch): Promise<LayerProfile> {
   const spec = specOf(cfg);
   const model = buildModel(spec, { seed: cfg.seed });
   const [c, h, w] = spec.input;
-  const x = tf.randomUniform([cfg.batch, h, w, c], 0, 1, 'float32', cfg.seed) as tf.Tensor4D;
-  const y = tf.tensor1d(Array.from({ length: cfg.batch }, (_, i) => i % spec.classes), 'int32');
+  const x = tf.randomUniform([batch, h, w, c], 0, 1, 'float32', cfg.seed) as tf.Tensor4D;
+  const y = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % spec.classes), 'int32');
   // Backends that compute asynchronously (WebGPU) are made to finish each layer before its time is taken.
   const synchronous = ['wasm', 'cpu', 'tensorflow'].includes(tf.getBackend());
+  const opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
+  const optimizerMs: number[] = [];
   const times = new Map<string, { forward: number[]; backward: number[] }>(spec.layers.map((l) => [l.name, { forward: [], backward: [] }]));
   try {
     for (let step = 0; step <= TIMED_STEPS; step++) {
@@ -40,14 +50,19 @@ export async function profileLayers(cfg: TrainConfig): Promise<LayerTiming[]> {
         last = now;
       };
       const { loss, grads } = await lossAndGrads(model, x, y, { dropout: { seed: cfg.seed, step, firstSample: 0 }, onLayer });
+      const u0 = performance.now();
+      opt.apply(model.params, grads);
+      if (!synchronous) await readScalar(tf.tidy(() => tf.scalar(0)));
+      if (step > 0) optimizerMs.push(performance.now() - u0);
       tf.dispose([loss, ...grads.values()]);
     }
   } finally {
     tf.dispose([x, y]);
     disposeModel(model);
+    opt.dispose();
   }
   const shapes = shapesOf(spec);
-  return spec.layers.map((layer, i) => {
+  const layers = spec.layers.map((layer, i) => {
     const t = times.get(layer.name)!;
     return {
       name: layer.name,
@@ -58,4 +73,5 @@ export async function profileLayers(cfg: TrainConfig): Promise<LayerTiming[]> {
       outputFloats: shapes[i]!.outputShape.reduce((a, b) => a * b, 1) * spec.towers,
     };
   });
+  return { layers, optimizerMs: median(optimizerMs) };
 }

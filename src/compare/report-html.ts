@@ -218,8 +218,13 @@ const PAGE_SCRIPT = `
   var PARTS = ['compute', 'send', 'wait', 'optimizer'];
   var PART_COLORS = { compute: '#4e79a7', send: '#f28e2b', wait: '#e15759', optimizer: '#76b7b2' };
   var MODE_COLORS = { single: '#4e79a7', data: '#f28e2b', model: '#59a14f', hybrid: '#b07aa1' };
-  // the loss curves coincide, so each mode is told apart by its line, not only its colour
-  var MODE_DASH = { single: [], data: [8, 4], model: [2, 3] };
+  // The loss curves coincide: single is a wide pale band drawn beneath, the
+  // parallel modes dashed and dotted lines on top of it (a higher order draws first).
+  var LOSS_STYLE = {
+    single: { borderDash: [], borderWidth: 6, order: 2, alpha: '66' },
+    data: { borderDash: [8, 4], borderWidth: 2, order: 1, alpha: '' },
+    model: { borderDash: [2, 3], borderWidth: 2, order: 0, alpha: '' },
+  };
   var LINK_DASH = [[], [8, 4], [2, 3], [12, 4, 2, 4]];
   var FORECAST_MODES = ['data', 'model', 'hybrid'];
 
@@ -316,9 +321,10 @@ const PAGE_SCRIPT = `
       type: 'line',
       labels: labels,
       datasets: ran.map(function (m) {
+        var style = LOSS_STYLE[m.mode];
         return {
-          label: modeLabel(m), data: m.losses, borderColor: MODE_COLORS[m.mode], backgroundColor: MODE_COLORS[m.mode],
-          borderDash: MODE_DASH[m.mode] || [], borderWidth: m.mode === 'single' ? 3 : 2, pointRadius: 0,
+          label: modeLabel(m), data: m.losses, borderColor: MODE_COLORS[m.mode] + style.alpha, backgroundColor: MODE_COLORS[m.mode],
+          borderDash: style.borderDash, borderWidth: style.borderWidth, order: style.order, pointRadius: 0,
         };
       }),
       scales: { x: axis('step'), y: axis('loss') },
@@ -367,7 +373,7 @@ const PAGE_SCRIPT = `
         datasets.push({
           label: mode + ' · ' + link,
           data: workers.map(function (w) { var p = at(link, w); return p ? p.stepMs[mode] : null; }),
-          borderColor: MODE_COLORS[mode], backgroundColor: MODE_COLORS[mode], borderDash: LINK_DASH[li % LINK_DASH.length],
+          borderColor: MODE_COLORS[mode], backgroundColor: MODE_COLORS[mode], borderDash: LINK_DASH[li % LINK_DASH.length], borderWidth: 2,
           pointStyle: isBest.map(function (b) { return b ? 'rectRot' : 'circle'; }),
           pointRadius: isBest.map(function (b) { return b ? 7 : 2; }),
         });
@@ -412,6 +418,26 @@ const PAGE_SCRIPT = `
     document.getElementById(id + '-table').appendChild(t);
   }
 
+  // A line chart's legend shows each line as drawn, dash and width, long enough
+  // to see the dash (with point styles Chart.js would take the style of the
+  // first point, which has no dash), in dataset order whatever the drawing order.
+  var lineLegend = {
+    usePointStyle: true,
+    pointStyle: 'line',
+    pointStyleWidth: 32,
+    boxWidth: 32,
+    sort: function (a, b) { return a.datasetIndex - b.datasetIndex; },
+    generateLabels: function (chart) {
+      return Chart.defaults.plugins.legend.labels.generateLabels(chart).map(function (item) {
+        var d = chart.data.datasets[item.datasetIndex];
+        item.lineDash = d.borderDash;
+        item.lineWidth = d.borderWidth;
+        item.strokeStyle = d.borderColor;
+        return item;
+      });
+    },
+  };
+
   function draw(id, spec) {
     new Chart(document.getElementById(id), {
       type: spec.type,
@@ -422,7 +448,13 @@ const PAGE_SCRIPT = `
         maintainAspectRatio: false,
         interaction: { mode: 'index', intersect: false },
         scales: spec.scales,
-        plugins: { legend: { display: spec.legend !== false, position: 'bottom' } },
+        plugins: {
+          legend: {
+            display: spec.legend !== false,
+            position: 'bottom',
+            labels: spec.type === 'line' ? lineLegend : {},
+          },
+        },
       },
     });
     renderTable(id, spec.table);

@@ -1,0 +1,55 @@
+/**
+ * `splitnet compare`'s flags into a run: one train config for every mode,
+ * the cluster, the output directory; then the table and the files.
+ */
+import { join } from 'node:path';
+import { loadClusterConfig } from '../config/cluster.js';
+import { CPU_DEFAULTS, parseTrainConfig, type TrainConfig } from '../config/train.js';
+import type { BackendChoice } from '../config/choices.js';
+import type { Arch } from '../config/choices.js';
+import { UsageError } from '../errors.js';
+import { specOf } from '../model/alexnet.js';
+import type { Mode } from '../run/loop.js';
+import { formatCompareTable, writeCompareOutputs } from './output.js';
+import { runCompare } from './run-compare.js';
+
+export interface CompareFlags {
+  arch: Arch; width: number; resolution?: number; batch: number; steps?: number; epochs?: number;
+  modes: string; config: string; testSamples: number; seed: number; out?: string; forecastCheck: boolean; progress: boolean;
+}
+
+const MODES: readonly Mode[] = ['single', 'data', 'model'];
+
+/** '--modes single,data,model' → the modes, in the order given, each once. */
+export function parseModes(text: string): Mode[] {
+  const modes = text.split(',').map((m) => m.trim()).filter((m) => m !== '');
+  if (modes.length === 0) throw new UsageError(`--modes: expected a comma list of ${MODES.join(', ')}, got '${text}'`);
+  for (const m of modes) if (!MODES.includes(m as Mode)) throw new UsageError(`--modes: '${m}' is not a mode: expected ${MODES.join(', ')}`);
+  const dup = modes.find((m, i) => modes.indexOf(m) !== i);
+  if (dup !== undefined) throw new UsageError(`--modes: '${dup}' is given twice`);
+  return modes as Mode[];
+}
+
+export async function compareCommand(o: CompareFlags, backend: BackendChoice, adapter: string | undefined): Promise<void> {
+  if (o.steps !== undefined && o.epochs !== undefined) throw new UsageError('--steps and --epochs: give one budget, not both');
+  const modes = parseModes(o.modes);
+  const cluster = loadClusterConfig(o.config);
+  const steps = o.steps ?? (o.epochs === undefined ? 12 : undefined);
+  const raw: TrainConfig = {
+    ...CPU_DEFAULTS, arch: o.arch, width: o.width, batch: o.batch, seed: o.seed, backend, checkpointEvery: 0,
+    testSamples: o.testSamples, epochs: o.epochs ?? 1, trainSamples: steps === undefined ? 0 : steps * o.batch,
+    ...(o.resolution !== undefined ? { resolution: o.resolution } : {}),
+    // The 2012 net takes RGB (the grey images repeated) and, at CPU width, Xavier weights (see `train --mode model`).
+    ...(o.arch === 'original' ? { channels: 3 as const, init: 'xavier-uniform' as const } : {}),
+    ...(adapter !== undefined ? { adapter } : {}),
+  };
+  const config = parseTrainConfig(raw, 'flags');
+  specOf(config); // the size is checked before anything runs
+  const outDir = o.out ?? join('compare', new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
+  const result = await runCompare({ config, modes, cluster, outDir, checkForecast: o.forecastCheck, progress: o.progress, log: (l) => console.log(l) });
+  console.log('');
+  console.log(formatCompareTable(result));
+  const files = writeCompareOutputs(result, outDir);
+  console.log(`\nwrote ${files.join(', ')}`);
+  console.log(`open ${join(outDir, 'report.html')} in a browser; load a trace-*.json in https://ui.perfetto.dev or chrome://tracing`);
+}

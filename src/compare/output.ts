@@ -1,0 +1,69 @@
+/**
+ * What `splitnet compare` leaves behind: the terminal table, compare.json,
+ * the self-contained report.html, and a Chrome trace per mode.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromeTrace } from './chrome-trace.js';
+import { renderReport } from './report-html.js';
+import type { CompareResult, ModeMeasure } from './types.js';
+
+const MiB = 2 ** 20;
+const mb = (bytes: number): string => (bytes / MiB).toFixed(2);
+
+function pad(cells: string[], widths: number[]): string {
+  return cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+}
+
+function modeRows(m: ModeMeasure): string[][] {
+  if (m.skipped !== undefined) return [[m.mode, '-', `skipped: ${m.skipped}`]];
+  const label = m.fallback !== undefined ? `${m.mode} (in one process)` : m.mode;
+  const sent = m.workers.length ? m.workers.reduce((n, w) => n + w.bytesSentPerStep, 0) / m.workers.length : 0;
+  const head = [
+    label, String(m.world), m.imagesPerSec.toFixed(1), m.stepMs.toFixed(1), m.predicted.stepMs.toFixed(1),
+    mb(sent), mb(m.predicted.bytesSentPerStep), (m.testAccuracy * 100).toFixed(2), m.losses.at(-1)?.toFixed(4) ?? '-',
+  ];
+  const rows = [head];
+  for (const w of m.workers) {
+    const s = w.stepMs;
+    rows.push([
+      `  worker ${w.rank}`, '', '', (s.compute + s.send + s.wait + s.optimizer).toFixed(1),
+      `c ${s.compute.toFixed(1)} s ${s.send.toFixed(1)} w ${s.wait.toFixed(1)} o ${s.optimizer.toFixed(1)}`,
+      mb(w.bytesSentPerStep), `recv ${mb(w.bytesReceivedPerStep)}`, `rss ${mb(w.peakRssBytes)}`, `tensors ${mb(w.peakBackendBytes)}`,
+    ]);
+  }
+  return rows;
+}
+
+/** The side-by-side table: one row per mode, one per worker beneath it (MiB; ms). */
+export function formatCompareTable(r: CompareResult): string {
+  const header = ['mode', 'workers', 'img/s', 'step ms', 'predicted', 'sent MiB', 'predicted', 'test acc %', 'last loss'];
+  const rows = [header, ...r.modes.flatMap(modeRows)];
+  const widths = header.map((_, i) => Math.max(...rows.map((row) => (row[i] ?? '').length)));
+  const lines = rows.map((row) => (row.length === 3 && row[2]!.startsWith('skipped') ? `${row[0]!.padEnd(widths[0]!)}  ${row[2]}` : pad(row, widths)));
+  const check = r.forecastCheck.map((c) => `${c.mode} ×${c.workers}${c.oversubscribed ? ' (oversubscribed)' : ''}: measured ${c.measuredMs.toFixed(1)} ms, predicted ${c.predictedMs.toFixed(1)} ms (${(c.error * 100).toFixed(0)}%)`);
+  const worst = r.forecastCheck.length ? Math.max(...r.forecastCheck.map((c) => Math.abs(c.error))) : NaN;
+  const wins = new Map<string, string[]>();
+  for (const p of r.forecast.filter((f) => f.batch === r.config.batch)) wins.set(p.link, [...(wins.get(p.link) ?? []), `${p.workers}: ${p.best}`]);
+  return [
+    ...lines,
+    '',
+    `step-time model, checked: ${check.join('; ')}${Number.isFinite(worst) ? `; worst error ${(worst * 100).toFixed(0)}%` : ''}`,
+    `forecast at batch ${r.config.batch} (workers: fastest mode): ${[...wins].map(([link, w]) => `${link} ${w.join(', ')}`).join(' | ')}`,
+  ].join('\n');
+}
+
+/** Writes compare.json, report.html and trace-<mode>.json into `dir`; returns their paths. */
+export function writeCompareOutputs(r: CompareResult, dir: string): string[] {
+  mkdirSync(dir, { recursive: true });
+  const paths = [join(dir, 'compare.json'), join(dir, 'report.html')];
+  writeFileSync(paths[0]!, `${JSON.stringify(r, null, 2)}\n`);
+  writeFileSync(paths[1]!, renderReport(r));
+  for (const m of r.modes) {
+    if (m.skipped !== undefined) continue;
+    const p = join(dir, `trace-${m.mode}.json`);
+    writeFileSync(p, JSON.stringify(chromeTrace(m)));
+    paths.push(p);
+  }
+  return paths;
+}

@@ -1,0 +1,189 @@
+/**
+ * `splitnet compare`: every mode, one after another, on the same net, data,
+ * seed and step budget; measured per worker, predicted from the layer shapes
+ * and the measured link and layer times, and forecast beyond this machine.
+ *
+ *   1. probe the link (latency, bandwidth) and time every layer in one process
+ *   2. run each mode with train(): the same config, its own run directory
+ *   3. run data-parallel again at 3 and 4 workers (oversubscribed on small
+ *      machines) so the prediction is checked against every size measurable here
+ *   4. the forecast: 2–16 workers, four link speeds, data vs model vs hybrid
+ */
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { parseClusterConfig, type ClusterConfig, type WorkerSpec } from '../config/cluster.js';
+import type { TrainConfig } from '../config/train.js';
+import { initBackend } from '../backend.js';
+import { specOf } from '../model/alexnet.js';
+import { parseAdapterWant } from '../webgpu.js';
+import { planDevices } from '../run/launcher.js';
+import { train, type Mode, type TrainResult } from '../run/loop.js';
+import { freePorts } from '../wire/free-ports.js';
+import { probeLink } from '../wire/link-probe.js';
+import { forecast, predictBytes, predictStepMs, relativeError, type StepInputs } from './predict.js';
+import { profileLayers } from './profile-layers.js';
+import type { CompareResult, ModeMeasure, Span, StepSplit, WorkerMeasure } from './types.js';
+
+export interface CompareOptions {
+  /** the config every mode trains: trainSamples = steps × batch, one epoch */
+  config: TrainConfig;
+  modes: Mode[];
+  cluster: ClusterConfig;
+  /** run directories go under here */
+  outDir: string;
+  /** also run data-parallel at 3 and 4 local workers, to check the prediction */
+  checkForecast: boolean;
+  log: (line: string) => void;
+  progress: boolean;
+}
+
+const mean = (xs: number[]): number => (xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length);
+
+/** Steps averaged: all but the first, which pays for first-run allocations and kernel set-up. */
+function timed<T>(xs: T[]): T[] {
+  return xs.length > 1 ? xs.slice(1) : xs;
+}
+
+/** One worker's figures over a run's timed steps. */
+function workerMeasure(r: TrainResult, rank: number): WorkerMeasure {
+  const steps = timed(r.stats);
+  const details = steps.map((s) => s.detail[rank]);
+  const sendMs = mean(details.map((d) => d?.sendMs ?? 0));
+  const optimizerMs = mean(details.map((d) => d?.optimizerMs ?? 0));
+  const split: StepSplit = {
+    compute: Math.max(0, mean(steps.map((s) => s.computeMs[rank]!)) - sendMs - optimizerMs),
+    send: sendMs,
+    wait: mean(steps.map((s) => s.waitMs[rank]!)),
+    optimizer: optimizerMs,
+  };
+  const sentByLink: Record<string, number> = {};
+  for (const d of details) for (const [k, v] of Object.entries(d?.sentByLink ?? {})) sentByLink[k] = (sentByLink[k] ?? 0) + v / details.length;
+  // Every step on one timeline: step k starts where the coordinator's steps before it ended.
+  const spans: Span[] = [];
+  let at = 0;
+  r.stats.forEach((s, k) => {
+    for (const sp of s.detail[rank]?.spans ?? []) spans.push({ ...sp, startMs: at + sp.startMs, step: k });
+    at += s.wallMs;
+  });
+  return {
+    rank,
+    stepMs: split,
+    bytesSentPerStep: mean(steps.map((s) => s.bytesSent[rank]!)),
+    bytesReceivedPerStep: mean(details.map((d) => d?.bytesReceived ?? 0)),
+    sentByLink,
+    peakRssBytes: Math.max(0, ...r.stats.map((s) => s.detail[rank]?.rssBytes ?? 0)),
+    peakBackendBytes: Math.max(0, ...r.stats.map((s) => s.detail[rank]?.backendBytes ?? 0)),
+    spans,
+  };
+}
+
+/** A local cluster of `n` CPU workers on fresh ports (the prediction check's extra sizes). */
+async function localCpuCluster(base: ClusterConfig, n: number): Promise<ClusterConfig> {
+  const [coord, ...ports] = await freePorts(n + 1);
+  return parseClusterConfig({
+    coordinator: { host: '127.0.0.1', port: coord }, transport: base.transport,
+    workers: ports.map((port) => ({ host: '127.0.0.1', device: 'cpu', port })),
+    timeouts: base.timeouts, heartbeat: base.heartbeat, bucketBytes: base.bucketBytes,
+  }, `a local cluster of ${n} workers`);
+}
+
+export async function runCompare(o: CompareOptions): Promise<CompareResult> {
+  const { config: cfg, log } = o;
+  const spec = specOf(cfg);
+  const cores = availableParallelism();
+  log(`compare: ${cfg.arch} AlexNet ${cfg.resolution}×${cfg.resolution}×${cfg.channels}, width ${cfg.width}, batch ${cfg.batch}, seed ${cfg.seed}, ` +
+    `${cfg.trainSamples / cfg.batch} steps per mode; modes ${o.modes.join(', ')}`);
+
+  log('  probing the link (loopback TCP through zeromq) and timing every layer in one process');
+  const link = await probeLink();
+  // The layers are timed on the backend the single mode will use.
+  await initBackend(cfg.backend, parseAdapterWant(cfg.adapter ?? 'hardware'));
+  const { layers, optimizerMs } = await profileLayers(cfg);
+  // At half the batch too: what each layer costs regardless of the samples (a worker's shard is smaller).
+  const { layers: layersAtHalfBatch } = await profileLayers(cfg, Math.max(1, Math.floor(cfg.batch / 2)));
+  const computeMs = layers.reduce((n, l) => n + l.forwardMs + l.backwardMs, 0);
+  log(`  link: ${link.latencyMs.toFixed(3)} ms latency, ${(link.bandwidth / 1e9).toFixed(2)} GB/s; one step's layers: ${computeMs.toFixed(1)} ms`);
+
+  const inputs = (world: number, batch: number, optimizerMsPerParam: number): StepInputs => ({
+    layers, layersAtHalfBatch, link, world, batch, measuredBatch: cfg.batch, spec, bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam,
+  });
+  const params = layers.reduce((n, l) => n + l.params, 0);
+  const optimizerMsPerParam = optimizerMs / params;
+
+  const modes: ModeMeasure[] = [];
+  for (const [i, mode] of o.modes.entries()) {
+    log(`mode ${i + 1}/${o.modes.length}: ${mode}`);
+    if (mode === 'model' && spec.towers < 2) {
+      const skipped = `the ${cfg.arch} net has one tower: the split needs --arch original`;
+      log(`  skipped: ${skipped}`);
+      modes.push({ mode, world: 0, skipped, imagesPerSec: 0, stepMs: 0, workers: [], losses: [], testAccuracy: 0, predicted: { bytesSentPerStep: 0, sentByLink: {}, stepMs: 0 } });
+      continue;
+    }
+    let runMode: Mode = mode;
+    let fallback: string | undefined;
+    let workers: WorkerSpec[] = [];
+    if (mode !== 'single') {
+      const plan = planDevices(o.cluster);
+      if (plan.single !== undefined) {
+        fallback = plan.single;
+        runMode = 'single';
+        log(`  ${fallback}`);
+      } else {
+        workers = mode === 'model' ? plan.workers.slice(0, 2) : plan.workers;
+      }
+    }
+    const world = runMode === 'single' ? 1 : workers.length;
+    const predictedBytes = predictBytes(runMode, spec, world, cfg.batch, o.cluster.bucketBytes);
+    const oversubscribed = Math.max(1, world / cores);
+    const predictedMs = predictStepMs(runMode, inputs(world, cfg.batch, optimizerMsPerParam)) * oversubscribed;
+    const r = await train({
+      config: cfg, outDir: join(o.outDir, 'runs', mode), mode: runMode, progress: o.progress, log: (l) => log(`  ${l}`),
+      ...(runMode === 'single' ? {} : { cluster: o.cluster, workers }),
+    });
+    const measured: ModeMeasure = {
+      mode, world: r.world, ...(fallback !== undefined ? { fallback } : {}),
+      imagesPerSec: r.imagesPerSec, stepMs: mean(timed(r.stats).map((s) => s.wallMs)),
+      workers: Array.from({ length: r.world }, (_, rank) => workerMeasure(r, rank)),
+      losses: r.losses, testAccuracy: r.epochs.at(-1)?.accuracy ?? NaN,
+      predicted: { ...predictedBytes, stepMs: predictedMs },
+    };
+    modes.push(measured);
+  }
+
+  // The prediction against every size measurable here: 1 worker (the single run), 2, and 3 and 4 local ones.
+  const forecastCheck: CompareResult['forecastCheck'] = [];
+  for (const m of modes) {
+    if (m.skipped !== undefined || m.mode === 'single' || m.fallback !== undefined) continue;
+    const mode = m.mode as 'data' | 'model';
+    const predictedMs = predictStepMs(mode, inputs(m.world, cfg.batch, optimizerMsPerParam)) * Math.max(1, m.world / cores);
+    forecastCheck.push({ mode, workers: m.world, oversubscribed: m.world > cores, measuredMs: m.stepMs, predictedMs, error: relativeError(m.stepMs, predictedMs) });
+  }
+  const single = modes.find((m) => m.mode === 'single' && m.skipped === undefined);
+  if (single !== undefined) {
+    const predictedMs = predictStepMs('single', inputs(1, cfg.batch, optimizerMsPerParam));
+    forecastCheck.unshift({ mode: 'data', workers: 1, oversubscribed: false, measuredMs: single.stepMs, predictedMs, error: relativeError(single.stepMs, predictedMs) });
+  }
+  if (o.checkForecast) {
+    for (const n of [3, 4]) {
+      const batch = cfg.batch - (cfg.batch % n); // equal shards
+      const config = { ...cfg, batch, trainSamples: Math.min(cfg.trainSamples, 4 * batch), testSamples: batch };
+      const cluster = await localCpuCluster(o.cluster, n);
+      log(`prediction check: data-parallel on ${n} local workers${n > cores ? ` (${cores} cores: oversubscribed)` : ''}, batch ${batch}`);
+      const r = await train({ config, outDir: join(o.outDir, 'runs', `data-${n}`), mode: 'data', cluster, workers: cluster.workers, progress: false, log: () => {} });
+      const measuredMs = mean(timed(r.stats).map((s) => s.wallMs));
+      const predictedMs = predictStepMs('data', inputs(n, batch, optimizerMsPerParam)) * Math.max(1, n / cores);
+      forecastCheck.push({ mode: 'data', workers: n, oversubscribed: n > cores, measuredMs, predictedMs, error: relativeError(measuredMs, predictedMs) });
+    }
+  }
+
+  const forecastPoints = forecast({ layers, layersAtHalfBatch, link, measuredBatch: cfg.batch, spec, bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam }, undefined, undefined,
+    [...new Set([cfg.batch, cfg.batch * 2, cfg.batch * 8])]);
+  return {
+    date: new Date().toISOString(),
+    config: {
+      arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, batch: cfg.batch, seed: cfg.seed,
+      steps: Math.max(0, ...modes.map((m) => m.losses.length)), backend: cfg.backend,
+    },
+    link, layers, modes, forecast: forecastPoints, forecastCheck,
+  };
+}

@@ -1,0 +1,261 @@
+/**
+ * The prediction `splitnet compare` makes before it runs: bytes per worker
+ * from the layer shapes (checked against the ring's own byte count and the
+ * 2012 net's published shapes) and step times from made-up layer timings
+ * (checked against bounds each mode's model must respect).
+ */
+import { describe, expect, it } from 'vitest';
+import {
+  crossLinkFloatsPerSample as benchCrossLinkFloats,
+} from '../bench/split.js';
+import {
+  crossLinkFloatsPerSample, dataParallelBytes, FLOAT_BYTES, forecast, forecastLinks, gradientBuckets, hybridBytes,
+  LINK_10_GBIT_S, LINK_100_GBIT_S, modelParallelBytes, predictBytes, predictStepMs, relativeError, transferMs,
+  type ForecastInputs, type StepInputs,
+} from '../src/compare/predict.js';
+import type { LayerTiming, LinkMeasure } from '../src/compare/types.js';
+import { alexnet } from '../src/model/alexnet.js';
+import { parameterShapes } from '../src/model/build.js';
+import { shapesOf } from '../src/model/shapes.js';
+import type { ModelSpec } from '../src/model/spec.js';
+import { planBuckets, RingAllReduce } from '../src/wire/ring-allreduce.js';
+import type { ToPeer } from '../src/wire/protocol.js';
+
+/** The 2012 net at its published size, on Fashion-MNIST's 10 classes. */
+const ORIGINAL = alexnet({ arch: 'original', classes: 10 });
+const D2L = alexnet({ arch: 'd2l' });
+const BUCKET_BYTES = 25 * 2 ** 20;
+const INFINITE_LINK: LinkMeasure = { latencyMs: 0, bandwidth: Infinity };
+/** 1 MB/s: slow enough that any exchange dwarfs the made-up compute */
+const SLOW_LINK: LinkMeasure = { latencyMs: 1, bandwidth: 1e6 };
+
+const paramCount = (spec: ModelSpec) => [...parameterShapes(spec).values()].reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
+const sumOf = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a + b, 0);
+
+/**
+ * Made-up per-layer times at the measured batch: conv layers dear, dense
+ * layers cheap (as AlexNet's FLOPs are), backward twice forward.
+ */
+function madeUpTimings(spec: ModelSpec, convMs = 10, denseMs = 1, otherMs = 0.5): LayerTiming[] {
+  return shapesOf(spec).map((s) => {
+    const f = s.layer.kind === 'conv' ? convMs : s.layer.kind === 'dense' ? denseMs : otherMs;
+    return { name: s.layer.name, forwardMs: f, backwardMs: 2 * f, params: s.params * spec.towers, outputFloats: s.outputShape.reduce((a, b) => a * b, 1) * spec.towers };
+  });
+}
+const computeMs = (layers: LayerTiming[]) => layers.reduce((n, l) => n + l.forwardMs + l.backwardMs, 0);
+
+const MEASURED_BATCH = 64;
+function inputs(over: Partial<StepInputs> = {}): StepInputs {
+  return { layers: madeUpTimings(ORIGINAL), link: LINK_10_GBIT_S, world: 2, batch: MEASURED_BATCH, measuredBatch: MEASURED_BATCH, spec: ORIGINAL, bucketBytes: BUCKET_BYTES, ...over };
+}
+
+/** N rings wired in memory (as in ring-allreduce.test.ts), delivering on a later turn. */
+function wire(world: number): RingAllReduce[] {
+  const rings: RingAllReduce[] = [];
+  for (let r = 0; r < world; r++) {
+    rings.push(new RingAllReduce(r, world, (msg, data) => {
+      setImmediate(() => rings[(r + 1) % world]!.deliver(msg as Extract<ToPeer, { kind: 'ring' }>, data));
+    }, 5_000));
+  }
+  return rings;
+}
+
+describe('predicted bytes: data-parallel', () => {
+  it('world 2: each worker sends 2·(N−1)/N × paramBytes (= paramBytes) in all, each bucket its own size once', () => {
+    const predicted = dataParallelBytes(ORIGINAL, 2, BUCKET_BYTES);
+    expect(predicted.bytesSentPerStep).toBe(2 * (1 / 2) * paramCount(ORIGINAL) * FLOAT_BYTES);
+    expect(sumOf(predicted.sentByLink)).toBe(predicted.bytesSentPerStep);
+  });
+
+  it("labels and sizes its buckets as DataParallelReplica plans them: the parameters in reverse order (fc8 first) through planBuckets", () => {
+    // what DataParallelReplica's constructor does with model.params (built in parameterShapes' order)
+    const planned = planBuckets([...parameterShapes(ORIGINAL)].reverse().map(([name, shape]) => ({ name, size: shape.reduce((a, b) => a * b, 1) })), BUCKET_BYTES);
+    const predicted = dataParallelBytes(ORIGINAL, 2, BUCKET_BYTES);
+    expect(Object.keys(predicted.sentByLink)).toEqual(planned.map((b) => `bucket ${b.index}`));
+    expect(Object.values(predicted.sentByLink)).toEqual(planned.map((b) => b.size * FLOAT_BYTES));
+    expect(planned[0]!.params[0]!.name).toBe('fc8.t1.bias');
+    expect(planned.at(-1)!.params.at(-1)!.name).toBe('conv1.t0.kernel');
+  });
+
+  it('matches the bytes RingAllReduce counts, to the byte, for every rank of a 3-worker ring with uneven chunks', async () => {
+    const spec = alexnet({ arch: 'original', width: 1 / 16, resolution: 67, classes: 10 });
+    const bucketBytes = 8 * 1024;
+    const sizes = gradientBuckets(spec, bucketBytes).map((b) => b.size);
+    expect(sizes.some((s) => s % 3 !== 0)).toBe(true); // the case where ranks differ
+    const world = 3;
+    const rings = wire(world);
+    rings.forEach((ring) => { ring.configure(sizes); ring.begin(0); });
+    await Promise.all(rings.flatMap((ring) => sizes.map(async (s, b) => {
+      const data = new Float32Array(s).fill(1);
+      await ring.reduceScatter(b, data);
+      await ring.allGather(b, data);
+    })));
+    for (let r = 0; r < world; r++) expect(dataParallelBytes(spec, world, bucketBytes, r).bytesSentPerStep, `rank ${r}`).toBe(rings[r]!.bytesSent);
+  });
+
+  it('the mean over ranks is 2·(N−1)/N × paramBytes for N = 3, 4, 5', () => {
+    for (const world of [3, 4, 5]) {
+      let total = 0;
+      for (let r = 0; r < world; r++) total += dataParallelBytes(ORIGINAL, world, BUCKET_BYTES, r).bytesSentPerStep;
+      expect(total / world, `${world} workers`).toBeCloseTo(2 * ((world - 1) / world) * paramCount(ORIGINAL) * FLOAT_BYTES, 3);
+    }
+  });
+
+  it('single mode sends nothing', () => {
+    expect(predictBytes('single', ORIGINAL, 1, 64, BUCKET_BYTES)).toEqual({ bytesSentPerStep: 0, sentByLink: {} });
+  });
+});
+
+describe('predicted bytes: model-parallel', () => {
+  it('equal crossLinkFloatsPerSample × batch × 4, by link conv3, fc6, fc7, fc8, logits for the original net', () => {
+    const batch = 128;
+    const predicted = modelParallelBytes(ORIGINAL, batch);
+    expect(predicted.bytesSentPerStep).toBe(crossLinkFloatsPerSample(ORIGINAL).total * batch * 4);
+    expect(Object.keys(predicted.sentByLink)).toEqual(['conv3', 'fc6', 'fc7', 'fc8', 'logits']);
+  });
+
+  it("the 2012 net at 227: 2 × a tower's pool2 (128·13·13), pool5 (128·6·6), fc6 and fc7 (2048) floats per sample, and 5 logits", () => {
+    const links = Object.fromEntries(crossLinkFloatsPerSample(ORIGINAL).links.map((l) => [l.link, l.floats]));
+    expect(links).toEqual({ conv3: 2 * 128 * 13 * 13, fc6: 2 * 128 * 6 * 6, fc7: 2 * 2048, fc8: 2 * 2048, logits: 5 });
+  });
+
+  it('bench/split.ts uses the same definition', () => {
+    expect(benchCrossLinkFloats).toBe(crossLinkFloatsPerSample);
+  });
+
+  it('hybrid sends the conv gradients on the ring plus (N−1)/N of fc6 input, fc6, fc7 outputs both ways and the logits forward', () => {
+    const world = 4;
+    const batch = 128;
+    const convParams = [...parameterShapes(ORIGINAL)].filter(([n]) => n.startsWith('conv')).reduce((n, [, s]) => n + s.reduce((a, b) => a * b, 1), 0);
+    const fcFloats = 2 * (2 * 128 * 6 * 6 + 2 * 2048 + 2 * 2048) + 10;
+    const predicted = hybridBytes(ORIGINAL, world, batch, BUCKET_BYTES);
+    expect(Object.keys(predicted.sentByLink)).toEqual(['bucket 0', 'fc6', 'fc7', 'fc8', 'logits']);
+    expect(predicted.bytesSentPerStep).toBeCloseTo((2 * (world - 1) / world * convParams + (world - 1) / world * fcFloats * batch) * 4, -2);
+  });
+});
+
+describe('predicted step time', () => {
+  it('single: the timed layers scaled linearly with the batch, plus the update of every parameter', () => {
+    const i = inputs({ batch: 3 * MEASURED_BATCH, optimizerMsPerParam: 1e-6 });
+    expect(predictStepMs('single', i)).toBeCloseTo(3 * computeMs(i.layers) + 1e-6 * paramCount(ORIGINAL), 9);
+  });
+
+  it('data is never faster than one replica computing its B/N samples', () => {
+    for (const world of [2, 4, 8]) {
+      for (const link of [INFINITE_LINK, LINK_100_GBIT_S, SLOW_LINK]) {
+        const i = inputs({ world, link, batch: 128 });
+        expect(predictStepMs('data', i), `${world} workers, ${link.bandwidth} B/s`).toBeGreaterThanOrEqual(computeMs(i.layers) * (128 / world) / MEASURED_BATCH);
+      }
+    }
+  });
+
+  it('data on an infinitely fast link: single/N without an optimizer, and at most the sharded update more with one', () => {
+    for (const world of [2, 4, 8]) {
+      const single = predictStepMs('single', inputs({ batch: 128 }));
+      expect(predictStepMs('data', inputs({ world, batch: 128, link: INFINITE_LINK })), `${world} workers`).toBeCloseTo(single / world, 9);
+      const opt = 1e-6;
+      const data = predictStepMs('data', inputs({ world, batch: 128, link: INFINITE_LINK, optimizerMsPerParam: opt }));
+      expect(data).toBeGreaterThanOrEqual(single / world);
+      expect(data).toBeLessThanOrEqual(single / world + opt * (paramCount(ORIGINAL) / world + gradientBuckets(ORIGINAL, BUCKET_BYTES).length));
+    }
+  });
+
+  it("data hides the earlier buckets behind backward: only conv1's buckets (ready last) add their 2(N−1) ring rounds", () => {
+    // conv backward long enough to cover every fc bucket's ring; one bucket per parameter
+    const spec = D2L;
+    const layers = madeUpTimings(spec, 1000);
+    const bucketBytes = 1024;
+    const world = 4;
+    const link = LINK_100_GBIT_S;
+    const buckets = gradientBuckets(spec, bucketBytes);
+    const conv1 = buckets.slice(-2);
+    expect(conv1.map((b) => b.params.map((p) => p.name))).toEqual([['conv1.bias'], ['conv1.kernel']]);
+    const ringMs = conv1.reduce((n, b) => n + 2 * (world - 1) * transferMs(Math.ceil(b.size / world) * 4, link), 0);
+    const i = inputs({ spec, layers, bucketBytes, world, link, batch: 4 * MEASURED_BATCH });
+    expect(predictStepMs('data', i)).toBeCloseTo(computeMs(layers) + ringMs, 6);
+  });
+
+  it('model on a slow link is the halved compute plus every exchange sent in turn, dominated by the link', () => {
+    const batch = 64;
+    const i = inputs({ link: SLOW_LINK, batch });
+    const bytes = modelParallelBytes(ORIGINAL, batch).bytesSentPerStep;
+    const exchanges = 4 * 2 + 1; // conv3, fc6, fc7, fc8 both ways; the logits forward
+    const linkMs = (bytes / SLOW_LINK.bandwidth) * 1000 + exchanges * SLOW_LINK.latencyMs;
+    const step = predictStepMs('model', i);
+    expect(step).toBeCloseTo(computeMs(i.layers) / 2 + linkMs, 6);
+    expect(linkMs / step).toBeGreaterThan(0.9);
+  });
+
+  it('every mode grows with the latency; model and hybrid, which overlap nothing, strictly', () => {
+    const latencies = [0, 0.01, 0.1, 1, 10];
+    for (const mode of ['data', 'model', 'hybrid'] as const) {
+      const steps = latencies.map((latencyMs) => predictStepMs(mode, inputs({ world: 4, batch: 128, link: { latencyMs, bandwidth: 1e9 } })));
+      for (let k = 1; k < steps.length; k++) {
+        if (mode === 'data') expect(steps[k], `${mode} at ${latencies[k]} ms`).toBeGreaterThanOrEqual(steps[k - 1]!);
+        else expect(steps[k], `${mode} at ${latencies[k]} ms`).toBeGreaterThan(steps[k - 1]!);
+      }
+      expect(steps.at(-1), `${mode}: 10 ms latency must show`).toBeGreaterThan(steps[0]!);
+    }
+  });
+
+  it('hybrid lies between perfect scaling (compute/N) and compute/N plus all its bytes sent serially and the whole update', () => {
+    const opt = 1e-6;
+    for (const world of [2, 4, 8]) {
+      for (const link of [LINK_10_GBIT_S, SLOW_LINK]) {
+        const batch = 128;
+        const i = inputs({ world, batch, link, optimizerMsPerParam: opt });
+        const perfect = computeMs(i.layers) * (batch / MEASURED_BATCH) / world;
+        const bytes = hybridBytes(ORIGINAL, world, batch, BUCKET_BYTES);
+        // at most: every ring round and every exchange round pays latency, and all bytes go one after another
+        const rounds = Object.keys(bytes.sentByLink).length * 2 * (world - 1);
+        const serialLinkMs = (bytes.bytesSentPerStep / link.bandwidth) * 1000 + rounds * link.latencyMs;
+        const step = predictStepMs('hybrid', i);
+        expect(step, `${world} workers`).toBeGreaterThan(perfect);
+        expect(step, `${world} workers`).toBeLessThanOrEqual(perfect + serialLinkMs + opt * paramCount(ORIGINAL) * 1.01);
+      }
+    }
+  });
+
+  it("hybrid beats data for the 2012 net on 10 Gb/s with 8 workers: the fc layers' parameters dwarf their activations", () => {
+    const i = inputs({ world: 8, batch: 128 });
+    expect(predictStepMs('hybrid', i)).toBeLessThan(predictStepMs('data', i));
+  });
+
+  it('names a weighted layer the timings miss, and a timing from another net', () => {
+    const layers = madeUpTimings(ORIGINAL);
+    expect(() => predictStepMs('single', inputs({ layers: layers.filter((l) => l.name !== 'fc7') }))).toThrow('expected a timing for fc7');
+    expect(() => predictStepMs('single', inputs({ layers: madeUpTimings(D2L) }))).toThrow(/layer timing 'conv1': \d+ parameters, expected 34944/);
+    expect(() => predictStepMs('data', inputs({ world: 0 }))).toThrow('world: expected a positive integer, got 0');
+  });
+});
+
+describe('forecast', () => {
+  const base: ForecastInputs = { layers: madeUpTimings(ORIGINAL), link: { latencyMs: 0.03, bandwidth: 2e9 }, measuredBatch: MEASURED_BATCH, spec: ORIGINAL, bucketBytes: BUCKET_BYTES, optimizerMsPerParam: 1e-6 };
+
+  it('returns one point for every (workers × link × batch), in that order, with best the fastest mode', () => {
+    const workers = [2, 4, 8, 16];
+    const batches = [64, 256];
+    const points = forecast(base, workers, forecastLinks(base.link), batches);
+    const labels = ['loopback (measured)', '10 Gb/s', '100 Gb/s', 'NVLink-class'];
+    expect(points.map((p) => [p.workers, p.link, p.batch])).toEqual(workers.flatMap((w) => labels.flatMap((l) => batches.map((b) => [w, l, b]))));
+    for (const p of points) {
+      const fastest = Math.min(p.stepMs.data, p.stepMs.model, p.stepMs.hybrid);
+      expect(p.stepMs[p.best], `${p.workers} workers, ${p.link}, batch ${p.batch}`).toBe(fastest);
+    }
+    expect(new Set(points.map((p) => p.best)).size).toBeGreaterThan(1); // the made-up net is not one-sided
+  });
+
+  it("uses the measured link for 'loopback (measured)' and the reference links for the others", () => {
+    const [measured, ten] = forecast(base, [4], undefined, [128]);
+    expect(measured!.stepMs.model).toBe(predictStepMs('model', { ...base, world: 4, batch: 128 }));
+    expect(ten!.stepMs.model).toBe(predictStepMs('model', { ...base, world: 4, batch: 128, link: LINK_10_GBIT_S }));
+  });
+});
+
+describe('relativeError', () => {
+  it('is (predicted − measured) / measured, and refuses a measured value that is not positive', () => {
+    expect(relativeError(200, 230)).toBeCloseTo(0.15, 12);
+    expect(relativeError(200, 150)).toBeCloseTo(-0.25, 12);
+    expect(() => relativeError(0, 1)).toThrow('expected a positive finite measured value, got 0');
+  });
+});
