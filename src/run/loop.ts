@@ -152,7 +152,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     saveCheckpoint(opts.outDir, spec, state, cfg, pos);
     result.params = new Map(state.params.map((p) => [p.name, p.data]));
   };
-  const progress = opts.progress === false ? undefined : new Progress(cfg.epochs * stepsPerEpoch, mode === 'single' ? 'train' : `train ${mode} ×${result.world}`);
+  const progress = opts.progress === false ? undefined : new Progress(cfg.epochs * stepsPerEpoch, mode === 'single' ? 'train' : `train ${mode} ×${result.world}`, mode === 'single' ? 0 : result.world);
   const checksumEvery = opts.cluster?.checksumEvery ?? 0;
   let stepsThisRun = 0;
   try {
@@ -185,7 +185,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         lossSum += r.loss;
         lossCount++;
         const imagesPerSec = cfg.batch / (wallMs / 1000);
-        progress?.update(pos.epoch * stepsPerEpoch + pos.step, r.loss, imagesPerSec);
+        progress?.update(pos.epoch * stepsPerEpoch + pos.step, r.loss, imagesPerSec, r.workers ?? []);
         metrics.write({
           type: 'step', epoch: pos.epoch, step: pos.step - 1, globalStep: pos.globalStep, loss: r.loss, lr, imagesPerSec,
           stepMs: r.computeMs + r.waitMs, loopMs: wallMs, time: new Date().toISOString(),
