@@ -4,18 +4,13 @@
  * chromium, driven by playwright-core) as a file, with no network, and every
  * chart is checked to carry the run's own numbers and to have drawn pixels.
  */
-import { existsSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { chromium, type BrowserContext } from 'playwright-core';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { chromeTrace, micros, pidOf, type TraceEvent } from '../src/compare/chrome-trace.js';
 import { renderReport } from '../src/compare/report-html.js';
 import type { CompareResult, ForecastPoint, ModeMeasure, Span, StepSplit, WorkerMeasure } from '../src/compare/types.js';
-import { tempDir } from './helpers/idx-files.js';
+import { CHART_IDS, ReportBrowser } from './helpers/report-browser.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const CHART_IDS = ['chart-throughput', 'chart-breakdown', 'chart-loss', 'chart-bytes', 'chart-forecast'];
 const LINKS = ['loopback (measured)', '10 Gb/s', '100 Gb/s', 'NVLink-class'];
 const BATCH = 32;
 const STEPS = 6;
@@ -214,59 +209,11 @@ describe('renderReport', () => {
   });
 });
 
-type GivenCharts = Record<string, { labels: unknown[]; datasets: Array<{ label: string; data: Array<number | null> }> }>;
 
 describe('report.html in chromium', () => {
-  let context: BrowserContext | undefined;
-  let profile: string | undefined;
-
-  /**
-   * The browser, started by the first test that needs it: a missing chromium
-   * then fails each test (a failing beforeAll would only mark them skipped).
-   * A fresh profile in a temp dir, nothing from the network.
-   */
-  async function browser(): Promise<BrowserContext> {
-    if (!existsSync(CHROMIUM)) {
-      throw new Error(`expected Debian's chromium at ${CHROMIUM} (apt-get install chromium), found nothing there`);
-    }
-    profile ??= tempDir('splitnet-chromium-');
-    context ??= await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-      viewport: { width: 1200, height: 900 },
-      timeout: 60_000,
-    });
-    return context;
-  }
-
-  afterAll(async () => {
-    await context?.close();
-    if (profile) rmSync(profile, { recursive: true, force: true });
-  });
-
-  /** Writes the report to a temp report.html, opens it as a file and waits for the five charts. */
-  async function openReport(result: CompareResult) {
-    const file = join(tempDir('splitnet-report-'), 'report.html');
-    writeFileSync(file, renderReport(result));
-    const page = await (await browser()).newPage();
-    const errors: string[] = [];
-    const requests: string[] = [];
-    page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
-    page.on('pageerror', (e) => { errors.push(`page: ${e.message}`); });
-    page.on('request', (r) => { requests.push(r.url()); });
-
-    await page.goto(pathToFileURL(file).href);
-    try {
-      await page.waitForFunction(() => document.body.dataset.chartsReady === '5', null, { timeout: 30_000 });
-    } catch (e) {
-      const ready = await page.evaluate(() => document.body.dataset.chartsReady);
-      throw new Error(`expected chartsReady "5", got ${JSON.stringify(ready)}; page errors: ${JSON.stringify(errors)} (${(e as Error).message})`);
-    }
-    const charts = await page.evaluate(() => (window as unknown as { __charts: GivenCharts }).__charts);
-    return { page, charts, errors, requests, dir: dirname(file) };
-  }
+  const reports = new ReportBrowser();
+  afterAll(async () => { await reports.close(); });
+  const openReport = (result: CompareResult) => reports.openHtml(renderReport(result));
 
   it('draws all five charts from the run\'s own numbers, offline, without errors', async () => {
     const result = fixture();

@@ -1,0 +1,140 @@
+/**
+ * `splitnet compare` as a user runs it: a real process that trains every
+ * mode on real Fashion-MNIST with real worker processes (a tiny two-tower
+ * net, 3 steps each), then its table, compare.json, report.html (opened in
+ * chromium) and traces. Bad flags are refused before anything starts.
+ *
+ * The modes compute the same steps, so their losses agree to float32
+ * rounding of differently ordered sums (1e-5 relative, as the equivalence
+ * tests allow); the bytes the workers sent equal the prediction from the
+ * layer shapes exactly.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseModes } from '../src/compare/command.js';
+import type { CompareResult } from '../src/compare/types.js';
+import { splitnet, type CliResult } from './helpers/cli.js';
+import { tempDir } from './helpers/idx-files.js';
+import { ReportBrowser } from './helpers/report-browser.js';
+
+const TINY = ['--backend', 'wasm', 'compare', '--width', '0.0625', '--resolution', '67', '--batch', '8', '--steps', '3', '--test-samples', '16', '--no-progress'];
+
+describe('splitnet compare', () => {
+  let out: string;
+  let run: CliResult;
+  let result: CompareResult;
+
+  beforeAll(() => {
+    out = tempDir('splitnet-compare-');
+    run = splitnet([...TINY, '--out', out], {}, 300_000);
+    result = JSON.parse(readFileSync(join(out, 'compare.json'), 'utf8')) as CompareResult;
+  }, 320_000);
+
+  const mode = (m: string) => result.modes.find((x) => x.mode === m)!;
+
+  it('runs single, data and model on the same net and steps, and prints the side-by-side table', () => {
+    expect(run.code, run.stderr).toBe(0);
+    expect(result.modes.map((m) => [m.mode, m.world, m.losses.length])).toEqual([['single', 1, 3], ['data', 2, 3], ['model', 2, 3]]);
+    expect(result.config).toMatchObject({ arch: 'original', width: 0.0625, resolution: 67, batch: 8, steps: 3 });
+    expect(run.stdout).toMatch(/^mode +workers +img\/s +step ms +predicted +sent MiB +predicted +test acc % +last loss$/m);
+    for (const m of ['single', 'data', 'model']) expect(run.stdout).toMatch(new RegExp(`^${m} +\\d`, 'm'));
+    expect(run.stdout).toMatch(/^step-time model, checked: .*worst error \d+%$/m);
+  });
+
+  it("the three modes' losses coincide step by step (relative 1e-5)", () => {
+    const ref = mode('single').losses;
+    for (const m of ['data', 'model']) {
+      mode(m).losses.forEach((l, i) => expect(Math.abs(l - ref[i]!) / Math.abs(ref[i]!), `${m} step ${i}`).toBeLessThan(1e-5));
+    }
+  });
+
+  it('each worker sent exactly the bytes the layer shapes predict, by bucket and by cross link', () => {
+    for (const m of ['data', 'model']) {
+      for (const w of mode(m).workers) {
+        expect(w.bytesSentPerStep, `${m} worker ${w.rank}`).toBe(mode(m).predicted.bytesSentPerStep);
+        expect(w.sentByLink, `${m} worker ${w.rank}`).toEqual(mode(m).predicted.sentByLink);
+      }
+    }
+    expect(Object.keys(mode('model').predicted.sentByLink).sort()).toEqual(['conv3', 'fc6', 'fc7', 'fc8', 'logits']);
+    expect(mode('single').workers[0]!.bytesSentPerStep).toBe(0);
+  });
+
+  it("splits each worker's step into compute, send, wait and optimizer, and reports its memory", () => {
+    for (const m of result.modes) {
+      for (const w of m.workers) {
+        const { compute, send, wait, optimizer } = w.stepMs;
+        expect(compute, `${m.mode} compute`).toBeGreaterThan(0);
+        expect(optimizer, `${m.mode} optimizer`).toBeGreaterThan(0);
+        expect(send + wait, `${m.mode} send + wait`).toBeGreaterThanOrEqual(0);
+        expect(w.peakRssBytes).toBeGreaterThan(50 * 2 ** 20);
+        expect(w.peakBackendBytes).toBeGreaterThan(0);
+        expect(w.spans.some((s) => s.cat === 'compute')).toBe(true);
+      }
+    }
+    expect(mode('model').workers.every((w) => w.bytesReceivedPerStep === w.bytesSentPerStep)).toBe(true);
+  });
+
+  it('checks the step-time model at 1, 2 (data and model), 3 and 4 workers, and forecasts 2–16 workers on four links', () => {
+    expect(result.forecastCheck.map((c) => `${c.mode}×${c.workers}`)).toEqual(['data×1', 'data×2', 'model×2', 'data×3', 'data×4']);
+    for (const c of result.forecastCheck) expect(Number.isFinite(c.error), `${c.mode}×${c.workers}`).toBe(true);
+    const links = [...new Set(result.forecast.map((p) => p.link))];
+    expect(links).toEqual(['loopback (measured)', '10 Gb/s', '100 Gb/s', 'NVLink-class']);
+    expect([...new Set(result.forecast.map((p) => p.workers))]).toEqual([2, 4, 8, 16]);
+    expect(result.link.bandwidth).toBeGreaterThan(0);
+    expect(result.layers.map((l) => l.name)).toContain('conv3');
+  });
+
+  it('writes a Chrome trace per mode, with a process per worker', () => {
+    for (const m of ['single', 'data', 'model']) {
+      const trace = JSON.parse(readFileSync(join(out, `trace-${m}.json`), 'utf8')) as { traceEvents: Array<{ ph: string; pid: number }> };
+      const pids = new Set(trace.traceEvents.filter((e) => e.ph === 'X').map((e) => e.pid));
+      expect(pids.size, m).toBe(mode(m).world);
+    }
+  });
+
+  const browser = new ReportBrowser();
+  afterAll(async () => { await browser.close(); });
+
+  it("report.html opens offline in chromium and draws every chart with this run's numbers", async () => {
+    expect(existsSync(join(out, 'report.html'))).toBe(true);
+    const { page, charts, errors, requests } = await browser.open(join(out, 'report.html'));
+    expect(charts['chart-throughput']!.datasets[0]!.data).toEqual(result.modes.map((m) => m.imagesPerSec));
+    expect(Object.fromEntries(charts['chart-loss']!.datasets.map((d) => [d.label, d.data]))).toEqual(
+      Object.fromEntries(result.modes.map((m) => [m.mode, m.losses])));
+    expect(errors).toEqual([]);
+    expect(requests.filter((u) => !u.startsWith('file://'))).toEqual([]);
+    const shot = join(out, 'report.png');
+    await page.screenshot({ path: shot, fullPage: true });
+    console.log(`report of a real compare run: ${shot}`);
+    await page.close();
+  });
+});
+
+describe('splitnet compare refuses bad flags before anything runs', () => {
+  it('--modes must name single, data or model, each once', () => {
+    expect(parseModes('data, model')).toEqual(['data', 'model']);
+    expect(() => parseModes('data,hybrid')).toThrow("--modes: 'hybrid' is not a mode: expected single, data, model");
+    expect(() => parseModes('data,data')).toThrow("--modes: 'data' is given twice");
+    expect(() => parseModes(' , ')).toThrow('--modes: expected a comma list of single, data, model');
+  });
+
+  it('--steps and --epochs together, or a net too small for its input, exit 2 with one line', () => {
+    const both = splitnet(['compare', '--steps', '2', '--epochs', '1']);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toBe('splitnet: --steps and --epochs: give one budget, not both\n');
+    const small = splitnet(['compare', '--resolution', '20']);
+    expect(small.code).toBe(2);
+    expect(small.stderr).toMatch(/^splitnet: .*20/);
+  });
+
+  it('says why model mode is skipped on the one-tower d2l net, and runs the rest', () => {
+    const out = tempDir('splitnet-compare-d2l-');
+    const r = splitnet(['--backend', 'wasm', 'compare', '--arch', 'd2l', '--modes', 'single,model', '--width', '0.0625', '--batch', '8', '--steps', '2',
+      '--test-samples', '8', '--no-progress', '--no-forecast-check', '--out', out], {}, 120_000);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^model +skipped: the d2l net has one tower: the split needs --arch original$/m);
+    const saved = JSON.parse(readFileSync(join(out, 'compare.json'), 'utf8')) as CompareResult;
+    expect(saved.modes.map((m) => [m.mode, m.skipped ?? 'ran'])).toEqual([['single', 'ran'], ['model', 'the d2l net has one tower: the split needs --arch original']]);
+  });
+});
