@@ -5,7 +5,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { BACKEND_CHOICES, initBackend, type BackendChoice } from './backend.js';
 import { closeWebGpu, parseAdapterWant } from './webgpu.js';
-import { compareCommand, type CompareFlags } from './compare/command.js';
+import { compareCommand, profileOnSignal, type CompareFlags } from './compare/command.js';
 import { UsageError, oneLine } from './errors.js';
 import { alexnet, specOf } from './model/alexnet.js';
 import { ARCHS, type Arch } from './model/spec.js';
@@ -143,6 +143,15 @@ export function buildProgram(): Command {
     .action(async (o: CompareFlags) => {
       const g = program.opts<GlobalFlags>();
       await compareCommand(o, g.backend, g.adapter);
+    });
+
+  program
+    .command('profile', { hidden: true })
+    .description('times one training step\'s layers when told to (started by compare, to measure contention)')
+    .requiredOption('--config-json <json>', 'the train config')
+    .requiredOption('--batch <n>', 'samples', intArg('--batch'))
+    .action(async (o: { configJson: string; batch: number }) => {
+      await profileOnSignal(o.configJson, o.batch);
     });
 
   program

@@ -102,6 +102,7 @@ function fixture(): CompareResult {
     date: '2025-03-14T09:26:53.589Z',
     config: { arch: 'alexnet', width: 0.25, resolution: 67, batch: BATCH, seed: 7, steps: STEPS, backend: 'wasm' },
     link: { latencyMs: 0.042, bandwidth: 2.35e9 },
+    contention: [{ workers: 1, slowdown: 1 }, { workers: 2, slowdown: 1.6 }],
     layers: [
       { name: 'conv1', forwardMs: 4.1, backwardMs: 7.9, params: 34_944, outputFloats: 74_400 },
       { name: 'fc6', forwardMs: 2.2, backwardMs: 4.5, params: 9_438_208, outputFloats: 1024 },

@@ -12,6 +12,10 @@ import { specOf } from '../model/alexnet.js';
 import type { Mode } from '../run/loop.js';
 import { formatCompareTable, writeCompareOutputs } from './output.js';
 import { runCompare } from './run-compare.js';
+import { profileLayers } from './profile-layers.js';
+import { initBackend } from '../backend.js';
+import { parseAdapterWant } from '../webgpu.js';
+import { createInterface } from 'node:readline';
 
 export interface CompareFlags {
   arch: Arch; width: number; resolution?: number; batch: number; steps?: number; epochs?: number;
@@ -52,4 +56,30 @@ export async function compareCommand(o: CompareFlags, backend: BackendChoice, ad
   const files = writeCompareOutputs(result, outDir);
   console.log(`\nwrote ${files.join(', ')}`);
   console.log(`open ${join(outDir, 'report.html')} in a browser; load a trace-*.json in https://ui.perfetto.dev or chrome://tracing`);
+}
+
+/**
+ * `splitnet profile` (hidden; compare starts it): warms up, says 'ready',
+ * waits for 'go' on stdin so that every such process starts computing at
+ * once, times one step's layers, prints {"computeMs": …} and exits.
+ */
+export async function profileOnSignal(configJson: string, batch: number): Promise<void> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(configJson);
+  } catch (err) {
+    throw new UsageError(`--config-json: not JSON (${(err as Error).message})`);
+  }
+  const cfg = parseTrainConfig(raw, '--config-json');
+  await initBackend(cfg.backend, parseAdapterWant(cfg.adapter ?? 'hardware'));
+  await profileLayers(cfg, batch); // compiles and allocates: not timed
+  console.log('ready');
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    if (line.trim() !== 'go') continue;
+    const { layers, optimizerMs } = await profileLayers(cfg, batch);
+    console.log(JSON.stringify({ computeMs: layers.reduce((n, l) => n + l.forwardMs + l.backwardMs, 0) + optimizerMs }));
+    break;
+  }
+  lines.close();
 }

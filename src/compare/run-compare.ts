@@ -7,7 +7,8 @@
  *   2. run each mode with train(): the same config, its own run directory
  *   3. run data-parallel again at 3 and 4 workers (oversubscribed on small
  *      machines) so the prediction is checked against every size measurable here
- *   4. the forecast: 2–16 workers, four link speeds, data vs model vs hybrid
+ *   4. the forecast: 2–16 workers, four link speeds, data vs model vs hybrid,
+ *      each worker on a machine of its own (no contention)
  */
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -21,8 +22,9 @@ import { train, type Mode, type TrainResult } from '../run/loop.js';
 import { freePorts } from '../wire/free-ports.js';
 import { probeLink } from '../wire/link-probe.js';
 import { forecast, predictBytes, predictStepMs, relativeError, type StepInputs } from './predict.js';
+import { measureContention } from './contention.js';
 import { profileLayers } from './profile-layers.js';
-import type { CompareResult, ModeMeasure, Span, StepSplit, WorkerMeasure } from './types.js';
+import type { CompareResult, LayerTiming, ModeMeasure, Span, StepSplit, WorkerMeasure } from './types.js';
 
 export interface CompareOptions {
   /** the config every mode trains: trainSamples = steps × batch, one epoch */
@@ -104,8 +106,18 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
   const computeMs = layers.reduce((n, l) => n + l.forwardMs + l.backwardMs, 0);
   log(`  link: ${link.latencyMs.toFixed(3)} ms latency, ${(link.bandwidth / 1e9).toFixed(2)} GB/s; one step's layers: ${computeMs.toFixed(1)} ms`);
 
+  // Workers on this machine compute at once and slow each other down: measured, not assumed.
+  const sizes = [...new Set([2, ...(o.checkForecast ? [3, 4] : [])])];
+  const contention = await measureContention(cfg, sizes);
+  log(`  compute slowdown with n processes computing at once: ${[...contention].map(([n, c]) => `${n}: ×${c.toFixed(2)}`).join(', ')}`);
+  /** Layer times of a worker among `world` on this machine. */
+  const slowed = (ls: LayerTiming[], world: number): LayerTiming[] => {
+    const c = contention.get(world) ?? 1;
+    return ls.map((l) => ({ ...l, forwardMs: l.forwardMs * c, backwardMs: l.backwardMs * c }));
+  };
   const inputs = (world: number, batch: number, optimizerMsPerParam: number): StepInputs => ({
-    layers, layersAtHalfBatch, link, world, batch, measuredBatch: cfg.batch, spec, bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam,
+    layers: slowed(layers, world), layersAtHalfBatch: slowed(layersAtHalfBatch, world), link, world, batch, measuredBatch: cfg.batch, spec,
+    bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam: optimizerMsPerParam * (contention.get(world) ?? 1),
   });
   const params = layers.reduce((n, l) => n + l.params, 0);
   const optimizerMsPerParam = optimizerMs / params;
@@ -134,8 +146,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     }
     const world = runMode === 'single' ? 1 : workers.length;
     const predictedBytes = predictBytes(runMode, spec, world, cfg.batch, o.cluster.bucketBytes);
-    const oversubscribed = Math.max(1, world / cores);
-    const predictedMs = predictStepMs(runMode, inputs(world, cfg.batch, optimizerMsPerParam)) * oversubscribed;
+    const predictedMs = predictStepMs(runMode, inputs(world, cfg.batch, optimizerMsPerParam));
     const r = await train({
       config: cfg, outDir: join(o.outDir, 'runs', mode), mode: runMode, progress: o.progress, log: (l) => log(`  ${l}`),
       ...(runMode === 'single' ? {} : { cluster: o.cluster, workers }),
@@ -155,7 +166,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
   for (const m of modes) {
     if (m.skipped !== undefined || m.mode === 'single' || m.fallback !== undefined) continue;
     const mode = m.mode as 'data' | 'model';
-    const predictedMs = predictStepMs(mode, inputs(m.world, cfg.batch, optimizerMsPerParam)) * Math.max(1, m.world / cores);
+    const predictedMs = predictStepMs(mode, inputs(m.world, cfg.batch, optimizerMsPerParam));
     forecastCheck.push({ mode, workers: m.world, oversubscribed: m.world > cores, measuredMs: m.stepMs, predictedMs, error: relativeError(m.stepMs, predictedMs) });
   }
   const single = modes.find((m) => m.mode === 'single' && m.skipped === undefined);
@@ -171,7 +182,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
       log(`prediction check: data-parallel on ${n} local workers${n > cores ? ` (${cores} cores: oversubscribed)` : ''}, batch ${batch}`);
       const r = await train({ config, outDir: join(o.outDir, 'runs', `data-${n}`), mode: 'data', cluster, workers: cluster.workers, progress: false, log: () => {} });
       const measuredMs = mean(timed(r.stats).map((s) => s.wallMs));
-      const predictedMs = predictStepMs('data', inputs(n, batch, optimizerMsPerParam)) * Math.max(1, n / cores);
+      const predictedMs = predictStepMs('data', inputs(n, batch, optimizerMsPerParam));
       forecastCheck.push({ mode: 'data', workers: n, oversubscribed: n > cores, measuredMs, predictedMs, error: relativeError(measuredMs, predictedMs) });
     }
   }
@@ -184,6 +195,6 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
       arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, batch: cfg.batch, seed: cfg.seed,
       steps: Math.max(0, ...modes.map((m) => m.losses.length)), backend: cfg.backend,
     },
-    link, layers, modes, forecast: forecastPoints, forecastCheck,
+    link, layers, contention: [...contention].map(([workers, slowdown]) => ({ workers, slowdown })), modes, forecast: forecastPoints, forecastCheck,
   };
 }

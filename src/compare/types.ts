@@ -96,6 +96,8 @@ export interface CompareResult {
   config: { arch: string; width: number; resolution: number; batch: number; seed: number; steps: number; backend: string };
   link: LinkMeasure;
   layers: LayerTiming[];
+  /** compute slowdown with n processes computing at once on this machine (the prediction's input for n workers here) */
+  contention: Array<{ workers: number; slowdown: number }>;
   modes: ModeMeasure[];
   forecast: ForecastPoint[];
   /** the forecast model against every configuration measured: relative error of the predicted step time */
