@@ -9,7 +9,7 @@
  * tests allow); the bytes the workers sent equal the prediction from the
  * layer shapes exactly.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseModes } from '../src/compare/command.js';
@@ -111,7 +111,7 @@ describe('splitnet compare', () => {
   });
 });
 
-describe('splitnet compare refuses bad flags before anything runs', () => {
+describe('splitnet compare when it cannot run as asked: bad flags are refused, missing devices and towers explained', () => {
   it('--modes must name single, data or model, each once', () => {
     expect(parseModes('data, model')).toEqual(['data', 'model']);
     expect(() => parseModes('data,hybrid')).toThrow("--modes: 'hybrid' is not a mode: expected single, data, model");
@@ -126,6 +126,22 @@ describe('splitnet compare refuses bad flags before anything runs', () => {
     const small = splitnet(['compare', '--resolution', '20']);
     expect(small.code).toBe(2);
     expect(small.stderr).toMatch(/^splitnet: .*20/);
+  });
+
+  it('falls back to one process where the config names GPUs this machine lacks, and says so', () => {
+    const dir = tempDir('splitnet-compare-gpus-');
+    const config = join(dir, 'gpus.json');
+    writeFileSync(config, JSON.stringify({
+      coordinator: { host: '127.0.0.1', port: 5550 }, transport: 'tcp',
+      workers: [{ host: '127.0.0.1', device: 0, port: 5560 }, { host: '127.0.0.1', device: 1, port: 5561 }],
+    }));
+    const r = splitnet(['--backend', 'wasm', 'compare', '--config', config, '--modes', 'data', '--width', '0.0625', '--batch', '8', '--steps', '2',
+      '--test-samples', '8', '--no-progress', '--no-forecast-check', '--out', join(dir, 'out')], { SPLITNET_GPUS: '0' }, 120_000);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/1 of 2 configured devices are available .*: training in one process \(single mode\)/);
+    expect(r.stdout).toMatch(/^data \(in one process\) +1 /m);
+    const saved = JSON.parse(readFileSync(join(dir, 'out', 'compare.json'), 'utf8')) as CompareResult;
+    expect(saved.modes[0]).toMatchObject({ mode: 'data', world: 1, fallback: expect.stringMatching(/training in one process/) as unknown });
   });
 
   it('says why model mode is skipped on the one-tower d2l net, and runs the rest', () => {
