@@ -39,8 +39,10 @@ function modeRows(m: ModeMeasure): string[][] {
 export function formatCompareTable(r: CompareResult): string {
   const header = ['mode', 'workers', 'img/s', 'step ms', 'predicted', 'sent MiB', 'predicted', 'test acc %', 'last loss'];
   const rows = [header, ...r.modes.flatMap(modeRows)];
-  const widths = header.map((_, i) => Math.max(...rows.map((row) => (row[i] ?? '').length)));
-  const lines = rows.map((row) => (row.length === 3 && row[2]!.startsWith('skipped') ? `${row[0]!.padEnd(widths[0]!)}  ${row[2]}` : pad(row, widths)));
+  const skippedRow = (row: string[]) => row.length === 3 && row[2]!.startsWith('skipped');
+  // A skipped mode's reason runs across the columns: it does not set their widths.
+  const widths = header.map((_, i) => Math.max(...rows.filter((row) => !skippedRow(row)).map((row) => (row[i] ?? '').length)));
+  const lines = rows.map((row) => (skippedRow(row) ? `${row[0]!.padEnd(widths[0]!)}  ${row[2]}` : pad(row, widths)));
   const check = r.forecastCheck.map((c) => `${c.mode} ×${c.workers}${c.oversubscribed ? ' (oversubscribed)' : ''}: measured ${c.measuredMs.toFixed(1)} ms, predicted ${c.predictedMs.toFixed(1)} ms (${(c.error * 100).toFixed(0)}%)`);
   const worst = r.forecastCheck.length ? Math.max(...r.forecastCheck.map((c) => Math.abs(c.error))) : NaN;
   const wins = new Map<string, string[]>();
