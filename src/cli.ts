@@ -150,8 +150,9 @@ export function buildProgram(): Command {
     .description('times one training step\'s layers when told to (started by compare, to measure contention)')
     .requiredOption('--config-json <json>', 'the train config')
     .requiredOption('--batch <n>', 'samples', intArg('--batch'))
-    .action(async (o: { configJson: string; batch: number }) => {
-      await profileOnSignal(o.configJson, o.batch);
+    .option('--device <d>', "the workers' device: 'cpu', a GPU index or name", 'cpu')
+    .action(async (o: { configJson: string; batch: number; device: string }) => {
+      await profileOnSignal(o.configJson, o.batch, o.device);
     });
 
   program

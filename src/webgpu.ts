@@ -184,6 +184,8 @@ async function locate(want: AdapterWant): Promise<{ via: string; name?: string }
 
 export interface WebGpuSession {
   adapter: AdapterChosen;
+  /** what was asked for (a process opens one adapter: asking again for another is refused) */
+  want: string;
   /** Disposes the tfjs backend and the device and drops Dawn's instance, so Node can exit. */
   close(): void;
 }
@@ -199,6 +201,9 @@ let open: WebGpuSession | undefined;
 export async function activateWebGpu(want: AdapterWant): Promise<WebGpuSession> {
   if (open) {
     // One device per process: a second call (a run after a test, a resumed run) switches back to it.
+    if (open.want !== JSON.stringify(want)) {
+      throw new UsageError(`webgpu: this process already computes on '${open.adapter.name}' (${open.want}); ${describe(want)} needs a process of its own`);
+    }
     if (!(await tf.setBackend('webgpu'))) throw new Error(`webgpu: the tfjs backend failed to restart on '${open.adapter.name}'`);
     return open;
   }
@@ -232,22 +237,33 @@ export async function activateWebGpu(want: AdapterWant): Promise<WebGpuSession> 
     const v = (adapter.limits as unknown as Record<string, unknown>)[key];
     if (typeof v === 'number') requiredLimits[key] = v;
   }
-  let device: GPUDevice | undefined = await adapter.requestDevice({ requiredLimits });
-  const { WebGPUBackend } = await import('@tensorflow/tfjs-backend-webgpu');
-  (globalThis as { navigator?: unknown }).navigator = { gpu };
-  if (tf.findBackendFactory('webgpu') !== null) tf.removeBackend('webgpu');
-  const dev = device;
-  tf.registerBackend('webgpu', () => new WebGPUBackend(dev, info));
-  if (!(await tf.setBackend('webgpu'))) throw new Error(`webgpu: the tfjs backend failed to start on '${chosen.name}'`);
-  await tf.ready();
+  let device: GPUDevice | undefined;
+  // Everything taken from here on is given back if the backend does not start (Dawn would keep Node alive).
+  const release = () => {
+    if (tf.findBackendFactory('webgpu') !== null) tf.removeBackend('webgpu');
+    device?.destroy();
+    device = undefined;
+    gpu = undefined;
+    delete (globalThis as { navigator?: unknown }).navigator;
+  };
+  try {
+    device = await adapter.requestDevice({ requiredLimits });
+    const { WebGPUBackend } = await import('@tensorflow/tfjs-backend-webgpu');
+    (globalThis as { navigator?: unknown }).navigator = { gpu };
+    if (tf.findBackendFactory('webgpu') !== null) tf.removeBackend('webgpu');
+    const dev = device;
+    tf.registerBackend('webgpu', () => new WebGPUBackend(dev, info));
+    if (!(await tf.setBackend('webgpu'))) throw new Error(`webgpu: the tfjs backend failed to start on '${chosen.name}'`);
+    await tf.ready();
+  } catch (err) {
+    release();
+    throw err;
+  }
   open = {
     adapter: chosen,
+    want: JSON.stringify(want),
     close() {
-      if (tf.findBackendFactory('webgpu') !== null) tf.removeBackend('webgpu');
-      device?.destroy();
-      device = undefined;
-      gpu = undefined;
-      delete (globalThis as { navigator?: unknown }).navigator;
+      release();
       open = undefined;
     },
   };

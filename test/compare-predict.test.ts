@@ -259,3 +259,18 @@ describe('relativeError', () => {
     expect(() => relativeError(0, 1)).toThrow('expected a positive finite measured value, got 0');
   });
 });
+
+describe('a layer timed at two batches', () => {
+  it('is split into a fixed cost and a per-sample cost, and scaled as such', () => {
+    // Every layer: 10 ms forward at batch 64, 6 ms at batch 32 → 2 ms fixed + 8 ms per 64 samples.
+    const at64 = madeUpTimings(D2L, 10, 10, 10).map((t) => ({ ...t, backwardMs: 0 }));
+    const at32 = at64.map((t) => ({ ...t, forwardMs: 6 }));
+    const base = { layers: at64, layersAtHalfBatch: at32, halfBatch: 32, measuredBatch: 64, spec: D2L, link: LINK_10_GBIT_S, world: 1, bucketBytes: 25 * 2 ** 20 };
+    const n = D2L.layers.length;
+    // at batch 16: 2 + 8·(16/64) = 4 ms a layer; linear scaling alone would say 2.5
+    expect(predictStepMs('single', { ...base, batch: 16 })).toBeCloseTo(4 * n, 9);
+    expect(predictStepMs('single', { ...base, layersAtHalfBatch: undefined, batch: 16 })).toBeCloseTo(2.5 * n, 9);
+    // the smaller batch need not be half: timed at 48 with 8.5 ms → 4 ms fixed, 6 ms per 64
+    expect(predictStepMs('single', { ...base, layersAtHalfBatch: at64.map((t) => ({ ...t, forwardMs: 8.5 })), halfBatch: 48, batch: 16 })).toBeCloseTo(5.5 * n, 9);
+  });
+});

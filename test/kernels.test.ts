@@ -177,6 +177,21 @@ describe('MaxPoolGrad on wasm (splitnet kernel)', () => {
     return dx;
   }
 
+  it("matches the cpu backend with 'same' padding: windows clipped at every border", async () => {
+    const shape: [number, number, number, number] = [2, 10, 9, 3];
+    const xs = pseudoRandom(shape.reduce((a, b) => a * b), 21);
+    const grad = (name: 'wasm' | 'cpu') => onBackend(name, async () => {
+      const x = tf.tensor4d(xs, shape);
+      const y = tf.maxPool(x, 3, 2, 'same');
+      const dy = tf.tensor(pseudoRandom(y.size, 22), y.shape);
+      const dx = tf.grad((v: tf.Tensor) => tf.maxPool(v as tf.Tensor4D, 3, 2, 'same'))(x, dy);
+      const out = Float32Array.from(await dx.data());
+      tf.dispose([x, y, dy, dx]);
+      return out;
+    });
+    expect(relError(await grad('wasm'), await grad('cpu'))).toBeLessThan(1e-6);
+  });
+
   // tfjs-backend-wasm's own kernel is 9–43% off on the first two shapes.
   for (const shape of [[1, 11, 11, 5], [2, 13, 13, 8], [2, 7, 7, 1]]) {
     it(`routes dy to each overlapping 3×3/2 window's maximum: x [${shape}]`, async () => {

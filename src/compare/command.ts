@@ -14,7 +14,7 @@ import { formatCompareTable, writeCompareOutputs } from './output.js';
 import { runCompare } from './run-compare.js';
 import { profileLayers } from './profile-layers.js';
 import { initBackend } from '../backend.js';
-import { parseAdapterWant } from '../webgpu.js';
+import { adapterFor } from '../webgpu.js';
 import { createInterface } from 'node:readline';
 
 export interface CompareFlags {
@@ -63,7 +63,7 @@ export async function compareCommand(o: CompareFlags, backend: BackendChoice, ad
  * waits for 'go' on stdin so that every such process starts computing at
  * once, times one step's layers, prints {"computeMs": …} and exits.
  */
-export async function profileOnSignal(configJson: string, batch: number): Promise<void> {
+export async function profileOnSignal(configJson: string, batch: number, device: string): Promise<void> {
   let raw: unknown;
   try {
     raw = JSON.parse(configJson);
@@ -71,7 +71,7 @@ export async function profileOnSignal(configJson: string, batch: number): Promis
     throw new UsageError(`--config-json: not JSON (${(err as Error).message})`);
   }
   const cfg = parseTrainConfig(raw, '--config-json');
-  await initBackend(cfg.backend, parseAdapterWant(cfg.adapter ?? 'hardware'));
+  await initBackend(cfg.backend, adapterFor(device, cfg.adapter));
   await profileLayers(cfg, batch); // compiles and allocates: not timed
   console.log('ready');
   const lines = createInterface({ input: process.stdin });

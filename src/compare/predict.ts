@@ -258,8 +258,10 @@ export function predictBytes(mode: PredictMode, spec: ModelSpec, world: number, 
 export interface StepInputs {
   /** per-layer compute of one step in one process at `measuredBatch`, named as the spec's layers */
   layers: LayerTiming[];
-  /** the same at half of `measuredBatch`, when measured: separates each layer's fixed cost from its per-sample cost */
+  /** the same at a smaller batch (`halfBatch`), when measured: separates each layer's fixed cost from its per-sample cost */
   layersAtHalfBatch?: LayerTiming[];
+  /** the batch `layersAtHalfBatch` was timed at (default: half of `measuredBatch`) */
+  halfBatch?: number;
   link: LinkMeasure;
   /** workers (ignored by single) */
   world: number;
@@ -293,12 +295,14 @@ const fwd = (l: TimedLayer, scale: number): number => l.forwardFixedMs + (l.forw
 const bwd = (l: TimedLayer, scale: number): number => l.backwardFixedMs + (l.backwardMs - l.backwardFixedMs) * scale;
 
 /**
- * The batch-independent part of a time measured at full (t₁) and half (t½)
- * batch, from t(s) = a + b·s through both points: a = 2·t½ − t₁, kept within
- * [0, t₁] (timing noise can put t½ above t₁ or below t₁/2).
+ * The batch-independent part of a time measured at batch B (t_B) and at a
+ * smaller batch b (t_b), from t(x) = a + c·x through both points:
+ * a = (t_b·B − t_B·b) / (B − b), kept within [0, t_B] (timing noise can put
+ * t_b above t_B or below t_B·b/B). With b = B nothing separates them: 0.
  */
-function fixedPart(full: number, half: number): number {
-  return Math.min(full, Math.max(0, 2 * half - full));
+function fixedPart(full: number, small: number, B: number, b: number): number {
+  if (b >= B) return 0;
+  return Math.min(full, Math.max(0, (small * B - full * b) / (B - b)));
 }
 
 /**
@@ -307,8 +311,8 @@ function fixedPart(full: number, half: number): number {
  * before it); a weighted layer may not, since its gradients' bucket waits
  * for it, and a timing for a layer the spec lacks means another net was timed.
  */
-function timedLayers(spec: ModelSpec, timings: LayerTiming[], halfBatch?: LayerTiming[]): TimedLayer[] {
-  const half = new Map((halfBatch ?? []).map((t) => [t.name, t]));
+function timedLayers(spec: ModelSpec, timings: LayerTiming[], smaller: LayerTiming[], B: number, b: number): TimedLayer[] {
+  const half = new Map(smaller.map((t) => [t.name, t]));
   const shapes = shapesOf(spec);
   const byName = new Map<string, LayerTiming>();
   for (const t of timings) {
@@ -331,7 +335,7 @@ function timedLayers(spec: ModelSpec, timings: LayerTiming[], halfBatch?: LayerT
     const h = half.get(t.name);
     return {
       layer: s.layer, forwardMs: t.forwardMs, backwardMs: t.backwardMs,
-      forwardFixedMs: h ? fixedPart(t.forwardMs, h.forwardMs) : 0, backwardFixedMs: h ? fixedPart(t.backwardMs, h.backwardMs) : 0,
+      forwardFixedMs: h ? fixedPart(t.forwardMs, h.forwardMs, B, b) : 0, backwardFixedMs: h ? fixedPart(t.backwardMs, h.backwardMs, B, b) : 0,
     };
   });
 }
@@ -483,7 +487,9 @@ function checkInputs(i: StepInputs): Required<StepInputs> {
   positive('link bandwidth (bytes/s)', i.link.bandwidth);
   const optimizerMsPerParam = i.optimizerMsPerParam ?? 0;
   nonNegative('optimizerMsPerParam', optimizerMsPerParam);
-  return { ...i, optimizerMsPerParam, layersAtHalfBatch: i.layersAtHalfBatch ?? [] };
+  const halfBatch = i.halfBatch ?? i.measuredBatch / 2;
+  positive('halfBatch', halfBatch);
+  return { ...i, optimizerMsPerParam, layersAtHalfBatch: i.layersAtHalfBatch ?? [], halfBatch };
 }
 
 /**
@@ -498,7 +504,7 @@ function checkInputs(i: StepInputs): Required<StepInputs> {
  */
 export function predictStepMs(mode: PredictMode, inputs: StepInputs): number {
   const i = checkInputs(inputs);
-  const layers = timedLayers(i.spec, i.layers, i.layersAtHalfBatch);
+  const layers = timedLayers(i.spec, i.layers, i.layersAtHalfBatch, i.measuredBatch, i.halfBatch);
   switch (mode) {
     case 'single': return singleMs(layers, i);
     case 'data': return dataMs(layers, i);

@@ -6,7 +6,6 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { TrainConfig } from '../config/train.js';
-import { readScalar } from '../kernels/read.js';
 import { specOf } from '../model/alexnet.js';
 import { buildModel, disposeModel } from '../model/build.js';
 import { lossAndGrads } from '../model/engine.js';
@@ -16,6 +15,23 @@ import type { LayerTiming } from './types.js';
 
 /** Steps timed after one untimed (kernels' first runs compile or allocate); the median of each layer is kept. */
 const TIMED_STEPS = 3;
+
+/**
+ * Waits until the GPU has run everything asked of it so far: tfjs-webgpu
+ * batches commands, so its pending encoder is submitted first, then the
+ * device's queue is awaited. (Reading a fresh small tensor would not do: its
+ * values stay on the host and come back at once.)
+ */
+async function gpuIdle(): Promise<void> {
+  const b = tf.backend() as unknown as {
+    ensureCommandEncoderReady?: () => void; endComputePassEncoder?: () => void; submitQueue?: () => void; device?: GPUDevice;
+  };
+  // The order tfjs-webgpu itself uses before a readback: an encoder, its pass ended, submitted.
+  b.ensureCommandEncoderReady?.();
+  b.endComputePassEncoder?.();
+  b.submitQueue?.();
+  await b.device?.queue.onSubmittedWorkDone();
+}
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -37,6 +53,7 @@ export async function profileLayers(cfg: TrainConfig, batch = cfg.batch): Promis
   const y = tf.tensor1d(Array.from({ length: batch }, (_, i) => i % spec.classes), 'int32');
   // Backends that compute asynchronously (WebGPU) are made to finish each layer before its time is taken.
   const synchronous = ['wasm', 'cpu', 'tensorflow'].includes(tf.getBackend());
+  const finish = synchronous ? async () => {} : gpuIdle;
   const opt = new Sgd({ lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay });
   const optimizerMs: number[] = [];
   const times = new Map<string, { forward: number[]; backward: number[] }>(spec.layers.map((l) => [l.name, { forward: [], backward: [] }]));
@@ -44,7 +61,7 @@ export async function profileLayers(cfg: TrainConfig, batch = cfg.batch): Promis
     for (let step = 0; step <= TIMED_STEPS; step++) {
       let last = performance.now();
       const onLayer = async (layer: string, phase: 'forward' | 'backward') => {
-        if (!synchronous) await readScalar(tf.tidy(() => tf.scalar(0)));
+        await finish();
         const now = performance.now();
         if (step > 0) times.get(layer)![phase].push(now - last);
         last = now;
@@ -52,7 +69,7 @@ export async function profileLayers(cfg: TrainConfig, batch = cfg.batch): Promis
       const { loss, grads } = await lossAndGrads(model, x, y, { dropout: { seed: cfg.seed, step, firstSample: 0 }, onLayer });
       const u0 = performance.now();
       opt.apply(model.params, grads);
-      if (!synchronous) await readScalar(tf.tidy(() => tf.scalar(0)));
+      await finish();
       if (step > 0) optimizerMs.push(performance.now() - u0);
       tf.dispose([loss, ...grads.values()]);
     }

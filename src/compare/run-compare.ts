@@ -16,7 +16,8 @@ import { parseClusterConfig, type ClusterConfig, type WorkerSpec } from '../conf
 import type { TrainConfig } from '../config/train.js';
 import { initBackend } from '../backend.js';
 import { specOf } from '../model/alexnet.js';
-import { parseAdapterWant } from '../webgpu.js';
+import { UsageError } from '../errors.js';
+import { adapterFor } from '../webgpu.js';
 import { planDevices } from '../run/launcher.js';
 import { train, type Mode, type TrainResult } from '../run/loop.js';
 import { freePorts } from '../wire/free-ports.js';
@@ -79,36 +80,62 @@ function workerMeasure(r: TrainResult, rank: number): WorkerMeasure {
   };
 }
 
-/** A local cluster of `n` CPU workers on fresh ports (the prediction check's extra sizes). */
-async function localCpuCluster(base: ClusterConfig, n: number): Promise<ClusterConfig> {
+/** Worker counts, beyond the config's, at which the step-time model is checked against a run (oversubscribed on small machines). */
+const CHECK_SIZES = [3, 4];
+/** Steps of each check run (the first is not timed). */
+const CHECK_STEPS = 4;
+
+/**
+ * A local cluster of `n` workers on fresh ports, on the device of the
+ * config's first worker (shared when it is a GPU): the prediction check's
+ * extra sizes compute where the measured modes did.
+ */
+async function localCluster(base: ClusterConfig, n: number): Promise<ClusterConfig> {
   const [coord, ...ports] = await freePorts(n + 1);
+  const device = base.workers[0]!.device;
   return parseClusterConfig({
     coordinator: { host: '127.0.0.1', port: coord }, transport: base.transport,
-    workers: ports.map((port) => ({ host: '127.0.0.1', device: 'cpu', port })),
+    workers: ports.map((port) => ({ host: '127.0.0.1', device, ...(device === 'cpu' ? {} : { shared: true }), port })),
     timeouts: base.timeouts, heartbeat: base.heartbeat, bucketBytes: base.bucketBytes,
   }, `a local cluster of ${n} workers`);
+}
+
+/** What would fail halfway is refused before anything runs: a batch the cluster's workers cannot share evenly. */
+function refuseUnrunnable(o: CompareOptions): void {
+  if (!o.modes.includes('data')) return;
+  const plan = planDevices(o.cluster);
+  if (plan.single !== undefined) return;
+  const world = plan.workers.length;
+  if (o.config.batch % world !== 0) {
+    throw new UsageError(`--batch ${o.config.batch} does not split evenly over the ${world} workers of the data-parallel run`);
+  }
 }
 
 export async function runCompare(o: CompareOptions): Promise<CompareResult> {
   const { config: cfg, log } = o;
   const spec = specOf(cfg);
   const cores = availableParallelism();
+  refuseUnrunnable(o);
   log(`compare: ${cfg.arch} AlexNet ${cfg.resolution}×${cfg.resolution}×${cfg.channels}, width ${cfg.width}, batch ${cfg.batch}, seed ${cfg.seed}, ` +
     `${cfg.trainSamples / cfg.batch} steps per mode; modes ${o.modes.join(', ')}`);
 
   log('  probing the link (loopback TCP through zeromq) and timing every layer in one process');
   const link = await probeLink();
-  // The layers are timed on the backend the single mode will use.
-  await initBackend(cfg.backend, parseAdapterWant(cfg.adapter ?? 'hardware'));
+  // The layers are timed where the workers compute: the config's device, this backend.
+  const device = String(o.cluster.workers[0]!.device);
+  await initBackend(cfg.backend, adapterFor(device, cfg.adapter));
   const { layers, optimizerMs } = await profileLayers(cfg);
   // At half the batch too: what each layer costs regardless of the samples (a worker's shard is smaller).
-  const { layers: layersAtHalfBatch } = await profileLayers(cfg, Math.max(1, Math.floor(cfg.batch / 2)));
+  const halfBatch = Math.max(1, Math.floor(cfg.batch / 2));
+  const { layers: layersAtHalfBatch } = await profileLayers(cfg, halfBatch);
   const computeMs = layers.reduce((n, l) => n + l.forwardMs + l.backwardMs, 0);
   log(`  link: ${link.latencyMs.toFixed(3)} ms latency, ${(link.bandwidth / 1e9).toFixed(2)} GB/s; one step's layers: ${computeMs.toFixed(1)} ms`);
 
   // Workers on this machine compute at once and slow each other down: measured, not assumed.
-  const sizes = [...new Set([2, ...(o.checkForecast ? [3, 4] : [])])];
-  const contention = await measureContention(cfg, sizes);
+  const checkSizes = o.checkForecast ? CHECK_SIZES.filter((n) => cfg.batch >= n) : [];
+  const clusterModes = o.modes.some((m) => m !== 'single');
+  const sizes = [...new Set([...(clusterModes ? [2] : []), ...checkSizes])];
+  const contention = await measureContention(cfg, sizes, device);
   log(`  compute slowdown with n processes computing at once: ${[...contention].map(([n, c]) => `${n}: ×${c.toFixed(2)}`).join(', ')}`);
   /** Layer times of a worker among `world` on this machine. */
   const slowed = (ls: LayerTiming[], world: number): LayerTiming[] => {
@@ -116,7 +143,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     return ls.map((l) => ({ ...l, forwardMs: l.forwardMs * c, backwardMs: l.backwardMs * c }));
   };
   const inputs = (world: number, batch: number, optimizerMsPerParam: number): StepInputs => ({
-    layers: slowed(layers, world), layersAtHalfBatch: slowed(layersAtHalfBatch, world), link, world, batch, measuredBatch: cfg.batch, spec,
+    layers: slowed(layers, world), layersAtHalfBatch: slowed(layersAtHalfBatch, world), halfBatch, link, world, batch, measuredBatch: cfg.batch, spec,
     bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam: optimizerMsPerParam * (contention.get(world) ?? 1),
   });
   const params = layers.reduce((n, l) => n + l.params, 0);
@@ -151,6 +178,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
       config: cfg, outDir: join(o.outDir, 'runs', mode), mode: runMode, progress: o.progress, log: (l) => log(`  ${l}`),
       ...(runMode === 'single' ? {} : { cluster: o.cluster, workers }),
     });
+    if (!r.finished) throw new UsageError(`compare: the ${mode} run stopped before its last step (interrupted); nothing was written`);
     const measured: ModeMeasure = {
       mode, world: r.world, ...(fallback !== undefined ? { fallback } : {}),
       imagesPerSec: r.imagesPerSec, stepMs: mean(timed(r.stats).map((s) => s.wallMs)),
@@ -174,20 +202,19 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     const predictedMs = predictStepMs('single', inputs(1, cfg.batch, optimizerMsPerParam));
     forecastCheck.unshift({ mode: 'data', workers: 1, oversubscribed: false, measuredMs: single.stepMs, predictedMs, error: relativeError(single.stepMs, predictedMs) });
   }
-  if (o.checkForecast) {
-    for (const n of [3, 4]) {
-      const batch = cfg.batch - (cfg.batch % n); // equal shards
-      const config = { ...cfg, batch, trainSamples: Math.min(cfg.trainSamples, 4 * batch), testSamples: batch };
-      const cluster = await localCpuCluster(o.cluster, n);
-      log(`prediction check: data-parallel on ${n} local workers${n > cores ? ` (${cores} cores: oversubscribed)` : ''}, batch ${batch}`);
-      const r = await train({ config, outDir: join(o.outDir, 'runs', `data-${n}`), mode: 'data', cluster, workers: cluster.workers, progress: false, log: () => {} });
-      const measuredMs = mean(timed(r.stats).map((s) => s.wallMs));
-      const predictedMs = predictStepMs('data', inputs(n, batch, optimizerMsPerParam));
-      forecastCheck.push({ mode: 'data', workers: n, oversubscribed: n > cores, measuredMs, predictedMs, error: relativeError(measuredMs, predictedMs) });
-    }
+  for (const n of checkSizes) {
+    const batch = cfg.batch - (cfg.batch % n); // equal shards
+    const config = { ...cfg, batch, epochs: 1, trainSamples: CHECK_STEPS * batch, testSamples: batch };
+    const cluster = await localCluster(o.cluster, n);
+    log(`prediction check: data-parallel on ${n} local workers${n > cores ? ` (${cores} cores: oversubscribed)` : ''}, batch ${batch}`);
+    const r = await train({ config, outDir: join(o.outDir, 'runs', `data-${n}`), mode: 'data', cluster, workers: cluster.workers, progress: false, log: () => {} });
+    if (!r.finished) throw new UsageError(`compare: the check at ${n} workers stopped before its last step (interrupted); nothing was written`);
+    const measuredMs = mean(timed(r.stats).map((s) => s.wallMs));
+    const predictedMs = predictStepMs('data', inputs(n, batch, optimizerMsPerParam));
+    forecastCheck.push({ mode: 'data', workers: n, oversubscribed: n > cores, measuredMs, predictedMs, error: relativeError(measuredMs, predictedMs) });
   }
 
-  const forecastPoints = forecast({ layers, layersAtHalfBatch, link, measuredBatch: cfg.batch, spec, bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam }, undefined, undefined,
+  const forecastPoints = forecast({ layers, layersAtHalfBatch, halfBatch, link, measuredBatch: cfg.batch, spec, bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam }, undefined, undefined,
     [...new Set([cfg.batch, cfg.batch * 2, cfg.batch * 8])]);
   return {
     date: new Date().toISOString(),

@@ -18,7 +18,10 @@ export const WorkerSchema = z.strictObject({
    * counts adapters in the same order), or a fragment of the GPU's name as
    * WebGPU reports it (e.g. 'H200', or 'llvmpipe' for the software adapter)
    */
-  device: z.union([z.literal('cpu'), z.number().int().min(0), z.string().trim().min(1)]),
+  device: z.union([
+    z.literal('cpu'), z.number().int().min(0),
+    z.string().trim().min(1).refine((d) => !/^\d+$/.test(d), { message: 'a GPU index is a number, not a string: write it without quotes' }),
+  ]),
   /** this worker may share its GPU with the other workers that say so (how a one-GPU box runs both modes) */
   shared: z.boolean().default(false),
   /** the worker's peer port (tcp) for worker-to-worker links */

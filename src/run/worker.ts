@@ -19,7 +19,7 @@ import { DataParallelReplica } from '../parallel/data-parallel.js';
 import { ModelParallelTower } from '../parallel/model-parallel.js';
 import type { Strategy } from '../parallel/strategy.js';
 import { PeerLink } from '../wire/peer-link.js';
-import { decodeToWorker, encodeToCoordinator, type ToWorker } from '../wire/protocol.js';
+import { decodeToWorker, encodeToCoordinator, MAX_STEP_LINKS, MAX_STEP_SPANS, type ToWorker } from '../wire/protocol.js';
 import { openRing } from '../wire/ring-link.js';
 import { Inbox, receiveLoop, socketOptions } from '../wire/transport.js';
 
@@ -108,7 +108,13 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
           await sendUp({
             kind: 'stepDone', globalStep: msg.globalStep, loss: r.loss, samples: r.samples, computeMs: r.computeMs,
             waitMs: r.waitMs, bytesSent: r.bytesSent, liveTensors: r.tensors, ...(r.checksum !== undefined ? { checksum: r.checksum } : {}),
-            ...(r.detail !== undefined ? { detail: r.detail } : {}),
+            // Diagnostics must never fail a step: beyond what a report may carry, the first spans go and the per-link split is left out.
+            ...(r.detail !== undefined ? {
+              detail: {
+                ...r.detail, spans: r.detail.spans.slice(0, MAX_STEP_SPANS),
+                sentByLink: Object.keys(r.detail.sentByLink).length <= MAX_STEP_LINKS ? r.detail.sentByLink : {},
+              },
+            } : {}),
           });
           break;
         }

@@ -12,6 +12,8 @@ const ROUND_TRIPS = 200;
 /** Bandwidth: round trips of one BIG_BYTES message (the ring's piece size, 4 MiB); the median is kept */
 const BIG_ROUND_TRIPS = 9;
 const BIG_BYTES = 4 * 2 ** 20;
+/** Loopback answers in well under a second; a socket silent this long means the probe is broken, not slow. */
+const RECEIVE_TIMEOUT_MS = 30_000;
 
 export interface LinkProbe {
   /** one-way latency of an 8-byte message, ms (half the median round trip) */
@@ -22,10 +24,10 @@ export interface LinkProbe {
 
 export async function probeLink(host = '127.0.0.1'): Promise<LinkProbe> {
   const [p1, p2] = await freePorts(2);
-  const aOut = new zmq.Push({ linger: 0 });
-  const bIn = new zmq.Pull({ linger: 0 });
-  const bOut = new zmq.Push({ linger: 0 });
-  const aIn = new zmq.Pull({ linger: 0 });
+  const aOut = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS });
+  const bIn = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS });
+  const bOut = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS });
+  const aIn = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS });
   try {
     await bIn.bind(`tcp://${host}:${p1}`);
     await aIn.bind(`tcp://${host}:${p2}`);
@@ -40,13 +42,15 @@ export async function probeLink(host = '127.0.0.1'): Promise<LinkProbe> {
     })();
     const small = Buffer.alloc(8);
     const rtts: number[] = [];
-    for (let i = 0; i < ROUND_TRIPS + 1; i++) { // the first one connects: not timed
-      const t0 = performance.now();
-      await aOut.send(small);
-      await aIn.receive();
-      if (i > 0) rtts.push(performance.now() - t0);
-    }
-    await echo;
+    const pings = (async () => {
+      for (let i = 0; i < ROUND_TRIPS + 1; i++) { // the first one connects: not timed
+        const t0 = performance.now();
+        await aOut.send(small);
+        await aIn.receive();
+        if (i > 0) rtts.push(performance.now() - t0);
+      }
+    })();
+    await Promise.all([pings, echo]); // either side's failure ends the probe, neither is left unhandled
     rtts.sort((a, b) => a - b);
     const latencyMs = rtts[Math.floor(rtts.length / 2)]! / 2;
 
@@ -60,13 +64,15 @@ export async function probeLink(host = '127.0.0.1'): Promise<LinkProbe> {
         await bOut.send(m!);
       }
     })();
-    for (let i = 0; i < BIG_ROUND_TRIPS; i++) {
-      const t0 = performance.now();
-      await aOut.send(Buffer.alloc(BIG_BYTES, 1));
-      await aIn.receive();
-      oneWay.push((performance.now() - t0) / 2);
-    }
-    await bounce;
+    const sends = (async () => {
+      for (let i = 0; i < BIG_ROUND_TRIPS; i++) {
+        const t0 = performance.now();
+        await aOut.send(Buffer.alloc(BIG_BYTES, 1));
+        await aIn.receive();
+        oneWay.push((performance.now() - t0) / 2);
+      }
+    })();
+    await Promise.all([sends, bounce]);
     oneWay.sort((a, b) => a - b);
     const transferMs = Math.max(1e-3, oneWay[Math.floor(oneWay.length / 2)]! - latencyMs);
     return { latencyMs, bandwidth: BIG_BYTES / (transferMs / 1000) };

@@ -68,13 +68,15 @@ const Hello = z.strictObject({ v, kind: z.literal('hello'), rank: Count, pid: z.
 const Ready = z.strictObject({ v, kind: z.literal('ready'), checksum: z.string(), backend: z.string(), params: Count });
 /** Spans one step may report: enough for every ring piece of AlexNet's buckets, bounded so a report cannot balloon. */
 export const MAX_STEP_SPANS = 10_000;
+/** Links and buckets one step may report per link (AlexNet has 5 cross links; the default 25 MiB buckets make 10 of the full net). */
+export const MAX_STEP_LINKS = 4_096;
 const Ms = z.number().finite().min(0);
 /** Where a worker's step time went and what it moved (splitnet compare). */
 const StepDetail = z.strictObject({
   sendMs: Ms,
   optimizerMs: Ms,
   bytesReceived: Count,
-  sentByLink: z.record(z.string().min(1).max(64), Count),
+  sentByLink: z.record(z.string().min(1).max(64), Count).refine((r) => Object.keys(r).length <= MAX_STEP_LINKS, { message: `more than ${MAX_STEP_LINKS} links or buckets` }),
   rssBytes: Count,
   backendBytes: Count,
   spans: z.array(z.strictObject({

@@ -153,9 +153,7 @@ export class RingAllReduce {
     const [b, e] = chunkRange(data.length, this.world, chunk);
     for (let offset = 0; offset < Math.max(1, e - b); offset += PIECE_FLOATS) {
       const piece = data.subarray(b + offset, Math.min(e, b + offset + PIECE_FLOATS));
-      const t0 = performance.now();
-      this.send({ kind: 'ring', seq: this.seq, bucket, phase, round, chunk, offset }, piece);
-      this.traffic.sent(`bucket ${bucket}`, piece.byteLength, t0, performance.now());
+      this.send({ kind: 'ring', seq: this.seq, bucket, phase, round, chunk, offset }, piece); // the transport records it in `traffic`
       this.bytesSent += piece.byteLength;
     }
   }

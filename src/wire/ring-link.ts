@@ -38,7 +38,13 @@ export async function openRing(opts: RingLinkOptions): Promise<RingLink> {
   let sending: Promise<void> = Promise.resolve();
   const ring = new RingAllReduce(rank, world, (msg, chunk) => {
     // Queued, not awaited: libzmq's I/O thread sends while backward computes.
-    sending = sending.then(() => push.send(encodeToPeer(msg, [chunk])))
+    sending = sending.then(() => {
+      // The main thread's part of a send: encoding the header and handing the frames to libzmq.
+      const t0 = performance.now();
+      const sent = push.send(encodeToPeer(msg, [chunk]));
+      ring.traffic.sent(`bucket ${msg.bucket}`, chunk.byteLength, t0, performance.now());
+      return sent;
+    })
       .catch((err: Error) => ring.fail(new Error(`sending to worker ${next}: ${err.message}`)));
   }, opts.waitMs);
   if (world === 1) return { ring, close };
