@@ -24,12 +24,15 @@ unxz_to() {
   else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"; fi
 }
 
-if [ ! -x "$work/node" ]; then
+# A marker written last: an unpack cut short is done again, not trusted.
+if [ ! -f "$work/.complete" ]; then
   echo "unpacking Node, splitnet and the data into $work"
+  rm -rf "$work" && mkdir -p "$work"
   unxz_to "$here/node.xz" "$work/node" && chmod +x "$work/node"
   unxz_to "$here/app.tar.xz" "$work/app.tar" && tar -xf "$work/app.tar" -C "$work" && rm "$work/app.tar"
   mkdir -p "$work/fashion-mnist"
   for f in "$here"/data/*.xz; do unxz_to "$f" "$work/fashion-mnist/$(basename "${f%.xz}")"; done
+  touch "$work/.complete"
 fi
 
 # The Vulkan loader and the EGL/GL dispatch libraries, only where the machine lacks them.
