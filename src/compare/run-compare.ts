@@ -178,7 +178,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
       config: cfg, outDir: join(o.outDir, 'runs', mode), mode: runMode, progress: o.progress, log: (l) => log(`  ${l}`),
       ...(runMode === 'single' ? {} : { cluster: o.cluster, workers }),
     });
-    if (!r.finished) throw new UsageError(`compare: the ${mode} run stopped before its last step (interrupted); nothing was written`);
+    if (!r.finished) throw new Error(`compare: the ${mode} run stopped before its last step (interrupted); nothing was written`);
     const measured: ModeMeasure = {
       mode, world: r.world, ...(fallback !== undefined ? { fallback } : {}),
       imagesPerSec: r.imagesPerSec, stepMs: mean(timed(r.stats).map((s) => s.wallMs)),
@@ -208,7 +208,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     const cluster = await localCluster(o.cluster, n);
     log(`prediction check: data-parallel on ${n} local workers${n > cores ? ` (${cores} cores: oversubscribed)` : ''}, batch ${batch}`);
     const r = await train({ config, outDir: join(o.outDir, 'runs', `data-${n}`), mode: 'data', cluster, workers: cluster.workers, progress: false, log: () => {} });
-    if (!r.finished) throw new UsageError(`compare: the check at ${n} workers stopped before its last step (interrupted); nothing was written`);
+    if (!r.finished) throw new Error(`compare: the check at ${n} workers stopped before its last step (interrupted); nothing was written`);
     const measuredMs = mean(timed(r.stats).map((s) => s.wallMs));
     const predictedMs = predictStepMs('data', inputs(n, batch, optimizerMsPerParam));
     forecastCheck.push({ mode: 'data', workers: n, oversubscribed: n > cores, measuredMs, predictedMs, error: relativeError(measuredMs, predictedMs) });
