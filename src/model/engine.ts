@@ -118,7 +118,7 @@ export async function forward(model: Model, x: tf.Tensor4D, opts: PassOptions, k
       else { release([...new Set(inputs)]); release(outs.flatMap((o) => (o.mask ? [o.mask] : []))); }
       acts = outs.map((o) => o.y);
       if (isWeighted(layer)) first = false;
-      await opts.onLayer?.(layer.name, 'forward');
+      if (opts.onLayer) await opts.onLayer(layer.name, 'forward'); // no await otherwise: a microtask per layer on the training path
     }
     // Every process computes the loss from all logits [B, classes].
     tape.logits = own(split ? await opts.links!.gather('logits', acts[0]!, 1) : acts.length === 1 ? tf.clone(acts[0]!) : tf.concat(acts, 1)) as tf.Tensor2D;
@@ -163,7 +163,7 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
         }
       }
       if (!needDx) {
-        await opts.onLayer?.(layer.name, 'backward');
+        if (opts.onLayer) await opts.onLayer(layer.name, 'backward'); // no await otherwise: a microtask per layer on the training path
         break;
       }
       const dxs = outs.map((o) => o.dx!);
@@ -185,7 +185,7 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
           tf.dispose(dxs);
         }
       }
-      await opts.onLayer?.(layer.name, 'backward');
+      if (opts.onLayer) await opts.onLayer(layer.name, 'backward'); // no await otherwise: a microtask per layer on the training path
       await opts.afterLayer?.();
     }
   } catch (err) {
