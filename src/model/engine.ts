@@ -163,7 +163,7 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
         }
       }
       if (!needDx) {
-        if (opts.onLayer) await opts.onLayer(layer.name, 'backward'); // no await otherwise: a microtask per layer on the training path
+        if (opts.onLayer) await opts.onLayer(layer.name, 'backward');
         break;
       }
       const dxs = outs.map((o) => o.dx!);
@@ -185,7 +185,7 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
           tf.dispose(dxs);
         }
       }
-      if (opts.onLayer) await opts.onLayer(layer.name, 'backward'); // no await otherwise: a microtask per layer on the training path
+      if (opts.onLayer) await opts.onLayer(layer.name, 'backward');
       await opts.afterLayer?.();
     }
   } catch (err) {
