@@ -14,7 +14,7 @@ import { parseClusterConfig } from '../src/config/cluster.js';
 import type { TrainResult as ClusterResult } from '../src/run/loop.js';
 import { freePorts } from '../src/wire/free-ports.js';
 import { alexnet } from '../src/model/alexnet.js';
-import { crossLinkFloatsPerSample } from '../src/compare/predict.js';
+import { crossLinkFloatsPerSample } from '../src/compare/predict-bytes.js';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train } from '../src/run/loop.js';
 

@@ -9,8 +9,10 @@ import {
   crossLinkFloatsPerSample as benchCrossLinkFloats,
 } from '../bench/split.js';
 import {
-  crossLinkFloatsPerSample, dataParallelBytes, FLOAT_BYTES, forecast, forecastLinks, gradientBuckets, hybridBytes,
-  LINK_10_GBIT_S, LINK_100_GBIT_S, modelParallelBytes, predictBytes, predictStepMs, relativeError, transferMs,
+  crossLinkFloatsPerSample, dataParallelBytes, FLOAT_BYTES, gradientBuckets, hybridBytes, modelParallelBytes, predictBytes,
+} from '../src/compare/predict-bytes.js';
+import {
+  forecast, forecastLinks, LINK_10_GBIT_S, LINK_100_GBIT_S, predictStepMs, relativeError, transferMs,
   type ForecastInputs, type StepInputs,
 } from '../src/compare/predict.js';
 import type { LayerTiming, LinkMeasure } from '../src/compare/types.js';
