@@ -3,16 +3,21 @@
 
     torch_load_checkpoint.py RUN_DIR INPUT.safetensors
 
-RUN_DIR holds checkpoint.safetensors and checkpoint.json (written by
-`splitnet train`). INPUT.safetensors holds one float32 tensor "x" [B, H, W, C]
-(NHWC, already normalized). Prints {"logits": [[...], ...]} as JSON.
+RUN_DIR is a run directory of `splitnet train`: its checkpoint.manifest.json
+names the current checkpoint's tensor file and state file, with their
+SHA-256 (an older run directory has checkpoint.safetensors and
+checkpoint.json instead). INPUT.safetensors holds one float32 tensor "x"
+[B, H, W, C] (NHWC, already normalized). Prints {"logits": [[...], ...]}
+as JSON.
 
 The checkpoint is a PyTorch state_dict: conv weights [out, in, kh, kw], dense
 weights [out, in], fc6's inputs in the order torch.flatten gives an NCHW map
 (towers' channels concatenated, tower 0 first). SGD momentum buffers are the
 tensors named "momentum.<parameter>".
 """
+import hashlib
 import json
+import os
 import struct
 import sys
 
@@ -40,6 +45,29 @@ def load_safetensors(path):
         buf = bytearray(raw[8 + n + begin:8 + n + end])
         out[name] = torch.frombuffer(buf, dtype=torch.float32).reshape(e["shape"]).clone()
     return out
+
+
+def checkpoint_files(run_dir):
+    """The committed checkpoint's (state, tensors) paths, each checked against the manifest."""
+    manifest_path = os.path.join(run_dir, "checkpoint.manifest.json")
+    if not os.path.exists(manifest_path):
+        # the format before manifests: fixed names
+        return os.path.join(run_dir, "checkpoint.json"), os.path.join(run_dir, "checkpoint.safetensors")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    paths = []
+    for key in ("state", "tensors"):
+        entry = manifest[key]
+        path = os.path.join(run_dir, os.path.basename(entry["file"]))
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 23), b""):
+                sha.update(block)
+        digest = sha.hexdigest()
+        if digest != entry["sha256"]:
+            sys.exit(f"{path}: SHA-256 {digest[:16]}..., {manifest_path} names it with {entry['sha256'][:16]}...")
+        paths.append(path)
+    return tuple(paths)
 
 
 class AlexNet(nn.Module):
@@ -112,9 +140,10 @@ class AlexNet(nn.Module):
 
 def main():
     run_dir, input_path = sys.argv[1], sys.argv[2]
-    with open(f"{run_dir}/checkpoint.json") as f:
+    state_path, tensors_path = checkpoint_files(run_dir)
+    with open(state_path) as f:
         state = json.load(f)
-    tensors = load_safetensors(f"{run_dir}/checkpoint.safetensors")
+    tensors = load_safetensors(tensors_path)
     params = {k: v for k, v in tensors.items() if not k.startswith("momentum.")}
     net = AlexNet(state["config"])
     net.load_state_dict(params, strict=True)

@@ -1,10 +1,11 @@
+import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
   checkState,
-  flattenState, mergeStates, momentumKey, readCheckpointState, readCheckpointTensors, saveCheckpoint, STATE_FILE, TENSORS_FILE,
+  checkpointFiles, flattenState, MANIFEST_FILE, mergeStates, momentumKey, readCheckpointState, readCheckpointTensors, saveCheckpoint,
 } from '../src/checkpoint/checkpoint.js';
 import { loadModelState, readModelState } from '../src/checkpoint/model-state.js';
 import { readSafetensors, writeSafetensors } from '../src/checkpoint/safetensors.js';
@@ -149,20 +150,29 @@ describe('checkpoints', () => {
     expect(() => checkState(wrong, shapes)).toThrow('momentum of fc8.bias is [3] with 3 values, the model\'s is [10]');
   });
 
-  it('refuses a state file whose tensor file was replaced, or a bad state file', async () => {
+  it('refuses a bad state file, naming it and the problem', async () => {
     const dir = tempDir();
     const spec = alexnet({ arch: 'd2l', width: 1 / 16, resolution: 67 });
     const m = buildModel(spec, { seed: 1 });
     const opt = new Sgd({ lr: 0.1, momentum: 0, weightDecay: 0 });
     saveCheckpoint(dir, spec, await readModelState(m, opt), CPU_DEFAULTS, { epoch: 0, step: 1, globalStep: 1 });
-    writeFileSync(join(dir, TENSORS_FILE), Buffer.alloc(16));
-    expect(() => readCheckpointState(dir)).toThrow(/checkpoint\.safetensors: 16 bytes: checkpoint\.json was written with a \d+-byte tensor file/);
-    const state = JSON.parse(readFileSync(join(dir, STATE_FILE), 'utf8'));
-    writeFileSync(join(dir, STATE_FILE), JSON.stringify({ ...state, config: { ...state.config, lr: 'fast' } }));
-    expect(() => readCheckpointState(dir)).toThrow(/checkpoint\.json: lr: /);
-    writeFileSync(join(dir, STATE_FILE), JSON.stringify({ ...state, config: { ...state.config, colour: 'red' } }));
-    expect(() => readCheckpointState(dir)).toThrow(/checkpoint\.json: \(top level\): unknown key 'colour'$/);
-    expect(() => readCheckpointState(tempDir())).toThrow(/checkpoint\.json: not found: nothing to resume in this directory/);
+    const files = checkpointFiles(dir)!;
+    const state = JSON.parse(readFileSync(files.state, 'utf8'));
+    // A state file rewritten and committed again (its manifest entry updated): its content is what is checked.
+    const recommit = (content: object) => {
+      const bytes = Buffer.from(JSON.stringify(content));
+      writeFileSync(files.state, bytes);
+      const manifest = JSON.parse(readFileSync(join(dir, MANIFEST_FILE), 'utf8'));
+      manifest.state = { ...manifest.state, bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
+      writeFileSync(join(dir, MANIFEST_FILE), JSON.stringify(manifest));
+    };
+    recommit({ ...state, config: { ...state.config, lr: 'fast' } });
+    expect(() => readCheckpointState(dir)).toThrow(/checkpoint-1-[0-9a-f]+\.json: lr: /);
+    recommit({ ...state, config: { ...state.config, colour: 'red' } });
+    expect(() => readCheckpointState(dir)).toThrow(/checkpoint-1-[0-9a-f]+\.json: \(top level\): unknown key 'colour'$/);
+    recommit({ ...state, position: { epoch: 0, step: -1, globalStep: 1 } });
+    expect(() => readCheckpointState(dir)).toThrow(/checkpoint-1-[0-9a-f]+\.json: position \{"epoch":0,"step":-1,"globalStep":1\}: expected \{epoch, step, globalStep\} as counts/);
+    expect(() => readCheckpointState(tempDir())).toThrow(/checkpoint\.manifest\.json: not found \(nor an old-format checkpoint\.json\): nothing to resume in this directory/);
     disposeModel(m);
   });
 });

@@ -4,8 +4,9 @@
  * [begin, end]}, "__metadata__": {string: string}}, then the raw little-endian
  * tensor bytes. Only F32 is written or read here.
  */
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { DataFileError } from '../data/idx.js';
+import { writeFileDurably, type WriteFs, type Written } from './durable-write.js';
 
 export interface NamedTensor {
   name: string;
@@ -16,8 +17,8 @@ export interface NamedTensor {
 /** Header size cap: a corrupt length field must not make us allocate gigabytes. */
 const MAX_HEADER_BYTES = 100 * 2 ** 20;
 
-/** Writes atomically: a temporary file, fsync, then rename over `path`. */
-export function writeSafetensors(path: string, tensors: NamedTensor[], metadata: Record<string, string> = {}): void {
+/** A file's bytes as pieces (the header, then each tensor's data, not copied). */
+export function encodeSafetensors(tensors: NamedTensor[], metadata: Record<string, string> = {}): Uint8Array[] {
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   for (const t of tensors) {
@@ -32,16 +33,12 @@ export function writeSafetensors(path: string, tensors: NamedTensor[], metadata:
   const head = Buffer.alloc(8 + Buffer.byteLength(json));
   head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 0);
   head.write(json, 8);
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fd = openSync(tmp, 'w');
-  try {
-    writeSync(fd, head);
-    for (const t of tensors) writeSync(fd, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
+  return [head, ...tensors.map((t) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength))];
+}
+
+/** Writes atomically (a temporary file, every byte checked, fsync, then rename over `path`). */
+export function writeSafetensors(path: string, tensors: NamedTensor[], metadata: Record<string, string> = {}, fs?: WriteFs): Written {
+  return writeFileDurably(path, encodeSafetensors(tensors, metadata), fs);
 }
 
 export interface SafetensorsFile {
@@ -57,6 +54,11 @@ export function readSafetensors(path: string): SafetensorsFile {
   } catch (err) {
     throw new DataFileError(path, `cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
   }
+  return parseSafetensors(buf, path);
+}
+
+/** Parses and validates a file's bytes; `path` names it in errors. */
+export function parseSafetensors(buf: Buffer, path: string): SafetensorsFile {
   if (buf.length < 8) throw new DataFileError(path, `truncated: ${buf.length} bytes, no safetensors header`);
   const n = Number(buf.readBigUInt64LE(0));
   if (n > MAX_HEADER_BYTES || 8 + n > buf.length) {

@@ -2,7 +2,9 @@
  * The training loop, the only one: every mode runs through it. It reads top
  * to bottom: the config (a resumed run's own), the strategy (this process,
  * or a cluster of workers), the checkpoint's state, epochs of steps with
- * progress and metrics, evaluation after each epoch, checkpoints, Ctrl-C.
+ * progress and metrics, evaluation after each epoch, checkpoints, Ctrl-C
+ * and SIGTERM (both stop after the current step with a checkpoint). The run
+ * directory is locked for the whole run (run-lock.ts): one writer only.
  * What a step is and where it runs is the strategy's business.
  */
 import { mkdirSync } from 'node:fs';
@@ -24,6 +26,7 @@ import { Cluster, type ClusterMode } from './coordinator.js';
 import type { WorkerCommandOverride } from './launcher.js';
 import { MetricsLog } from './metrics.js';
 import { Progress } from './progress.js';
+import { acquireRunLock } from './run-lock.js';
 
 export type Mode = 'single' | ClusterMode;
 
@@ -99,10 +102,31 @@ function checkMode(mode: Mode, cfg: TrainConfig, opts: TrainOptions): WorkerSpec
   return workers;
 }
 
+/** Set by SIGINT or SIGTERM: the loop stops after the current step, with a checkpoint. */
+interface StopRequest { signal?: NodeJS.Signals }
+
 export async function train(opts: TrainOptions): Promise<TrainResult> {
-  const wallStart = performance.now();
   const log = opts.log ?? ((l: string) => console.log(l));
   mkdirSync(opts.outDir, { recursive: true });
+  const lock = acquireRunLock(opts.outDir, log);
+  // Listening from the start: a SIGTERM while data loads or workers start
+  // must not kill the run before it can checkpoint. `once`: a second signal
+  // ends the process at once (the lock is then stale, and taken over next time).
+  const stop: StopRequest = {};
+  const onSignal = (signal: NodeJS.Signals) => { stop.signal = signal; };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    return await trainLocked(opts, log, stop);
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    lock.release();
+  }
+}
+
+async function trainLocked(opts: TrainOptions, log: (line: string) => void, stop: StopRequest): Promise<TrainResult> {
+  const wallStart = performance.now();
   const saved = opts.resume ? readCheckpointState(opts.outDir) : undefined;
   const cfg = saved?.config ?? opts.config;
   const spec = specOf(cfg);
@@ -139,10 +163,6 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     `weight decay ${cfg.weightDecay}${saved ? `; resumed at epoch ${pos.epoch} step ${pos.step}` : ''}`);
 
   const metrics = new MetricsLog(join(opts.outDir, 'metrics.jsonl'));
-  let interrupted = false;
-  const onSignal = () => { interrupted = true; };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
   const result: TrainResult = {
     config: cfg, mode, world: cluster?.world ?? 1, position: pos, finished: false, epochs: [], losses: [], stats: [],
     trainSeconds: 0, imagesPerSec: 0, wallSeconds: 0, params: new Map(),
@@ -155,6 +175,12 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const progress = opts.progress === false ? undefined : new Progress(cfg.epochs * stepsPerEpoch, mode === 'single' ? 'train' : `train ${mode} ×${result.world}`, mode === 'single' ? 0 : result.world);
   const checksumEvery = opts.cluster?.checksumEvery ?? 0;
   let stepsThisRun = 0;
+  const stopHere = async () => {
+    progress?.stop();
+    await checkpoint();
+    log(`stopped${stop.signal ? ` by ${stop.signal}` : ''} at epoch ${pos.epoch} step ${pos.step}: checkpoint in ${opts.outDir}; continue with --resume ${opts.outDir}`);
+    return result;
+  };
   try {
     if (resumed) {
       await strategy.load(resumed);
@@ -165,6 +191,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       let lossSum = 0;
       let lossCount = 0;
       for (; pos.step < stepsPerEpoch; ) {
+        // a signal during startup or the last evaluation
+        if (stop.signal !== undefined) return await stopHere();
         const t0 = performance.now();
         const r = await strategy.step({
           globalStep: pos.globalStep, epoch: pos.epoch, step: pos.step, lr,
@@ -193,12 +221,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         opts.onEvent?.({ type: 'step', globalStep: pos.globalStep });
         if (cfg.checkpointEvery > 0 && pos.globalStep % cfg.checkpointEvery === 0) await checkpoint();
         await yieldToEventLoop(); // lets SIGINT/SIGTERM and the progress timer in
-        if (interrupted || (opts.maxSteps !== undefined && stepsThisRun >= opts.maxSteps)) {
-          progress?.stop();
-          await checkpoint();
-          log(`stopped at epoch ${pos.epoch} step ${pos.step}: checkpoint in ${opts.outDir}; continue with --resume ${opts.outDir}`);
-          return result;
-        }
+        if (stop.signal !== undefined || (opts.maxSteps !== undefined && stepsThisRun >= opts.maxSteps)) return await stopHere();
       }
       progress?.stop();
       const ev: EvalResult = await strategy.evaluate(pos.epoch);
@@ -222,8 +245,6 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     throw err;
   } finally {
     progress?.stop();
-    process.removeListener('SIGINT', onSignal);
-    process.removeListener('SIGTERM', onSignal);
     await strategy.close();
     const images = result.losses.length * cfg.batch;
     result.imagesPerSec = result.trainSeconds > 0 ? images / result.trainSeconds : 0;
