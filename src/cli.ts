@@ -17,6 +17,9 @@ import { train, type Mode } from './run/loop.js';
 import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './config/cluster.js';
 import { planDevices } from './run/launcher.js';
 import { runWorker } from './run/worker.js';
+import { readWorkerStdin } from './run/worker-secrets.js';
+import { workerKeys } from './wire/curve.js';
+import { readRunKeys, writeRunKeys } from './wire/key-file.js';
 import { formatRunSummary } from './run/summary.js';
 
 function intArg(flag: string) {
@@ -113,7 +116,8 @@ export function buildProgram(): Command {
     .description('train AlexNet on Fashion-MNIST (the default run is CPU-sized: a few minutes on 2 cores)')
     .addOption(new Option('--mode <mode>', 'single: this process; data/model: the cluster in --config').choices(['single', 'model', 'data']).default('single'))
     .option('--config <file>', 'cluster config for --mode data|model', 'cluster.config.json')
-    .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches')))
+    .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches'))
+    .option('--insecure', 'allow "security": "none" with hosts beyond loopback (plain, unauthenticated TCP: only on a network you trust)'))
     .action(async (o: TrainFlags) => runTrain(o, program.opts<GlobalFlags>()));
 
   addTrainFlags(program.command('launch')
@@ -156,17 +160,33 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('keys')
+    .description('make CURVE key pairs for a coordinator and its workers, in a file only you can read (for workers started by srun; `launch` makes fresh keys itself)')
+    .requiredOption('--out <file>', 'the key file to create (it must not exist)')
+    .requiredOption('--workers <n>', 'how many workers', intArg('--workers'))
+    .action((o: { out: string; workers: number }) => {
+      const keys = writeRunKeys(o.out, o.workers);
+      process.stdout.write(`${o.out}: keys for a coordinator and ${o.workers} workers (mode 600); name it as "keys" in the cluster config\n` +
+        `coordinator public key ${keys.coordinator.publicKey}\n`);
+    });
+
+  program
     .command('worker')
     .description('a worker process (started by the launcher, not by people)')
     .requiredOption('--coordinator <endpoint>', 'the coordinator, e.g. tcp://127.0.0.1:5550')
     .requiredOption('--rank <r>', 'this worker\'s rank', intOrZeroArg('--rank'))
     .option('--device <d>', "'cpu', a GPU index or a fragment of the GPU's name", 'cpu')
     .option('--register-ms <ms>', 'how long to wait for the coordinator', intArg('--register-ms'), 60_000)
-    .action(async (o: { coordinator: string; rank: number; device: string; registerMs: number }) => {
+    .option('--stdin-secrets', 'read the CURVE keys as one JSON line on stdin, and stop when stdin closes (how the launcher starts workers)')
+    .option('--keys <file>', 'read the CURVE keys from a `splitnet keys` file (workers started by srun)')
+    .action(async (o: { coordinator: string; rank: number; device: string; registerMs: number; stdinSecrets?: boolean; keys?: string }) => {
       // Ctrl-C in the terminal reaches the whole process group: the coordinator decides.
       process.on('SIGINT', () => {});
       const { backend } = program.opts<GlobalFlags>();
-      const code = await runWorker({ coordinator: o.coordinator, rank: o.rank, device: o.device, backend, registerMs: o.registerMs });
+      if (o.stdinSecrets && o.keys !== undefined) throw new UsageError('--stdin-secrets and --keys: give one');
+      const given = o.stdinSecrets ? await readWorkerStdin(process.stdin, o.registerMs)
+        : o.keys !== undefined ? { keys: workerKeys(readRunKeys(o.keys, o.rank + 1), o.rank) } : {};
+      const code = await runWorker({ coordinator: o.coordinator, rank: o.rank, device: o.device, backend, registerMs: o.registerMs, ...given });
       if (code !== 0) throw new WorkerExit(code);
     });
 
@@ -235,7 +255,7 @@ async function runTrain(o: TrainFlags, { backend, adapter }: GlobalFlags): Promi
     }
   }
   const result = await train({
-    config, outDir, resume, mode: mode as Mode, progress: o.progress,
+    config, outDir, resume, mode: mode as Mode, progress: o.progress, insecure: o.insecure === true,
     ...(cluster ? { cluster, workers, microBatches: o.microBatches ?? 1, overlap: o.overlap !== false } : {}),
   });
   console.log(formatRunSummary(result, outDir));
@@ -248,7 +268,7 @@ interface TrainFlags {
   mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: 'cpu' | 'd2l'; arch?: Arch; init?: 'paper-normal' | 'xavier-uniform'; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
   epochs?: number; lr?: number; momentum?: number; weightDecay?: number; lrDecayEpochs?: number[]; lrDecay?: number;
   seed?: number; augment?: boolean; trainSamples?: number; testSamples?: number; data?: string; synthetic?: boolean;
-  checkpointEvery?: number; evalBatch?: number; out?: string; resume?: string; progress: boolean;
+  checkpointEvery?: number; evalBatch?: number; out?: string; resume?: string; progress: boolean; insecure?: boolean;
 }
 
 function trainConfigFromFlags(o: TrainFlags, backend: BackendChoice, adapter: string | undefined): TrainConfig {

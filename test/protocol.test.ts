@@ -38,7 +38,7 @@ describe('protocol', () => {
       "'load' tensor w: [2,2] needs 4 floats, frame has 3"],
     ['a frame that is not whole floats', [header({ v: PROTOCOL_VERSION, kind: 'load', tensors: [{ name: 'w', shape: [1] }] }), Buffer.alloc(5)],
       "'load' tensor w: 5 bytes is not a whole number of float32"],
-    ['a setup that carries tensors (resume is a load message)', [header({ v: PROTOCOL_VERSION, kind: 'setup', rank: 0, world: 1, mode: 'data', train: {}, peers: ['x'], bucketBytes: 1, heartbeat: { intervalMs: 1, timeoutMs: 2 }, maxMessageBytes: 1, tensors: [] })],
+    ['a setup that carries tensors (resume is a load message)', [header({ v: PROTOCOL_VERSION, kind: 'setup', rank: 0, world: 1, mode: 'data', train: {}, peers: ['x'], bucketBytes: 1, heartbeat: { intervalMs: 1, timeoutMs: 2 }, maxMessageBytes: 1, peerWaitMs: 1, tensors: [] })],
       "bad 'setup' message: (header): unknown key 'tensors'"],
     ['an oversized message', [header({ v: PROTOCOL_VERSION, kind: 'shutdown' }), Buffer.alloc(MAX)], `exceeds the limit of ${MAX}`],
   ];

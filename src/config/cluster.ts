@@ -52,6 +52,14 @@ export const ClusterConfigSchema = z.strictObject({
   ssh: z.string().default('ssh -o BatchMode=yes {host} {command}'),
   /** the largest message a process accepts from the network, bytes */
   maxMessageBytes: z.number().int().positive().default(2 ** 30),
+  /**
+   * 'curve': every socket authenticated and encrypted (CurveZMQ), fresh keys
+   * per run unless `keys` names a file from `splitnet keys`; 'none': plain
+   * TCP, which a run with a non-loopback host refuses unless --insecure
+   */
+  security: z.enum(['curve', 'none']).default('curve'),
+  /** a key file from `splitnet keys` (for workers not started by the launcher, e.g. under srun); default: fresh keys per run */
+  keys: z.string().min(1).optional(),
 });
 
 export type ClusterConfig = z.infer<typeof ClusterConfigSchema>;
@@ -102,6 +110,18 @@ export function loadClusterConfig(path: string): ClusterConfig {
     throw new UsageError(`${path}: not JSON (${(err as Error).message})`);
   }
   return parseClusterConfig(raw, path);
+}
+
+/**
+ * Plain TCP only where no one else can listen in: every host loopback (or
+ * ipc). Anything else needs CURVE, or the user's explicit --insecure.
+ */
+export function checkSecurity(cfg: ClusterConfig, insecure: boolean, where = 'cluster config'): void {
+  if (cfg.security === 'curve' || insecure || cfg.transport === 'ipc') return;
+  const open = [cfg.coordinator.host, ...cfg.workers.map((w) => w.host)].filter((h) => !isLocal(h));
+  if (open.length > 0) {
+    throw new UsageError(`${where}: security: "none" with non-loopback hosts (${[...new Set(open)].join(', ')}): anyone on the network could join or poison the run; use "curve", or pass --insecure on a network you trust`);
+  }
 }
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);

@@ -20,8 +20,12 @@ import { combineReplicas } from '../parallel/data-parallel.js';
 import { combineTowers } from '../parallel/model-parallel.js';
 import type { Combine, EvalResult, StepInput, StepResult, Strategy } from '../parallel/strategy.js';
 import { decodeToCoordinator, encodeToWorker, type Decoded, type ToCoordinator } from '../wire/protocol.js';
-import { bindAddress, endpoint, Inbox, receiveLoop, socketOptions } from '../wire/transport.js';
+import { checkHelloProof, curveServer, generateRunKeys, workerKeys, ZapGate, type RunKeys } from '../wire/curve.js';
+import { readRunKeys } from '../wire/key-file.js';
+import { bindAddress, countRefusedHandshakes, endpoint, Inbox, receiveLoop, socketOptions } from '../wire/transport.js';
 import { startWorker, stopWorkers, type LaunchedWorker, type WorkerCommandOverride } from './launcher.js';
+
+const firstWorkers = (keys: RunKeys, world: number): RunKeys => ({ coordinator: keys.coordinator, workers: keys.workers.slice(0, world) });
 
 export class ClusterError extends Error {
   override readonly name = 'ClusterError';
@@ -43,6 +47,8 @@ export interface ClusterOptions {
   workerCommand?: WorkerCommandOverride;
   /** observes the run (tests: kill a worker at a given step) */
   onStarted?: (pids: number[]) => void;
+  /** the run's CURVE keys (tests); default: fresh keys, or the config's key file */
+  keys?: RunKeys;
 }
 
 type Msg = Decoded<ToCoordinator>;
@@ -59,6 +65,11 @@ export class Cluster implements Strategy {
   readonly world: number;
   private readonly combine: Combine;
   private readonly router: zmq.Router;
+  /** undefined: plain TCP ("security": "none") */
+  private readonly keys: RunKeys | undefined;
+  private gate: ZapGate | undefined;
+  /** what the workers refused from strangers, by reason, as each said goodbye */
+  private readonly refusedByWorkers = new Map<string, number>();
   private readonly inboxes: Array<Inbox<Msg>>;
   private readonly launched: LaunchedWorker[] = [];
   private readonly stepMsSeen: number[] = [];
@@ -70,7 +81,12 @@ export class Cluster implements Strategy {
   private constructor(private readonly opts: ClusterOptions) {
     this.world = opts.workers.length;
     this.combine = opts.mode === 'data' ? combineReplicas : combineTowers;
-    this.router = new zmq.Router({ ...socketOptions(opts.cluster.heartbeat), mandatory: true });
+    const { cluster } = opts;
+    this.keys = cluster.security === 'none' ? undefined : opts.keys ?? (cluster.keys !== undefined ? firstWorkers(readRunKeys(cluster.keys, this.world), this.world) : generateRunKeys(this.world));
+    this.router = new zmq.Router({
+      ...socketOptions(cluster.heartbeat, cluster.maxMessageBytes), mandatory: true,
+      ...(this.keys ? curveServer(this.keys.coordinator, 'coordinator') : {}),
+    });
     this.inboxes = opts.workers.map(() => new Inbox<Msg>());
   }
 
@@ -143,7 +159,17 @@ export class Cluster implements Strategy {
     const world = this.world;
     const coordinatorEp = endpoint(cluster.transport, cluster.coordinator.host, cluster.coordinator.port);
     const peers = this.opts.workers.map((w) => endpoint(cluster.transport, w.host, w.port));
-    await this.router.bind(bindAddress(coordinatorEp));
+    if (this.keys) {
+      // The run's worker keys only; which key may be which worker is the hello's proof (below).
+      this.gate = await ZapGate.open();
+      this.gate.admit('coordinator', new Set(this.keys.workers.map((k) => k.publicKey)));
+    }
+    countRefusedHandshakes(this.router, (why) => this.countRefusal(why));
+    try {
+      await this.router.bind(bindAddress(coordinatorEp));
+    } catch (err) {
+      throw this.fail(new ClusterError(`the coordinator cannot listen on ${coordinatorEp}: ${(err as Error).message}`));
+    }
     // A ROUTER's disconnect events do not say which peer left (and unknown
     // peers come and go): a worker's death is seen by its process's exit (the
     // local child, or the ssh session of a remote one) and by deadlines.
@@ -151,7 +177,8 @@ export class Cluster implements Strategy {
       const id = frames[0]!.toString();
       const rank = /^w(\d+)$/.test(id) ? Number(id.slice(1)) : -1;
       if (rank < 0 || rank >= world) {
-        process.stderr.write(`coordinator: refused a message from unknown peer '${id.slice(0, 64)}': not a worker of this run (w0..w${world - 1})\n`);
+        // Only without CURVE can a stranger get this far: counted, not logged line by line (a flood would fill the log).
+        this.countRefusal(`message from unknown peer id (not w0..w${world - 1})`);
         return;
       }
       try {
@@ -161,7 +188,8 @@ export class Cluster implements Strategy {
       }
     }, (err) => this.fail(new ClusterError(`coordinator socket: ${err.message}`)));
     this.opts.workers.forEach((w, rank) => {
-      const lw = startWorker(rank, w, cluster, coordinatorEp, this.opts.workerEnv, this.opts.workerCommand);
+      const secrets = JSON.stringify(this.keys ? { keys: workerKeys(this.keys, rank) } : {});
+      const lw = startWorker(rank, w, cluster, coordinatorEp, this.opts.workerEnv, this.opts.workerCommand, secrets);
       this.launched.push(lw);
       void lw.exited.then(({ code, signal }) => {
         if (this.closing) return;
@@ -180,11 +208,17 @@ export class Cluster implements Strategy {
     const hellos = await Promise.all(this.inboxes.map((_, r) => this.expect(r, 'hello', register, `registration (hello) within ${register / 1000} s`)));
     hellos.forEach((h, r) => {
       if (h.msg.rank !== r) throw this.fail(new ClusterError(`${this.name(r)} registered as rank ${h.msg.rank}`));
+      // The setup (and, on --resume, every weight) goes only to the holder of worker r's key.
+      if (this.keys && (h.msg.proof === undefined || !checkHelloProof(this.keys.coordinator, this.keys.workers[r]!.publicKey, r, h.msg.proof))) {
+        this.countRefusal(`a hello as w${r} without w${r}'s key`);
+        throw this.fail(new ClusterError(`the hello as w${r} does not prove it holds worker ${r}'s key: another process of the run claimed its place (it was sent neither the setup nor any weight)`));
+      }
     });
     for (let r = 0; r < world; r++) {
       await this.send(r, {
         kind: 'setup', rank: r, world, mode, microBatches: micro, train: cfg as unknown as Record<string, unknown>, peers,
         bucketBytes: cluster.bucketBytes, heartbeat: cluster.heartbeat, maxMessageBytes: cluster.maxMessageBytes,
+        peerWaitMs: cluster.timeouts.stepMs,
       });
     }
     const readies = await Promise.all(this.inboxes.map((_, r) => this.expect(r, 'ready', register * 2, 'ready (model built)')));
@@ -256,6 +290,26 @@ export class Cluster implements Strategy {
     if (this.opts.mode === 'data') this.checkSame(loaded.map((m) => m.msg.checksum), 'replicas loaded different weights');
   }
 
+  private readonly refusedHere = new Map<string, number>();
+  private countRefusal(why: string, n = 1): void {
+    const into = this.refusedHere;
+    if (into.size < 64 || into.has(why)) into.set(why, (into.get(why) ?? 0) + n);
+  }
+
+  /**
+   * What this run refused from strangers, by reason: the coordinator's own
+   * (its ZAP gate's handshakes, messages under unknown ids) and what each
+   * worker said it refused as it left.
+   */
+  refusals(): Map<string, number> {
+    const all = new Map<string, number>();
+    const add = (from: string, m: Map<string, number>) => { for (const [why, n] of m) all.set(`${from}: ${why}`, (all.get(`${from}: ${why}`) ?? 0) + n); };
+    add('coordinator', this.refusedHere);
+    if (this.gate) add('coordinator', this.gate.refused);
+    add('workers', this.refusedByWorkers);
+    return all;
+  }
+
   /** The failure that ended the run, if any. */
   get failed(): ClusterError | undefined {
     return this.failure;
@@ -275,7 +329,15 @@ export class Cluster implements Strategy {
     const exits = Promise.all(this.launched.map((w) => w.exited));
     await Promise.race([exits, new Promise((r) => setTimeout(r, cluster.timeouts.shutdownGraceMs))]);
     await stopWorkers(this.launched, cluster.timeouts.shutdownGraceMs);
+    for (const inbox of this.inboxes) {
+      for (let m = inbox.take(); m !== undefined; m = inbox.take()) {
+        if (m.msg.kind === 'bye') for (const [why, n] of Object.entries(m.msg.refused)) this.refusedByWorkers.set(why, (this.refusedByWorkers.get(why) ?? 0) + n);
+      }
+    }
+    const refused = this.refusals();
+    if (refused.size > 0) this.opts.log(`  refused from strangers: ${[...refused].map(([why, n]) => `${n}× ${why}`).join('; ')}`);
     this.router.close();
+    this.gate?.close();
   }
 
   /** Marks the run failed (the loop's own errors), so close() aborts rather than shuts down. */

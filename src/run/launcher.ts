@@ -74,10 +74,11 @@ export type WorkerCommandOverride = (rank: number) => { command: string; args: s
 
 export function startWorker(
   rank: number, spec: WorkerSpec, cluster: ClusterConfig, coordinator: string, extraEnv: NodeJS.ProcessEnv = {}, override?: WorkerCommandOverride,
+  stdinLine = '{}',
 ): LaunchedWorker {
   const { command, args } = workerCommand();
   const workerArgs = ['worker', '--coordinator', coordinator, '--rank', String(rank), '--device', String(spec.device),
-    '--register-ms', String(cluster.timeouts.registerMs)];
+    '--register-ms', String(cluster.timeouts.registerMs), '--stdin-secrets'];
   // CUDA_VISIBLE_DEVICES pins tfjs-node-gpu; WebGPU takes the adapter from --device itself.
   const deviceEnv: NodeJS.ProcessEnv = spec.device === 'cpu' ? { CUDA_VISIBLE_DEVICES: '' }
     : typeof spec.device === 'number' ? { CUDA_VISIBLE_DEVICES: String(spec.device), TF_FORCE_GPU_ALLOW_GROWTH: 'true' }
@@ -85,16 +86,19 @@ export function startWorker(
   let child: ChildProcess;
   const replaced = override?.(rank);
   if (replaced !== undefined) {
-    child = spawn(replaced.command, [...replaced.args, ...workerArgs], { env: { ...process.env, ...extraEnv, ...deviceEnv }, stdio: ['ignore', 'inherit', 'pipe'] });
+    child = spawn(replaced.command, [...replaced.args, ...workerArgs], { env: { ...process.env, ...extraEnv, ...deviceEnv }, stdio: ['pipe', 'inherit', 'pipe'] });
   } else if (isLocal(spec.host)) {
-    child = spawn(command, [...args, ...workerArgs], { env: { ...process.env, ...extraEnv, ...deviceEnv }, stdio: ['ignore', 'inherit', 'pipe'] });
+    child = spawn(command, [...args, ...workerArgs], { env: { ...process.env, ...extraEnv, ...deviceEnv }, stdio: ['pipe', 'inherit', 'pipe'] });
   } else {
     // Remote: `splitnet` must be installed there; the template decides how to get a shell on the host.
     const envPrefix = Object.entries(deviceEnv).map(([k, v]) => `${k}=${shellQuote(v ?? '')}`).join(' ');
     const remote = `${envPrefix} npx splitnet ${workerArgs.map(shellQuote).join(' ')}`;
     const line = cluster.ssh.replace('{host}', shellQuote(spec.host)).replace('{command}', shellQuote(remote));
-    child = spawn('sh', ['-c', line], { env: { ...process.env, ...extraEnv }, stdio: ['ignore', 'inherit', 'pipe'] });
+    child = spawn('sh', ['-c', line], { env: { ...process.env, ...extraEnv }, stdio: ['pipe', 'inherit', 'pipe'] });
   }
+  // The secrets line, then the pipe stays open: the worker stops when it closes (this process died).
+  child.stdin?.on('error', () => {}); // a worker that already exited: its exit is reported, not this
+  child.stdin?.write(`${stdinLine}\n`);
   const stderrTail: string[] = [];
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (chunk: string) => {

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { backendLabel, initBackend } from '../backend.js';
 import { parseAdapterWant } from '../webgpu.js';
 import { readCheckpointState, readCheckpointTensors, saveCheckpoint, type Position, type TrainState } from '../checkpoint/checkpoint.js';
-import type { ClusterConfig, WorkerSpec } from '../config/cluster.js';
+import { checkSecurity, type ClusterConfig, type WorkerSpec } from '../config/cluster.js';
 import { learningRate, type TrainConfig } from '../config/train.js';
 import { specOf } from '../model/alexnet.js';
 import { loadRunDataCounts } from '../data/data-counts.js';
@@ -56,6 +56,8 @@ export interface TrainOptions {
   workerCommand?: WorkerCommandOverride;
   /** observes the run (tests: kill a worker at a given step) */
   onEvent?: (e: RunEvent) => void;
+  /** allow "security": "none" with non-loopback hosts (plain TCP on a network the user trusts) */
+  insecure?: boolean;
 }
 
 export type RunEvent = { type: 'started'; pids: number[] } | { type: 'step'; globalStep: number };
@@ -91,6 +93,7 @@ function checkMode(mode: Mode, cfg: TrainConfig, opts: TrainOptions): WorkerSpec
   if (mode === 'single') return [];
   if (opts.cluster === undefined) throw new UsageError(`--mode ${mode} needs a cluster config`);
   const workers = opts.workers ?? opts.cluster.workers;
+  checkSecurity(opts.cluster, opts.insecure ?? false);
   const micro = opts.microBatches ?? 1;
   if (!Number.isInteger(micro) || micro < 1 || micro > MAX_MICRO_BATCHES) throw new UsageError(`--micro-batches: expected an integer in 1..${MAX_MICRO_BATCHES}, got ${micro}`);
   if (mode === 'data' && cfg.batch % workers.length !== 0) throw new UsageError(`global batch ${cfg.batch} does not split evenly over ${workers.length} workers`);

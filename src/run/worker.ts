@@ -19,9 +19,10 @@ import { DataParallelReplica } from '../parallel/data-parallel.js';
 import { ModelParallelTower } from '../parallel/model-parallel.js';
 import type { Strategy } from '../parallel/strategy.js';
 import { PeerLink } from '../wire/peer-link.js';
-import { decodeToWorker, encodeToCoordinator, MAX_STEP_LINKS, MAX_STEP_SPANS, type ToWorker } from '../wire/protocol.js';
+import { curveClient, helloProof, ZapGate, type WorkerKeys } from '../wire/curve.js';
+import { decodeToWorker, encodeToCoordinator, MAX_REFUSAL_REASONS, MAX_STEP_LINKS, MAX_STEP_SPANS, type ToWorker } from '../wire/protocol.js';
 import { openRing } from '../wire/ring-link.js';
-import { Inbox, receiveLoop, socketOptions } from '../wire/transport.js';
+import { Inbox, receiveLoop, socketOptions, watchOutgoing } from '../wire/transport.js';
 
 export interface WorkerArgs {
   coordinator: string;
@@ -30,6 +31,10 @@ export interface WorkerArgs {
   backend: BackendChoice;
   /** how long to wait for the coordinator's setup, ms */
   registerMs: number;
+  /** CURVE keys (from the launcher, on stdin); undefined: plain TCP */
+  keys?: WorkerKeys;
+  /** aborted when the launcher is gone (its pipe to this worker closed): stop at once */
+  launcherGone?: AbortSignal;
 }
 
 type Setup = Extract<ToWorker, { kind: 'setup' }>;
@@ -44,11 +49,16 @@ const ERROR_REPORT_MS = 500;
 /** How long a worker waits for the next command: the coordinator's own deadlines end a stuck run first, ms. */
 const IDLE_MS = 24 * 3600_000;
 /**
- * How long one wait on a peer (a ring chunk, a cross-link tensor) may last,
- * ms. Generous: the coordinator's step deadline, which grows with the
- * measured step time, ends a stuck run sooner.
+ * A peer lost between commands is reported after this long, ms, unless a
+ * shutdown arrives meanwhile: at the end of a run the workers leave one by
+ * one, and a peer that has already left is then no fault.
  */
-const PEER_WAIT_MS = 10 * 60_000;
+const BROKEN_LINK_GRACE_MS = 1000;
+/**
+ * A worker whose coordinator or launcher is gone exits within this, ms, even
+ * if something still holds its event loop (a send that can never finish).
+ */
+const ORPHAN_EXIT_MS = 3000;
 /**
  * ZMTP heartbeats on the link to the coordinator before its setup names the
  * cluster's own: a ping a second, the coordinator gone after 15 s of silence.
@@ -57,27 +67,53 @@ const REGISTER_HEARTBEAT = { intervalMs: 1000, timeoutMs: 15_000 };
 /** The largest message accepted before the setup says the cluster's limit (1 GiB, the config's default), bytes. */
 const REGISTER_MAX_BYTES = 2 ** 30;
 
-interface Opened { strategy: Strategy; model: Model; checksum: () => string }
+interface Opened { strategy: Strategy; model: Model; checksum: () => string; dropped: () => Map<string, number> }
 
 export async function runWorker(args: WorkerArgs): Promise<number> {
-  const dealer = new zmq.Dealer({ routingId: `w${args.rank}`, ...socketOptions(REGISTER_HEARTBEAT), linger: LINGER_MS });
+  const dealer = new zmq.Dealer({
+    routingId: `w${args.rank}`, ...socketOptions(REGISTER_HEARTBEAT, REGISTER_MAX_BYTES), linger: LINGER_MS,
+    ...(args.keys ? curveClient(args.keys.own, args.keys.coordinator) : {}),
+  });
   const fromCoordinator = new Inbox<{ msg: ToWorker; tensors: Float32Array[] }>();
   let maxBytes = REGISTER_MAX_BYTES;
-  const sendUp = (msg: Parameters<typeof encodeToCoordinator>[0], tensors: Float32Array[] = []) =>
-    dealer.send(encodeToCoordinator(msg, tensors));
+  // zeromq.js allows one send in progress per socket: every send waits for the one before, so no path races two.
+  let sending: Promise<void> = Promise.resolve();
+  const sendUp = (msg: Parameters<typeof encodeToCoordinator>[0], tensors: Float32Array[] = []): Promise<void> => {
+    const sent = sending.then(() => dealer.send(encodeToCoordinator(msg, tensors)));
+    sending = sent.catch(() => {});
+    return sent;
+  };
   let exitCode = 1;
   let coordinatorGone = false;
+  let shuttingDown = false;
   let opened: Opened | undefined;
+  // Gone (the coordinator disconnected, or the launcher's pipe closed): nothing
+  // to work for. Every wait fails now (the peers' too, so a step in flight
+  // ends), and the process exits even if a send could never finish: no orphans.
+  const orphaned = (why: string) => {
+    if (coordinatorGone) return;
+    coordinatorGone = true;
+    fromCoordinator.fail(new WorkerFailure(why));
+    void opened?.strategy.close();
+    setImmediate(() => { if (!dealer.closed) dealer.close(); });
+    setTimeout(() => {
+      process.stderr.write(`worker ${args.rank}: ${why}; exiting\n`);
+      process.exit(1);
+    }, ORPHAN_EXIT_MS).unref();
+  };
+  args.launcherGone?.addEventListener('abort', () => orphaned('the launcher is gone (its pipe to this worker closed)'), { once: true });
+  if (args.launcherGone?.aborted) orphaned('the launcher is gone (its pipe to this worker closed)');
+  // A peer link broken while no command runs (e.g. a peer stopped during
+  // another worker's evaluation) is told to the coordinator at once, not at the next step.
+  const linkBroken = (err: Error) => {
+    setTimeout(() => {
+      if (!shuttingDown && !coordinatorGone) fromCoordinator.fail(new WorkerFailure(err.message));
+    }, BROKEN_LINK_GRACE_MS).unref();
+  };
   try {
+    // The coordinator is gone (it exited, crashed or was killed, or its heartbeats stopped).
+    watchOutgoing(dealer, `coordinator ${args.coordinator}`, (why) => orphaned(why));
     dealer.connect(args.coordinator);
-    // The coordinator is gone (it exited, crashed or was killed): there is no
-    // one to work for. Closing the socket also ends a send that would wait for
-    // it forever, so the worker exits instead of lingering as an orphan.
-    dealer.events.on('disconnect', () => {
-      fromCoordinator.fail(new WorkerFailure(`coordinator ${args.coordinator} disconnected`));
-      coordinatorGone = true;
-      setImmediate(() => dealer.close());
-    });
     receiveLoop(dealer, (frames) => {
       try {
         fromCoordinator.push(decodeToWorker(frames, maxBytes));
@@ -87,14 +123,18 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
       }
     }, (err) => fromCoordinator.fail(err));
 
-    await sendUp({ kind: 'hello', rank: args.rank, pid: process.pid, host: hostname(), device: args.device });
+    await sendUp({
+      kind: 'hello', rank: args.rank, pid: process.pid, host: hostname(), device: args.device,
+      ...(args.keys ? { proof: helloProof(args.keys.own, args.keys.coordinator, args.rank) } : {}),
+    });
     const first = await fromCoordinator.next(args.registerMs, `setup from the coordinator at ${args.coordinator}`);
     if (first.msg.kind !== 'setup') throw new WorkerFailure(`expected 'setup' first, got '${first.msg.kind}'`);
     const setup = first.msg;
     maxBytes = setup.maxMessageBytes;
     const cfg = parseTrainConfig(setup.train, 'setup.train');
     const backend = await initBackend(cfg.backend === 'auto' ? args.backend : cfg.backend, adapterFor(args.device, cfg.adapter));
-    opened = await openStrategy(args, setup, cfg);
+    opened = await openStrategy(args, setup, cfg, linkBroken);
+    if (coordinatorGone) throw new WorkerFailure('the coordinator left during the set-up');
     const { strategy } = opened;
     await sendUp({ kind: 'ready', checksum: opened.checksum(), backend: backendLabel(backend), params: countParams(opened.model) });
 
@@ -134,10 +174,12 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
           break;
         }
         case 'shutdown':
-          await sendUp({ kind: 'bye' });
+          shuttingDown = true;
+          await sendUp({ kind: 'bye', refused: refusals(opened) });
           exitCode = 0;
           return exitCode;
         case 'abort':
+          shuttingDown = true;
           return 1;
         case 'setup':
           throw new WorkerFailure("a second 'setup' during training");
@@ -163,30 +205,38 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
 }
 
 /** Builds this worker's replica or tower and opens its peer links. */
-async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig): Promise<Opened> {
+async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig, onBroken: (err: Error) => void): Promise<Opened> {
   if (setup.rank !== args.rank) throw new WorkerFailure(`setup for rank ${setup.rank} sent to worker ${args.rank}`);
   if (setup.peers.length !== setup.world) throw new WorkerFailure(`setup lists ${setup.peers.length} peers for a world of ${setup.world}`);
   if (setup.rank >= setup.world) throw new WorkerFailure(`setup for rank ${setup.rank} in a world of ${setup.world}`);
   const data = loadRunData(cfg);
   const { rank, world } = setup;
-  const wire = { heartbeat: setup.heartbeat, maxMessageBytes: setup.maxMessageBytes, waitMs: PEER_WAIT_MS };
+  if (args.keys && args.keys.workers.length < world) throw new WorkerFailure(`keys for ${args.keys.workers.length} workers, the setup says ${world}`);
+  const wire = { heartbeat: setup.heartbeat, maxMessageBytes: setup.maxMessageBytes, waitMs: setup.peerWaitMs, onBroken };
   if (setup.mode === 'model') {
     if (world !== 2) throw new WorkerFailure(`--mode model needs 2 workers (one per tower), the cluster has ${world}`);
-    const link = await PeerLink.open({ bind: setup.peers[rank]!, connect: setup.peers[1 - rank]!, peerRank: 1 - rank, ...wire });
+    const link = await PeerLink.open({ bind: setup.peers[rank]!, connect: setup.peers[1 - rank]!, peerRank: 1 - rank, ...wire,
+      ...(args.keys ? { keys: { own: args.keys.own, peer: args.keys.workers[1 - rank]! } } : {}) });
     try {
       const tower = new ModelParallelTower(cfg, data, link, rank, setup.microBatches);
-      return { strategy: tower, model: tower.model, checksum: () => `tower${rank}` };
+      return { strategy: tower, model: tower.model, checksum: () => `tower${rank}`, dropped: () => link.dropped };
     } catch (err) {
       link.close();
       throw err;
     }
   }
-  const ring = await openRing({ rank, world, peers: setup.peers, ...wire });
+  const ring = await openRing({ rank, world, peers: setup.peers, ...wire, ...(args.keys ? { keys: { own: args.keys.own, workers: args.keys.workers } } : {}) });
   try {
     const replica = await DataParallelReplica.open(cfg, data, ring, rank, world, setup.bucketBytes);
-    return { strategy: replica, model: replica.model, checksum: () => replica.checksum() };
+    return { strategy: replica, model: replica.model, checksum: () => replica.checksum(), dropped: () => ring.dropped };
   } catch (err) {
     ring.close();
     throw err;
   }
+}
+
+/** What this worker refused from strangers: plain-TCP messages dropped, and CURVE handshakes its ZAP gate refused. */
+function refusals(opened: Opened | undefined): Record<string, number> {
+  const all = new Map([...(opened?.dropped() ?? []), ...(ZapGate.running()?.refused ?? [])]);
+  return Object.fromEntries([...all].slice(0, MAX_REFUSAL_REASONS).map(([why, n]) => [why.slice(0, 160), n]));
 }

@@ -1,15 +1,17 @@
 /**
  * A model-parallel link to the other tower's worker: a PUSH socket to its
- * endpoint and a PULL socket bound on ours, both on this thread. `send`
+ * endpoint and a PULL socket bound on ours, both on this thread (see
+ * peer-sockets.ts for who is trusted and how a lost peer is noticed). `send`
  * queues a tensor under a key; `receive` awaits the peer's tensor for a key.
  * Messages may arrive in any order (micro-batches run interleaved), so each
- * key has its own mailbox. Every receive has a deadline; any refused
- * message, a disconnect or a send error fails every pending and future
- * receive with the reason.
+ * key has its own mailbox. Every receive has a deadline; a refused message
+ * from the peer, a non-finite activation or gradient, a lost peer or a send
+ * error fails every pending and future receive with the reason.
  */
-import * as zmq from 'zeromq';
+import type { KeyPair } from './curve.js';
+import { PeerSockets } from './peer-sockets.js';
 import { decodeToPeer, encodeToPeer, ProtocolError } from './protocol.js';
-import { bindAddress, Inbox, receiveLoop, socketOptions, type Heartbeat } from './transport.js';
+import { firstNonFinite, Inbox, type Heartbeat } from './transport.js';
 import { linkOfKey, Traffic } from './traffic.js';
 
 export interface PeerLinkOptions {
@@ -20,6 +22,10 @@ export interface PeerLinkOptions {
   heartbeat: Heartbeat;
   /** how long a receive waits, ms */
   waitMs: number;
+  /** CURVE: this worker's key pair and the peer's public key; undefined: plain TCP */
+  keys?: { own: KeyPair; peer: string };
+  /** told once when the link breaks from outside (a lost peer, a refused or poisoned message), even between steps */
+  onBroken?: (err: Error) => void;
 }
 
 /**
@@ -39,40 +45,40 @@ export class PeerLink {
   private unclaimed = 0;
   private readonly seen = new Set<string>();
   private failure: Error | undefined;
-  /** zeromq.js allows one send in progress per socket: sends are chained */
-  private sending: Promise<void> = Promise.resolve();
+  private sockets!: PeerSockets;
 
-  private constructor(private readonly push: zmq.Push, private readonly pull: zmq.Pull, private readonly opts: PeerLinkOptions) {}
+  private constructor(private readonly opts: PeerLinkOptions) {}
 
   static async open(opts: PeerLinkOptions): Promise<PeerLink> {
-    const push = new zmq.Push({ ...socketOptions(opts.heartbeat), sendHighWaterMark: 0 });
-    const pull = new zmq.Pull(socketOptions(opts.heartbeat));
-    try {
-      await pull.bind(bindAddress(opts.bind));
-    } catch (err) {
-      push.close();
-      pull.close();
-      throw new Error(`cannot listen on ${opts.bind}: ${(err as Error).message}`);
-    }
-    push.connect(opts.connect);
-    const link = new PeerLink(push, pull, opts);
-    receiveLoop(pull, (frames) => link.deliver(frames), (err) => link.fail(new Error(`link to worker ${opts.peerRank}: ${err.message}`)));
-    pull.events.on('disconnect', () => link.fail(new Error(`worker ${opts.peerRank} disconnected`)));
+    const link = new PeerLink(opts);
+    const peer = `worker ${opts.peerRank}`;
+    link.sockets = await PeerSockets.open({
+      bind: opts.bind, connect: opts.connect, sendsTo: peer, receivesFrom: peer, heartbeat: opts.heartbeat, maxMessageBytes: opts.maxMessageBytes,
+      ...(opts.keys ? { keys: { own: opts.keys.own, from: opts.keys.peer, to: opts.keys.peer } } : {}),
+    }, { deliver: (frames) => link.deliver(frames), fail: (err) => link.breaks(err) });
     return link;
   }
 
+  /** Messages refused from unknown senders (plain TCP only), by reason. */
+  get dropped(): Map<string, number> {
+    return this.sockets.dropped;
+  }
+
+  /** Throws ProtocolError for a message that is not a fresh, expected tensor. */
   private deliver(frames: Buffer[]): void {
-    try {
-      const { msg, tensors: [t] } = decodeToPeer(frames, this.opts.maxMessageBytes);
-      if (msg.kind !== 'xfer') throw new ProtocolError(`'${msg.kind}' message on a model-parallel link`);
-      if (this.seen.has(msg.key)) throw new ProtocolError(`'${msg.key}' arrived twice`);
-      if (this.unclaimed >= MAX_UNCLAIMED) throw new ProtocolError(`more than ${MAX_UNCLAIMED} unclaimed messages`);
-      this.seen.add(msg.key);
-      this.unclaimed++;
-      this.box(msg.key).push(t!);
-    } catch (err) {
-      this.fail(new Error(`refused a message from worker ${this.opts.peerRank}: ${(err as Error).message}`));
+    const { msg, tensors: [t] } = decodeToPeer(frames, this.opts.maxMessageBytes);
+    if (msg.kind !== 'xfer') throw new ProtocolError(`'${msg.kind}' message on a model-parallel link`);
+    if (this.seen.has(msg.key)) throw new ProtocolError(`'${msg.key}' arrived twice`);
+    // Bounded: a sender that runs ahead (or a flood) cannot grow the mailboxes without end.
+    if (this.unclaimed >= MAX_UNCLAIMED) throw new ProtocolError(`more than ${MAX_UNCLAIMED} unclaimed messages`);
+    const bad = firstNonFinite(t!);
+    if (bad >= 0) {
+      this.breaks(new Error(`worker ${this.opts.peerRank} sent a non-finite '${msg.key}' (${t![bad]} at float ${bad}): its training diverged; lower --lr`));
+      return;
     }
+    this.seen.add(msg.key);
+    this.unclaimed++;
+    this.box(msg.key).push(t!);
   }
 
   private box(key: string): Inbox<Float32Array> {
@@ -83,6 +89,14 @@ export class PeerLink {
       this.boxes.set(key, b);
     }
     return b;
+  }
+
+  private broken = false;
+  /** A failure from outside: every wait fails, and the worker is told even if nothing waits. */
+  private breaks(err: Error): void {
+    this.fail(err);
+    if (!this.broken) this.opts.onBroken?.(err);
+    this.broken = true;
   }
 
   /** Fails every pending and future receive with `err` (a peer or a local step failed). */
@@ -96,13 +110,8 @@ export class PeerLink {
   send(key: string, data: Float32Array): void {
     if (this.failure) throw this.failure;
     this.bytesSent += data.byteLength;
-    this.sending = this.sending.then(() => {
-      const t0 = performance.now();
-      const sent = this.push.send(encodeToPeer({ kind: 'xfer', key }, [data]));
-      this.traffic.sent(linkOfKey(key), data.byteLength, t0, performance.now());
-      return sent;
-    })
-      .catch((err: Error) => this.fail(new Error(`sending '${key}' to worker ${this.opts.peerRank}: ${err.message}`)));
+    this.sockets.send(() => encodeToPeer({ kind: 'xfer', key }, [data]), (t0, t1) => this.traffic.sent(linkOfKey(key), data.byteLength, t0, t1),
+      (err) => this.breaks(new Error(`sending '${key}' to worker ${this.opts.peerRank}: ${err.message}`)));
   }
 
   /** The peer's tensor for `key`, which must hold `floats` values. */
@@ -127,7 +136,6 @@ export class PeerLink {
 
   close(): void {
     this.fail(new Error('link closed'));
-    if (!this.push.closed) this.push.close();
-    if (!this.pull.closed) this.pull.close();
+    this.sockets.close();
   }
 }

@@ -43,6 +43,8 @@ const Setup = z.strictObject({
   bucketBytes: z.number().int().positive(),
   heartbeat: z.strictObject({ intervalMs: z.number().int().positive(), timeoutMs: z.number().int().positive() }),
   maxMessageBytes: z.number().int().positive(),
+  /** how long one wait on a peer (a ring piece, a tower's tensor) may last: the cluster's step deadline floor, ms */
+  peerWaitMs: z.number().int().positive(),
 });
 const Step = z.strictObject({
   v, kind: z.literal('step'), globalStep: Count, epoch: Count, step: Count, lr: z.number().positive(),
@@ -64,7 +66,11 @@ export type ToWorker = z.infer<typeof ToWorker>;
 
 // ---- worker -> coordinator --------------------------------------------------
 
-const Hello = z.strictObject({ v, kind: z.literal('hello'), rank: Count, pid: z.number().int().positive(), host: z.string(), device: z.string() });
+/** `proof`: with CURVE, that the sender holds worker `rank`'s secret key (wire/curve.ts helloProof) */
+const Hello = z.strictObject({
+  v, kind: z.literal('hello'), rank: Count, pid: z.number().int().positive(), host: z.string(), device: z.string(),
+  proof: z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 hex characters').optional(),
+});
 const Ready = z.strictObject({ v, kind: z.literal('ready'), checksum: z.string(), backend: z.string(), params: Count });
 /** Spans one step may report: enough for every ring piece of AlexNet's buckets, bounded so a report cannot balloon. */
 export const MAX_STEP_SPANS = 10_000;
@@ -100,7 +106,13 @@ const EvalDone = z.strictObject({ v, kind: z.literal('evalDone'), epoch: Count, 
 const State = z.strictObject({ v, kind: z.literal('state'), tensors: z.array(TensorMeta) });
 const Loaded = z.strictObject({ v, kind: z.literal('loaded'), checksum: z.string() });
 const WorkerError = z.strictObject({ v, kind: z.literal('error'), reason: z.string() });
-const Bye = z.strictObject({ v, kind: z.literal('bye') });
+/** Reasons a refusal may be counted under, at most: a flood of garbage cannot make a report balloon. */
+export const MAX_REFUSAL_REASONS = 64;
+/** `refused`: messages and connections this worker refused from strangers during the run, by reason. */
+const Bye = z.strictObject({
+  v, kind: z.literal('bye'),
+  refused: z.record(z.string().min(1).max(160), Count).refine((r) => Object.keys(r).length <= MAX_REFUSAL_REASONS, { message: `more than ${MAX_REFUSAL_REASONS} reasons` }).default({}),
+});
 
 export const ToCoordinator = z.discriminatedUnion('kind', [Hello, Ready, StepDone, EvalDone, State, Loaded, WorkerError, Bye]);
 export type ToCoordinator = z.infer<typeof ToCoordinator>;

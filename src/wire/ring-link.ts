@@ -1,13 +1,15 @@
 /**
  * The sockets of a ring all-reduce: this worker binds a PULL on its own
- * endpoint (messages from rank - 1) and connects a PUSH to rank + 1's.
- * Every message is validated before the ring sees it; a refused one, a
- * disconnect or a send error fails every wait of the ring with the reason.
+ * endpoint (messages from rank - 1) and connects a PUSH to rank + 1's (see
+ * peer-sockets.ts for who is trusted and how a lost peer is noticed). Every
+ * message is validated before the ring sees it, its values included: a
+ * gradient that is not finite fails the ring with the sender and the bucket.
  */
-import * as zmq from 'zeromq';
+import type { KeyPair } from './curve.js';
+import { PeerSockets } from './peer-sockets.js';
 import { decodeToPeer, encodeToPeer, ProtocolError } from './protocol.js';
 import { RingAllReduce } from './ring-allreduce.js';
-import { bindAddress, receiveLoop, socketOptions, type Heartbeat } from './transport.js';
+import { firstNonFinite, type Heartbeat } from './transport.js';
 
 export interface RingLinkOptions {
   rank: number;
@@ -18,52 +20,52 @@ export interface RingLinkOptions {
   maxMessageBytes: number;
   /** how long one ring receive waits, ms */
   waitMs: number;
+  /** CURVE: this worker's key pair and every worker's public key by rank; undefined: plain TCP */
+  keys?: { own: KeyPair; workers: string[] };
+  /** told once when the ring breaks from outside (a lost peer, a refused or poisoned message), even between steps */
+  onBroken?: (err: Error) => void;
 }
 
-/** A ring and the sockets under it. */
-export interface RingLink { ring: RingAllReduce; close(): void }
+/** A ring and the sockets under it. `dropped`: messages refused from unknown senders (plain TCP), by reason. */
+export interface RingLink { ring: RingAllReduce; dropped: Map<string, number>; close(): void }
 
 export async function openRing(opts: RingLinkOptions): Promise<RingLink> {
   const { rank, world } = opts;
-  const sockOpts = socketOptions(opts.heartbeat);
-  const pull = new zmq.Pull(sockOpts);
-  const push = new zmq.Push({ ...sockOpts, sendHighWaterMark: 0 });
-  const close = () => {
-    ring.fail(new Error('ring closed')); // ends any wait still pending
-    if (!pull.closed) pull.close();
-    if (!push.closed) push.close();
-  };
   const next = (rank + 1) % world;
   const pred = (rank - 1 + world) % world;
-  let sending: Promise<void> = Promise.resolve();
+  let sockets: PeerSockets | undefined;
+  let broken = false;
+  const breaks = (err: Error) => {
+    ring.fail(err);
+    if (!broken) opts.onBroken?.(err);
+    broken = true;
+  };
   const ring = new RingAllReduce(rank, world, (msg, chunk) => {
-    // Queued, not awaited: libzmq's I/O thread sends while backward computes.
-    sending = sending.then(() => {
-      // The main thread's part of a send: encoding the header and handing the frames to libzmq.
-      const t0 = performance.now();
-      const sent = push.send(encodeToPeer(msg, [chunk]));
-      ring.traffic.sent(`bucket ${msg.bucket}`, chunk.byteLength, t0, performance.now());
-      return sent;
-    })
-      .catch((err: Error) => ring.fail(new Error(`sending to worker ${next}: ${err.message}`)));
+    sockets!.send(() => encodeToPeer(msg, [chunk]), (t0, t1) => ring.traffic.sent(`bucket ${msg.bucket}`, chunk.byteLength, t0, t1),
+      (err) => breaks(new Error(`sending to worker ${next}: ${err.message}`)));
   }, opts.waitMs);
-  if (world === 1) return { ring, close };
-  try {
-    await pull.bind(bindAddress(opts.peers[rank]!));
-  } catch (err) {
-    close();
-    throw new Error(`cannot listen on ${opts.peers[rank]}: ${(err as Error).message}`);
-  }
-  push.connect(opts.peers[next]!);
-  receiveLoop(pull, (frames) => {
-    try {
+  const close = () => {
+    ring.fail(new Error('ring closed')); // ends any wait still pending
+    sockets?.close();
+  };
+  if (world === 1) return { ring, dropped: new Map(), close };
+  sockets = await PeerSockets.open({
+    bind: opts.peers[rank]!, connect: opts.peers[next]!, sendsTo: `worker ${next}`, receivesFrom: `worker ${pred}`,
+    heartbeat: opts.heartbeat, maxMessageBytes: opts.maxMessageBytes,
+    ...(opts.keys ? { keys: { own: opts.keys.own, from: opts.keys.workers[pred]!, to: opts.keys.workers[next]! } } : {}),
+  }, {
+    deliver: (frames) => {
       const { msg, tensors: [chunk] } = decodeToPeer(frames, opts.maxMessageBytes);
       if (msg.kind !== 'ring') throw new ProtocolError(`'${msg.kind}' message in data-parallel mode`);
+      const bad = firstNonFinite(chunk!);
+      if (bad >= 0) {
+        // Well formed, so it is the peer's (or the peer is forged, which CURVE rules out): a fault, not noise.
+        breaks(new Error(`worker ${pred} sent a non-finite gradient (${chunk![bad]} at float ${msg.offset + bad} of chunk ${msg.chunk}, bucket ${msg.bucket}): its training diverged; lower --lr`));
+        return;
+      }
       ring.deliver(msg, chunk!);
-    } catch (err) {
-      ring.fail(new Error(`refused a message from worker ${pred}: ${(err as Error).message}`));
-    }
-  }, (err) => ring.fail(err));
-  pull.events.on('disconnect', () => ring.fail(new Error(`worker ${pred} disconnected`)));
-  return { ring, close };
+    },
+    fail: breaks,
+  });
+  return { ring, dropped: sockets.dropped, close };
 }

@@ -16,8 +16,45 @@ export interface Heartbeat {
   timeoutMs: number;
 }
 
-export function socketOptions(hb: Heartbeat): { heartbeatInterval: number; heartbeatTimeout: number; heartbeatTimeToLive: number; linger: number } {
-  return { heartbeatInterval: hb.intervalMs, heartbeatTimeout: hb.timeoutMs, heartbeatTimeToLive: hb.timeoutMs, linger: 0 };
+/**
+ * Options every socket of a run gets: ZMTP heartbeats, no linger, and
+ * ZMQ_MAXMSGSIZE, so libzmq drops the connection of a peer that announces an
+ * oversized frame before assembling it (the decoder's own cap on a whole
+ * message comes after).
+ */
+export function socketOptions(hb: Heartbeat, maxMessageBytes: number): {
+  heartbeatInterval: number; heartbeatTimeout: number; heartbeatTimeToLive: number; linger: number; maxMessageSize: number;
+} {
+  return { heartbeatInterval: hb.intervalMs, heartbeatTimeout: hb.timeoutMs, heartbeatTimeToLive: hb.timeoutMs, linger: 0, maxMessageSize: maxMessageBytes };
+}
+
+/**
+ * Calls `onLost` when an outgoing connection (one this socket connected) is
+ * lost after its handshake: the peer died, or its heartbeats stopped (a
+ * stopped process). Only outgoing connections are watched: anyone can open
+ * and close a connection to a bound port (a port scan), so a bound socket's
+ * disconnects say nothing about the peer. A refused handshake (the server
+ * does not know our key) is reported too.
+ */
+export function watchOutgoing(socket: zmq.Socket, peer: string, onLost: (why: string) => void): void {
+  let up = false;
+  socket.events.on('handshake', () => { up = true; });
+  socket.events.on('disconnect', () => {
+    if (up) onLost(`${peer} disconnected (it exited, or sent no heartbeat)`);
+    up = false;
+  });
+  socket.events.on('handshake:error:auth', (e) => onLost(`${peer} refused this process's key (${e.error.message})`));
+}
+
+/**
+ * Counts, by reason, the connections a bound socket refused in the handshake
+ * (not ZMTP, not CURVE, a key the ZAP gate refused): a port scan or a
+ * stranger, never a fault of the run.
+ */
+export function countRefusedHandshakes(socket: zmq.Socket, count: (why: string) => void): void {
+  socket.events.on('handshake:error:protocol', (e) => count(`handshake failed: ${e.error.message} (not ZMTP, or not CURVE)`));
+  socket.events.on('handshake:error:auth', (e) => count(`handshake refused: ${e.error.message}`));
+  socket.events.on('handshake:error:other', (e) => count(`handshake failed: ${e.error.message}`));
 }
 
 /** The address a socket on `host:port` is reached at. ipc needs every process on one host. */
@@ -61,6 +98,11 @@ export class Inbox<T> {
     }
   }
 
+  /** The oldest waiting item, without waiting (undefined when none). */
+  take(): T | undefined {
+    return this.queue.shift();
+  }
+
   /** Every pending and future `next` rejects with `err`. */
   fail(err: Error): void {
     if (this.failure) return;
@@ -87,13 +129,40 @@ export class Inbox<T> {
   }
 }
 
-/** Runs `onFrames` for every message a socket receives until it closes. */
+/**
+ * Runs `onFrames` for every message a socket receives until it closes.
+ * EAGAIN is a spurious wake-up, not an error: over CURVE, zeromq.js (6.x on
+ * libzmq 4.3.5) may find a socket readable while a large multi-frame message
+ * is still being decrypted, and its receive then rejects with EAGAIN
+ * (measured: once in 300 two-frame messages of 1 MiB; the next receive gets
+ * every message, whole and in order).
+ */
 export function receiveLoop(socket: zmq.Readable & zmq.Socket, onFrames: (frames: Buffer[]) => void, onError: (err: Error) => void): void {
   void (async () => {
-    try {
-      for await (const frames of socket) onFrames(frames as Buffer[]);
-    } catch (err) {
-      if (!socket.closed) onError(err instanceof Error ? err : new Error(String(err)));
+    while (!socket.closed) {
+      let frames: Buffer[];
+      try {
+        frames = (await socket.receive()) as Buffer[];
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EAGAIN') continue;
+        if (!socket.closed) onError(err instanceof Error ? err : new Error(String(err)));
+        return;
+      }
+      onFrames(frames);
     }
   })();
+}
+
+/**
+ * The index of the first value that is NaN or ±Infinity, or -1. Payloads
+ * from the wire are checked before they are summed or used: one NaN would
+ * spread through every weight. A plain loop (x - x is 0 for finite x only)
+ * runs at memory speed, ~1 ms per 4 MiB piece.
+ */
+export function firstNonFinite(a: Float32Array): number {
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!;
+    if (x - x !== 0) return i;
+  }
+  return -1;
 }

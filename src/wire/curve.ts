@@ -1,0 +1,199 @@
+/**
+ * CURVE (ZeroMQ's CurveZMQ: Curve25519 key exchange, then every frame
+ * encrypted and authenticated) for every TCP socket of a run, and the ZAP
+ * handler that decides who may connect.
+ *
+ * Every process of a run has its own key pair. A bound socket is a CURVE
+ * server; each connecting socket proves it holds a secret key, and libzmq
+ * asks this process's ZAP handler (RFC 27: a socket bound at
+ * inproc://zeromq.zap.01) whether that public key may talk to the socket,
+ * named by its ZAP domain:
+ *   'coordinator'  the run's worker keys
+ *   'peer@<ep>'    the one peer whose messages the socket bound on <ep>
+ *                  receives (the ring predecessor, or the other tower)
+ * Everyone else is refused during the handshake: they never deliver a
+ * message, and a refusal is counted by its reason.
+ *
+ * ZAP does not say which routing id the connecting socket carries (its
+ * "identity" frame is the server socket's own), so binding a key to a
+ * worker's place takes one more step: a worker's hello carries a proof that
+ * it holds worker r's secret key (helloProof), which only worker r can
+ * compute. Without it another key of the run could claim `w0`.
+ */
+import { createHmac, createPrivateKey, createPublicKey, diffieHellman, timingSafeEqual } from 'node:crypto';
+import * as zmq from 'zeromq';
+
+/** A Z85-encoded Curve25519 key pair, as zmq.curveKeyPair() makes it (40 characters each). */
+export interface KeyPair { publicKey: string; secretKey: string }
+
+/** What a worker needs to take part in a secured run: its own keys and everyone's public key. */
+export interface WorkerKeys {
+  own: KeyPair;
+  coordinator: string;
+  /** public keys of every worker, by rank */
+  workers: string[];
+}
+
+/** The keys of a whole run: the coordinator's pair and one pair per worker. */
+export interface RunKeys { coordinator: KeyPair; workers: KeyPair[] }
+
+const Z85_KEY = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
+
+/** Refuses a key that is not 40 Z85 characters, naming where it came from. */
+export function checkKey(key: unknown, what: string): string {
+  if (typeof key !== 'string' || !Z85_KEY.test(key)) throw new Error(`${what}: expected a 40-character Z85 CURVE key, got ${typeof key === 'string' ? `${key.length} characters` : typeof key}`);
+  return key;
+}
+
+/** Fails clearly where the zeromq build has no CURVE (it needs libsodium or tweetnacl compiled in). */
+export function requireCurve(): void {
+  if (!zmq.capability.curve) throw new Error("this zeromq build has no CURVE support (zmq.capability.curve is false): reinstall zeromq with its prebuilt binary, or run on loopback with \"security\": \"none\"");
+}
+
+export function generateRunKeys(world: number): RunKeys {
+  requireCurve();
+  return { coordinator: zmq.curveKeyPair(), workers: Array.from({ length: world }, () => zmq.curveKeyPair()) };
+}
+
+export function workerKeys(keys: RunKeys, rank: number): WorkerKeys {
+  return { own: keys.workers[rank]!, coordinator: keys.coordinator.publicKey, workers: keys.workers.map((k) => k.publicKey) };
+}
+
+/** Socket options of a CURVE server that asks the ZAP handler about `domain`. */
+export const curveServer = (own: KeyPair, domain: string) =>
+  ({ curveServer: true, curveSecretKey: own.secretKey, curvePublicKey: own.publicKey, zapDomain: domain }) as const;
+
+/** Socket options of a CURVE client of the server whose public key is `server`. */
+export const curveClient = (own: KeyPair, server: string) =>
+  ({ curveServerKey: server, curvePublicKey: own.publicKey, curveSecretKey: own.secretKey }) as const;
+
+/** Who may connect to the sockets of one ZAP domain: their public keys. */
+export type Admission = Set<string>;
+
+/**
+ * The process's ZAP handler. One per process (libzmq has one ZAP endpoint
+ * per context, and zeromq.js uses one context); `admit` names who may
+ * connect to each domain. A request for a domain nobody registered is
+ * refused: a socket that asks ZAP must have said whom it expects.
+ */
+export class ZapGate {
+  /** refusals by reason since the gate opened */
+  readonly refused = new Map<string, number>();
+  private readonly domains = new Map<string, Admission>();
+  private constructor(private readonly socket: zmq.Router) {}
+
+  private static current: ZapGate | undefined;
+
+  /** The process's gate, bound on first use. */
+  static async open(): Promise<ZapGate> {
+    if (ZapGate.current && !ZapGate.current.socket.closed) return ZapGate.current;
+    const socket = new zmq.Router({ linger: 0 });
+    await socket.bind('inproc://zeromq.zap.01');
+    const gate = new ZapGate(socket);
+    ZapGate.current = gate;
+    void gate.serve();
+    return gate;
+  }
+
+  /** The process's gate if one was opened. */
+  static running(): ZapGate | undefined {
+    return ZapGate.current;
+  }
+
+  admit(domain: string, who: Admission): void {
+    this.domains.set(domain, who);
+  }
+
+  /** Refusals by reason, as one line ('' when none). */
+  summary(): string {
+    return [...this.refused].map(([why, n]) => `${n}× ${why}`).join(', ');
+  }
+
+  close(): void {
+    if (!this.socket.closed) this.socket.close();
+    if (ZapGate.current === this) ZapGate.current = undefined;
+  }
+
+  private count(why: string): string {
+    // Bounded like every map fed from the wire.
+    if (this.refused.size < 64 || this.refused.has(why)) this.refused.set(why, (this.refused.get(why) ?? 0) + 1);
+    return why;
+  }
+
+  /** The verdict on one request: undefined admits, a string is the refusal's reason. */
+  private judge(domain: string, mechanism: string, key: Buffer | undefined): string | undefined {
+    const who = this.domains.get(domain);
+    if (who === undefined) return this.count(`no admission list for ZAP domain '${domain}'`);
+    if (mechanism !== 'CURVE' || key === undefined || key.length !== 32) return this.count(`mechanism ${mechanism}, expected CURVE`);
+    // Counted by the domain's kind ('peer@<endpoint>' as 'peer'): reasons stay few however many sockets there are.
+    if (!who.has(z85Encode(key))) return this.count(`unknown key on '${domain.split('@')[0]}'`);
+    return undefined;
+  }
+
+  /** RFC 27: [envelope…, '', version, request id, domain, address, identity, mechanism, credentials…] → [envelope…, '', version, request id, status, text, user id, metadata]. */
+  private async serve(): Promise<void> {
+    try {
+      for await (const frames of this.socket) {
+        const f = frames as Buffer[];
+        const empty = f.findIndex((b) => b.length === 0);
+        if (empty < 0 || f.length < empty + 8) continue; // not a ZAP request: libzmq never sends one
+        const [version, requestId, domain, , , mechanism, key] = f.slice(empty + 1);
+        const refusal = this.judge(domain!.toString(), mechanism!.toString(), key);
+        await this.socket.send([...f.slice(0, empty + 1), version!, requestId!,
+          Buffer.from(refusal === undefined ? '200' : '400'), Buffer.from(refusal ?? 'OK'), Buffer.from(refusal === undefined ? z85Encode(key!) : ''), Buffer.alloc(0)]);
+      }
+    } catch {
+      // closed with the process's sockets
+    }
+  }
+}
+
+/** Z85 (ZeroMQ RFC 32) of a 32-byte key: what zmq.curveKeyPair() returns, so keys compare as strings. */
+const Z85 = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#';
+export function z85Encode(bytes: Buffer): string {
+  let out = '';
+  for (let i = 0; i < bytes.length; i += 4) {
+    let value = bytes.readUInt32BE(i);
+    const chunk: string[] = [];
+    for (let j = 0; j < 5; j++) {
+      chunk.unshift(Z85[value % 85]!);
+      value = Math.floor(value / 85);
+    }
+    out += chunk.join('');
+  }
+  return out;
+}
+
+export function z85Decode(text: string): Buffer {
+  const out = Buffer.alloc((text.length / 5) * 4);
+  for (let i = 0; i < text.length; i += 5) {
+    let value = 0;
+    for (let j = 0; j < 5; j++) value = value * 85 + Z85.indexOf(text[i + j]!);
+    out.writeUInt32BE(value, (i / 5) * 4);
+  }
+  return out;
+}
+
+/** Curve25519 keys as node:crypto's X25519 (the same curve, raw 32-byte keys). */
+const privateKey = (k: KeyPair) => createPrivateKey({ key: { kty: 'OKP', crv: 'X25519', x: z85Decode(k.publicKey).toString('base64url'), d: z85Decode(k.secretKey).toString('base64url') }, format: 'jwk' });
+const publicKey = (k: string) => createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: z85Decode(k).toString('base64url') }, format: 'jwk' });
+
+/**
+ * Worker r's proof that it holds worker r's secret key: HMAC-SHA256, keyed
+ * by the X25519 secret shared with the coordinator, of its place `w<r>`.
+ * Both sides compute the shared secret (DH(worker secret, coordinator
+ * public) = DH(coordinator secret, worker public)); no one else can. The
+ * hello travels inside CURVE, so the proof is never seen on the wire; keys
+ * are fresh per run, so it cannot be reused in another. 64 hex characters.
+ */
+export function helloProof(own: KeyPair, coordinatorPublic: string, rank: number): string {
+  const shared = diffieHellman({ privateKey: privateKey(own), publicKey: publicKey(coordinatorPublic) });
+  return createHmac('sha256', shared).update(`splitnet hello w${rank}`).digest('hex');
+}
+
+/** Whether `proof` is worker `rank`'s, by the coordinator's key pair and that worker's public key. */
+export function checkHelloProof(coordinator: KeyPair, workerPublic: string, rank: number, proof: string): boolean {
+  const want = Buffer.from(helloProof(coordinator, workerPublic, rank), 'hex');
+  const got = Buffer.from(proof, 'hex');
+  return got.length === want.length && timingSafeEqual(got, want);
+}
