@@ -5,6 +5,7 @@
  * its step-time prediction.
  */
 import * as zmq from 'zeromq';
+import { curveClient, curveServer, generateRunKeys, ZapGate } from './curve.js';
 import { freePorts } from './free-ports.js';
 
 /** Round trips timed for the latency (the median is kept): enough to ride out a scheduler hiccup. */
@@ -22,12 +23,20 @@ export interface LinkProbe {
   bandwidth: number;
 }
 
-export async function probeLink(host = '127.0.0.1'): Promise<LinkProbe> {
+/**
+ * `secure`: both directions over CURVE, as the run's links are by default
+ * (encryption roughly halves a loopback link's bandwidth on the 2-core VMs
+ * measured, so a plain probe would flatter a secured run).
+ */
+export async function probeLink(host = '127.0.0.1', secure = true): Promise<LinkProbe> {
   const [p1, p2] = await freePorts(2);
-  const aOut = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS });
-  const bIn = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS });
-  const bOut = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS });
-  const aIn = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS });
+  const [a, b] = secure ? generateRunKeys(2).workers : [];
+  const gate = secure ? await ZapGate.open() : undefined;
+  gate?.admit('probe', new Set([a!.publicKey, b!.publicKey]));
+  const aOut = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveClient(a!, b!.publicKey) : {}) });
+  const bIn = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveServer(b!, 'probe') : {}) });
+  const bOut = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveClient(b!, a!.publicKey) : {}) });
+  const aIn = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveServer(a!, 'probe') : {}) });
   try {
     await bIn.bind(`tcp://${host}:${p1}`);
     await aIn.bind(`tcp://${host}:${p2}`);
@@ -78,5 +87,6 @@ export async function probeLink(host = '127.0.0.1'): Promise<LinkProbe> {
     return { latencyMs, bandwidth: BIG_BYTES / (transferMs / 1000) };
   } finally {
     for (const s of [aOut, bIn, bOut, aIn]) s.close();
+    gate?.close();
   }
 }
