@@ -201,6 +201,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
   } finally {
     await opened?.strategy.close(); // closes its peer sockets
     if (!dealer.closed) dealer.close();
+    ZapGate.running()?.close(); // its socket would keep the process alive
   }
 }
 
