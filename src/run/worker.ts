@@ -238,6 +238,7 @@ async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig, on
 
 /** What this worker refused from strangers: plain-TCP messages dropped, and CURVE handshakes its ZAP gate refused. */
 function refusals(opened: Opened | undefined): Record<string, number> {
-  const all = new Map([...(opened?.dropped() ?? []), ...(ZapGate.running()?.refused ?? [])]);
+  const all = new Map<string, number>();
+  for (const [why, n] of [...(opened?.dropped() ?? []), ...(ZapGate.running()?.refused ?? [])]) all.set(why, (all.get(why) ?? 0) + n);
   return Object.fromEntries([...all].slice(0, MAX_REFUSAL_REASONS).map(([why, n]) => [why.slice(0, 160), n]));
 }

@@ -59,9 +59,15 @@ export function workerKeys(keys: RunKeys, rank: number): WorkerKeys {
   return { own: keys.workers[rank]!, coordinator: keys.coordinator.publicKey, workers: keys.workers.map((k) => k.publicKey) };
 }
 
-/** Socket options of a CURVE server that asks the ZAP handler about `domain`. */
+/**
+ * Socket options of a CURVE server that asks the ZAP handler about `domain`.
+ * zapEnforceDomain: without it libzmq admits every key while no ZAP handler
+ * is bound (the "Stonehouse" legacy: encryption without authentication;
+ * measured with zeromq 6.8), so a gate closed too early, or never opened,
+ * would open the socket to anyone; with it such a handshake is refused.
+ */
 export const curveServer = (own: KeyPair, domain: string) =>
-  ({ curveServer: true, curveSecretKey: own.secretKey, curvePublicKey: own.publicKey, zapDomain: domain }) as const;
+  ({ curveServer: true, curveSecretKey: own.secretKey, curvePublicKey: own.publicKey, zapDomain: domain, zapEnforceDomain: true }) as const;
 
 /** Socket options of a CURVE client of the server whose public key is `server`. */
 export const curveClient = (own: KeyPair, server: string) =>

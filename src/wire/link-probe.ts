@@ -31,6 +31,7 @@ export interface LinkProbe {
 export async function probeLink(host = '127.0.0.1', secure = true): Promise<LinkProbe> {
   const [p1, p2] = await freePorts(2);
   const [a, b] = secure ? generateRunKeys(2).workers : [];
+  const hadGate = ZapGate.running() !== undefined;
   const gate = secure ? await ZapGate.open() : undefined;
   gate?.admit('probe', new Set([a!.publicKey, b!.publicKey]));
   const aOut = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveClient(a!, b!.publicKey) : {}) });
@@ -87,6 +88,6 @@ export async function probeLink(host = '127.0.0.1', secure = true): Promise<Link
     return { latencyMs, bandwidth: BIG_BYTES / (transferMs / 1000) };
   } finally {
     for (const s of [aOut, bIn, bOut, aIn]) s.close();
-    gate?.close();
+    if (!hadGate) gate?.close(); // a gate that was open before serves someone else's sockets
   }
 }

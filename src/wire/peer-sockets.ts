@@ -18,6 +18,7 @@
  */
 import * as zmq from 'zeromq';
 import { curveClient, curveServer, ZapGate, type KeyPair } from './curve.js';
+import { ToCoordinator, ToPeer, ToWorker } from './protocol.js';
 import { bindAddress, countRefusedHandshakes, receiveLoop, socketOptions, watchOutgoing, type Heartbeat } from './transport.js';
 
 export interface PeerSocketOptions {
@@ -39,6 +40,24 @@ export interface PeerSocketEvents {
   deliver(frames: Buffer[]): void;
   /** the link is broken: the reason names the peer */
   fail(err: Error): void;
+}
+
+/** The kinds of every message of the protocol: the only quoted words a dropped message's reason keeps. */
+const KINDS = new Set([ToWorker, ToCoordinator, ToPeer].flatMap((u) => u.options.map((o) => o.shape.kind.value as string)));
+
+/**
+ * A dropped message's reason as its counting key. The decoder's reasons
+ * quote what the sender wrote (its 'kind', a key, a version, the value msgpack
+ * read before it choked): that is left out, so a flood of garbage neither
+ * fills the reasons with one-offs nor writes its own text (control
+ * characters included) into the run's log line.
+ */
+export function dropKey(reason: string): string {
+  return reason
+    .replace(/^(header frame is not msgpack) \(([A-Za-z ,.]*)[^]*\)$/, (_, head: string, why: string) => `${head} (${why.trim().replace(/,$/, '')})`)
+    .replace(/^protocol version ([^]*), expected/, (_, v: string) => `protocol version ${/^-?\d+(\.\d+)?$/.test(v) ? v : '(not a number)'}, expected`)
+    .replace(/'([^']*)'|"([^"]*)"/g, (q, a?: string, b?: string) => (KINDS.has(a ?? b ?? '') ? q : '…'))
+    .replace(/[^\x20-\x7e…]/g, '?');
 }
 
 export class PeerSockets {
@@ -73,16 +92,17 @@ export class PeerSockets {
       } catch (err) {
         const why = `refused a message from ${opts.receivesFrom}: ${(err as Error).message}`;
         if (opts.keys) on.fail(new Error(why));
-        else sockets.drop((err as Error).message);
+        else sockets.drop(dropKey((err as Error).message));
       }
     }, (err) => on.fail(new Error(`link from ${opts.receivesFrom}: ${err.message}`)));
     return sockets;
   }
 
   private drop(reason: string): void {
-    // Counted by the reason's first words: a flood of garbage must not grow the map without bound.
-    const key = reason.replace(/\d+/g, 'N').slice(0, 80);
-    if (this.dropped.size < 64 || this.dropped.has(key)) this.dropped.set(key, (this.dropped.get(key) ?? 0) + 1);
+    // Counted by the reason's first words: a flood of garbage must not grow the map without bound (past 63 reasons, the rest together).
+    const first = reason.replace(/\d+/g, 'N').slice(0, 80);
+    const key = this.dropped.has(first) || this.dropped.size < 63 ? first : 'other reasons';
+    this.dropped.set(key, (this.dropped.get(key) ?? 0) + 1);
   }
 
   /**

@@ -48,12 +48,13 @@ export function watchOutgoing(socket: zmq.Socket, peer: string, onLost: (why: st
 
 /**
  * Counts, by reason, the connections a bound socket refused in the handshake
- * (not ZMTP, not CURVE, a key the ZAP gate refused): a port scan or a
- * stranger, never a fault of the run.
+ * (not ZMTP, not CURVE, cut off before the handshake ended): a port scan or a
+ * stranger, never a fault of the run. A key the ZAP gate refused is not
+ * counted here: the gate counts it, with the key's verdict (counted here as
+ * well, each refused key would be reported twice, under two reasons).
  */
 export function countRefusedHandshakes(socket: zmq.Socket, count: (why: string) => void): void {
   socket.events.on('handshake:error:protocol', (e) => count(`handshake failed: ${e.error.message} (not ZMTP, or not CURVE)`));
-  socket.events.on('handshake:error:auth', (e) => count(`handshake refused: ${e.error.message}`));
   socket.events.on('handshake:error:other', (e) => count(`handshake failed: ${e.error.message}`));
 }
 
