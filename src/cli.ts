@@ -15,7 +15,8 @@ import { findDataDir, loadSplit } from './data/fashion-mnist.js';
 import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig } from './config/train.js';
 import { train, type Mode } from './run/loop.js';
 import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './config/cluster.js';
-import { planDevices } from './run/launcher.js';
+import { deviceEnv, planDevices, type WorkerCommandOverride } from './run/launcher.js';
+import { readSlurmStep, slurmRole } from './run/slurm.js';
 import { runWorker } from './run/worker.js';
 import { readWorkerStdin } from './run/worker-secrets.js';
 import { workerKeys } from './wire/curve.js';
@@ -125,8 +126,28 @@ export function buildProgram(): Command {
     .addOption(new Option('--mode <mode>', 'data: replicas with ring all-reduce; model: the 2012 split; single: one process').choices(['single', 'model', 'data']).default('data'))
     .option('--config <file>', 'cluster config', 'cluster.config.json')
     .option('--no-overlap', 'all-reduce only after backward (for comparison)')
-    .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches')))
-    .action(async (o: TrainFlags) => runTrain(o, program.opts<GlobalFlags>()));
+    .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches'))
+    .option('--insecure', 'allow "security": "none" with hosts beyond loopback (plain, unauthenticated TCP: only on a network you trust)'))
+    .action(async (o: TrainFlags, cmd: Command) => {
+      // Under srun every process of the run is a Slurm task: this one is the coordinator or one worker (run/slurm.ts).
+      const step = readSlurmStep(process.env);
+      if (step === undefined) return runTrain(o, program.opts<GlobalFlags>());
+      if (o.mode === 'single') throw new UsageError(`--mode single under srun with ${step.tasks} tasks: run it with srun -n1, or use --mode data|model`);
+      const role = slurmRole(step, cmd.getOptionValueSource('config') === 'cli' ? loadClusterConfig(o.config!) : undefined);
+      if (role.kind === 'coordinator') {
+        return runTrain(o, program.opts<GlobalFlags>(), { cluster: role.cluster, workerCommand: (rank) => ({ external: role.where(rank) }) });
+      }
+      // scancel and the time limit SIGTERM every task at once: the coordinator checkpoints, then stops the workers.
+      process.on('SIGINT', () => {});
+      process.on('SIGTERM', () => {});
+      Object.assign(process.env, deviceEnv(role.device));
+      const { backend } = program.opts<GlobalFlags>();
+      const keys = role.keysFile !== undefined ? { keys: workerKeys(readRunKeys(role.keysFile, role.rank + 1), role.rank) } : {};
+      const code = await runWorker({ coordinator: role.coordinator, rank: role.rank, device: String(role.device), backend, registerMs: role.registerMs, ...keys });
+      // Done: no launcher will SIGTERM a task that lingers on an open native handle, and srun waits for every task.
+      setTimeout(() => process.exit(code), SLURM_WORKER_EXIT_MS).unref();
+      if (code !== 0) throw new WorkerExit(code);
+    });
 
   program
     .command('compare')
@@ -187,6 +208,8 @@ export function buildProgram(): Command {
       const given = o.stdinSecrets ? await readWorkerStdin(process.stdin, o.registerMs)
         : o.keys !== undefined ? { keys: workerKeys(readRunKeys(o.keys, o.rank + 1), o.rank) } : {};
       const code = await runWorker({ coordinator: o.coordinator, rank: o.rank, device: o.device, backend, registerMs: o.registerMs, ...given });
+      // The launcher's pipe was only watched for its end: it must not keep a finished worker alive.
+      process.stdin.destroy();
       if (code !== 0) throw new WorkerExit(code);
     });
 
@@ -221,12 +244,16 @@ function addTrainFlags(cmd: Command): Command {
     .option('--no-progress', 'no progress bar');
 }
 
+/** How long a Slurm worker task that has finished may take to exit by itself before it is made to, ms. */
+const SLURM_WORKER_EXIT_MS = 1000;
+
 /** A worker's non-zero exit, already reported: main() exits with its code and prints nothing more. */
 class WorkerExit extends Error {
   constructor(readonly code: number) { super(`worker exit ${code}`); }
 }
 
-async function runTrain(o: TrainFlags, { backend, adapter }: GlobalFlags): Promise<void> {
+/** `placed`: the cluster and how its workers start, when someone else placed them (Slurm), instead of --config and the device plan. */
+async function runTrain(o: TrainFlags, { backend, adapter }: GlobalFlags, placed?: { cluster: ClusterConfig; workerCommand: WorkerCommandOverride }): Promise<void> {
   if (o.resume !== undefined && o.out !== undefined && o.resume !== o.out) {
     throw new UsageError('--resume and --out name different directories: a resumed run continues in its own directory');
   }
@@ -243,7 +270,10 @@ async function runTrain(o: TrainFlags, { backend, adapter }: GlobalFlags): Promi
   let mode = o.mode;
   let workers: WorkerSpec[] = [];
   let cluster: ClusterConfig | undefined;
-  if (mode !== 'single') {
+  if (mode !== 'single' && placed !== undefined) {
+    cluster = placed.cluster;
+    workers = cluster.workers;
+  } else if (mode !== 'single') {
     cluster = loadClusterConfig(o.config ?? 'cluster.config.json');
     const plan = planDevices(cluster);
     if (plan.single !== undefined) {
@@ -257,6 +287,7 @@ async function runTrain(o: TrainFlags, { backend, adapter }: GlobalFlags): Promi
   const result = await train({
     config, outDir, resume, mode: mode as Mode, progress: o.progress, insecure: o.insecure === true,
     ...(cluster ? { cluster, workers, microBatches: o.microBatches ?? 1, overlap: o.overlap !== false } : {}),
+    ...(placed ? { workerCommand: placed.workerCommand } : {}),
   });
   console.log(formatRunSummary(result, outDir));
 }
