@@ -181,11 +181,20 @@ export class Cluster implements Strategy {
         this.countRefusal(`message from unknown peer id (not w0..w${world - 1})`);
         return;
       }
+      let m: Msg;
       try {
-        this.inboxes[rank]!.push(decodeToCoordinator(frames.slice(1), cluster.maxMessageBytes));
+        m = decodeToCoordinator(frames.slice(1), cluster.maxMessageBytes);
       } catch (err) {
         this.fail(new ClusterError(`${this.name(rank)} sent a malformed message: ${(err as Error).message}`));
+        return;
       }
+      // A worker's error fails the run now, not when its reply is next awaited. A worker that has
+      // answered (its share of an evaluation, its tower's state) and then loses its peer (stopped:
+      // only heartbeats say so) reports while the peer's reply is still awaited; unread, the report
+      // waited for the reporter's exit (a local worker: it blamed that exit, not the peer) or, where
+      // no exit is seen (a worker Slurm started), for the deadline: 10 step deadlines in an evaluation.
+      if (m.msg.kind === 'error') this.fail(new ClusterError(`${this.name(rank)} failed: ${m.msg.reason}`));
+      this.inboxes[rank]!.push(m);
     }, (err) => this.fail(new ClusterError(`coordinator socket: ${err.message}`)));
     this.opts.workers.forEach((w, rank) => {
       const secrets = JSON.stringify(this.keys ? { keys: workerKeys(this.keys, rank) } : {});
@@ -265,8 +274,9 @@ export class Cluster implements Strategy {
   }
 
   /** Every worker takes part (a replica's momentum is sharded); the mode says whose replies make the state. */
-  /** Every worker takes part (a replica's momentum is sharded); the mode says whose replies make the state. */
   async state(): Promise<TrainState> {
+    // A failure during the gather names the checkpoint, not the step before it.
+    this.where = `the checkpoint after ${this.where.replace(/^the checkpoint after /, '')}`;
     const holders = this.combine.stateHolders(this.world);
     for (let r = 0; r < this.world; r++) await this.send(r, { kind: 'getState', reply: holders.includes(r) });
     const states = await Promise.all(this.inboxes.map((_, r) => this.expect(r, 'state', this.deadline(), 'the model state for a checkpoint')));
@@ -282,6 +292,7 @@ export class Cluster implements Strategy {
 
   /** Each worker gets its share: the whole state for a replica, its tower's half for a tower. */
   async load(state: TrainState): Promise<void> {
+    this.where = 'loading the checkpoint';
     for (let r = 0; r < this.world; r++) {
       const flat = flattenState(this.combine.shareOf(state, r));
       await this.send(r, { kind: 'load', tensors: flat.map((t) => ({ name: t.name, shape: t.shape })) }, flat.map((t) => t.data));
