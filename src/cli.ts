@@ -2,7 +2,7 @@
  * The `splitnet` command: verbs only, no logic. Every failure ends as one line
  * on stderr: exit code 2 for a usage problem (flags, files), 1 otherwise.
  */
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_CHOICES, initBackend, type BackendChoice } from './backend.js';
 import { closeWebGpu, parseAdapterWant } from './webgpu.js';
 import { compareCommand, profileOnSignal, type CompareFlags } from './compare/command.js';
@@ -20,6 +20,7 @@ import { readSlurmStep, slurmRole } from './run/slurm.js';
 import { runWorker } from './run/worker.js';
 import { readWorkerStdin } from './run/worker-secrets.js';
 import { workerKeys } from './wire/curve.js';
+import type { Heartbeat } from './wire/transport.js';
 import { readRunKeys, writeRunKeys } from './wire/key-file.js';
 import { formatRunSummary } from './run/summary.js';
 
@@ -143,7 +144,7 @@ export function buildProgram(): Command {
       Object.assign(process.env, deviceEnv(role.device));
       const { backend } = program.opts<GlobalFlags>();
       const keys = role.keysFile !== undefined ? { keys: workerKeys(readRunKeys(role.keysFile, role.rank + 1), role.rank) } : {};
-      const code = await runWorker({ coordinator: role.coordinator, rank: role.rank, device: String(role.device), backend, registerMs: role.registerMs, ...keys });
+      const code = await runWorker({ coordinator: role.coordinator, rank: role.rank, device: String(role.device), backend, registerMs: role.registerMs, heartbeat: role.heartbeat, ...keys });
       // Done: no launcher will SIGTERM a task that lingers on an open native handle, and srun waits for every task.
       setTimeout(() => process.exit(code), SLURM_WORKER_EXIT_MS).unref();
       if (code !== 0) throw new WorkerExit(code);
@@ -198,22 +199,30 @@ export function buildProgram(): Command {
     .requiredOption('--rank <r>', 'this worker\'s rank', intOrZeroArg('--rank'))
     .option('--device <d>', "'cpu', a GPU index or a fragment of the GPU's name", 'cpu')
     .option('--register-ms <ms>', 'how long to wait for the coordinator', intArg('--register-ms'), 60_000)
+    .option('--heartbeat <ms>', "ZMTP heartbeats on the link to the coordinator, 'interval/timeout' in ms (the cluster's)", heartbeatArg, { intervalMs: 1000, timeoutMs: 15_000 })
     .option('--stdin-secrets', 'read the CURVE keys as one JSON line on stdin, and stop when stdin closes (how the launcher starts workers)')
     .option('--keys <file>', 'read the CURVE keys from a `splitnet keys` file (workers started by srun)')
-    .action(async (o: { coordinator: string; rank: number; device: string; registerMs: number; stdinSecrets?: boolean; keys?: string }) => {
+    .action(async (o: { coordinator: string; rank: number; device: string; registerMs: number; heartbeat: Heartbeat; stdinSecrets?: boolean; keys?: string }) => {
       // Ctrl-C in the terminal reaches the whole process group: the coordinator decides.
       process.on('SIGINT', () => {});
       const { backend } = program.opts<GlobalFlags>();
       if (o.stdinSecrets && o.keys !== undefined) throw new UsageError('--stdin-secrets and --keys: give one');
       const given = o.stdinSecrets ? await readWorkerStdin(process.stdin, o.registerMs)
         : o.keys !== undefined ? { keys: workerKeys(readRunKeys(o.keys, o.rank + 1), o.rank) } : {};
-      const code = await runWorker({ coordinator: o.coordinator, rank: o.rank, device: o.device, backend, registerMs: o.registerMs, ...given });
+      const code = await runWorker({ coordinator: o.coordinator, rank: o.rank, device: o.device, backend, registerMs: o.registerMs, heartbeat: o.heartbeat, ...given });
       // The launcher's pipe was only watched for its end: it must not keep a finished worker alive.
       process.stdin.destroy();
       if (code !== 0) throw new WorkerExit(code);
     });
 
   return program;
+}
+
+/** 'interval/timeout' in ms, the timeout longer. */
+function heartbeatArg(v: string): Heartbeat {
+  const m = /^(\d+)\/(\d+)$/.exec(v);
+  if (m === null || Number(m[1]) <= 0 || Number(m[2]) <= Number(m[1])) throw new InvalidArgumentError(`expected 'interval/timeout' in ms with the timeout longer, e.g. 1000/15000, got '${v}'`);
+  return { intervalMs: Number(m[1]), timeoutMs: Number(m[2]) };
 }
 
 function addTrainFlags(cmd: Command): Command {

@@ -4,7 +4,7 @@
  * that never stopped.
  */
 import { spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -43,6 +43,43 @@ describe('the process tree', () => {
     const deadline = Date.now() + 20_000;
     while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
     expect(pids.filter(alive), 'workers still running 20 s after the coordinator died').toEqual([]);
+  });
+});
+
+describe('a stopped coordinator', () => {
+  it('when the coordinator is SIGSTOPped, every worker exits within the heartbeat timeout plus 3 s', async () => {
+    const heartbeat = { intervalMs: 250, timeoutMs: 2_000 };
+    const cluster = await localCluster(2, { heartbeat });
+    const dir = tempDir();
+    const cfgPath = join(dir, 'cluster.json');
+    writeFileSync(cfgPath, JSON.stringify(cluster));
+    const coord = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', '--backend', 'wasm', 'launch', '--config', cfgPath,
+      '--synthetic', '--width', '0.125', '--resolution', '67', '--batch', '8', '--train-samples', '4000', '--out', join(dir, 'run'), '--no-progress'],
+    { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    spawned.add(coord.pid!);
+    let out = '';
+    const pids = await new Promise<number[]>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no worker pids in 60 s; output: ${out}`)), 60_000);
+      coord.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        const found = [...out.matchAll(/pid (\d+)\)/g)].map((m) => Number(m[1]));
+        spawned.add(...found);
+        if (found.length === 2 && /parameters per replica/.test(out)) { clearTimeout(timer); resolve(found); }
+      });
+    });
+    await new Promise((r) => setTimeout(r, 1_000)); // into the steps
+    coord.kill('SIGSTOP');
+    const stoppedAt = Date.now();
+    const deadline = stoppedAt + heartbeat.timeoutMs + 3_000;
+    // A stopped parent cannot reap its children: an exited worker stays a zombie until the coordinator goes.
+    const running = (pid: number) => alive(pid) && !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    while (pids.some(running) && Date.now() < deadline + 5_000) await new Promise((r) => setTimeout(r, 100));
+    const tookMs = Date.now() - stoppedAt;
+    const left = pids.filter(running);
+    coord.kill('SIGKILL');
+    console.log(`coordinator SIGSTOPped: workers gone after ${tookMs} ms (heartbeat timeout ${heartbeat.timeoutMs} ms)`);
+    expect(left, 'workers still running').toEqual([]);
+    expect(tookMs).toBeLessThan(heartbeat.timeoutMs + 3_000);
   });
 });
 

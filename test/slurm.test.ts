@@ -71,7 +71,7 @@ describe('the roles', () => {
     expect(coord.cluster.timeouts.registerMs).toBe(5000);
     expect(coord.where(1)).toBe('Slurm task 2 on gpu02');
     expect(slurmRole(readSlurmStep(srunEnv(2, { SLURMD_NODENAME: 'gpu02' }))!, base))
-      .toEqual({ kind: 'worker', rank: 1, coordinator: 'tcp://gpu01:7000', device: 'cpu', registerMs: 5000, keysFile: 'run.keys' });
+      .toEqual({ kind: 'worker', rank: 1, coordinator: 'tcp://gpu01:7000', device: 'cpu', registerMs: 5000, heartbeat: base.heartbeat, keysFile: 'run.keys' });
   });
 
   it('without a config: ports from the job id, and CURVE needs a key file', () => {

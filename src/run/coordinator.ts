@@ -68,6 +68,8 @@ export class Cluster implements Strategy {
   /** undefined: plain TCP ("security": "none") */
   private readonly keys: RunKeys | undefined;
   private gate: ZapGate | undefined;
+  /** this cluster's own ZAP domain: two clusters in one process (tests, compare) admit their own workers */
+  private readonly zapDomain: string;
   /** what the workers refused from strangers, by reason, as each said goodbye */
   private readonly refusedByWorkers = new Map<string, number>();
   private readonly inboxes: Array<Inbox<Msg>>;
@@ -82,10 +84,11 @@ export class Cluster implements Strategy {
     this.world = opts.workers.length;
     this.combine = opts.mode === 'data' ? combineReplicas : combineTowers;
     const { cluster } = opts;
+    this.zapDomain = `coordinator@${cluster.coordinator.port}`;
     this.keys = cluster.security === 'none' ? undefined : opts.keys ?? (cluster.keys !== undefined ? firstWorkers(readRunKeys(cluster.keys, this.world), this.world) : generateRunKeys(this.world));
     this.router = new zmq.Router({
       ...socketOptions(cluster.heartbeat, cluster.maxMessageBytes), mandatory: true,
-      ...(this.keys ? curveServer(this.keys.coordinator, 'coordinator') : {}),
+      ...(this.keys ? curveServer(this.keys.coordinator, this.zapDomain) : {}),
     });
     this.inboxes = opts.workers.map(() => new Inbox<Msg>());
   }
@@ -161,8 +164,7 @@ export class Cluster implements Strategy {
     const peers = this.opts.workers.map((w) => endpoint(cluster.transport, w.host, w.port));
     if (this.keys) {
       // The run's worker keys only; which key may be which worker is the hello's proof (below).
-      this.gate = await ZapGate.open();
-      this.gate.admit('coordinator', new Set(this.keys.workers.map((k) => k.publicKey)));
+      this.gate = await ZapGate.admit(this.zapDomain, new Set(this.keys.workers.map((k) => k.publicKey)));
     }
     countRefusedHandshakes(this.router, (why) => this.countRefusal(why));
     try {
@@ -348,7 +350,7 @@ export class Cluster implements Strategy {
     const refused = this.refusals();
     if (refused.size > 0) this.opts.log(`  refused from strangers: ${[...refused].map(([why, n]) => `${n}× ${why}`).join('; ')}`);
     this.router.close();
-    this.gate?.close();
+    this.gate?.release(this.zapDomain);
   }
 
   /** Marks the run failed (the loop's own errors), so close() aborts rather than shuts down. */

@@ -106,7 +106,7 @@ export type WorkerCommandOverride = (rank: number) => { command: string; args: s
 /** The flags every worker gets. `--stdin-secrets`: its secrets come as the first line on stdin, never on the command line or in the environment. */
 function workerArgs(rank: number, spec: WorkerSpec, cluster: ClusterConfig, coordinator: string): string[] {
   return ['worker', '--coordinator', coordinator, '--rank', String(rank), '--device', String(spec.device),
-    '--register-ms', String(cluster.timeouts.registerMs), '--stdin-secrets'];
+    '--register-ms', String(cluster.timeouts.registerMs), '--heartbeat', `${cluster.heartbeat.intervalMs}/${cluster.heartbeat.timeoutMs}`, '--stdin-secrets'];
 }
 
 /**

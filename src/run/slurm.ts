@@ -52,6 +52,8 @@ export type SlurmRole =
     coordinator: string;
     device: 'cpu' | number;
     registerMs: number;
+    /** the cluster's ZMTP heartbeats, for the link to the coordinator */
+    heartbeat: { intervalMs: number; timeoutMs: number };
     /** the config's key file (`splitnet keys`): this worker's CURVE keys; undefined with "security": "none" */
     keysFile?: string;
   };
@@ -126,6 +128,7 @@ export function slurmRole(step: SlurmStep, base?: ClusterConfig): SlurmRole {
   if (step.task === 0) return { kind: 'coordinator', cluster, where: (rank) => `Slurm task ${rank + 1} on ${step.hosts[rank + 1]}` };
   return {
     kind: 'worker', rank: step.task - 1, coordinator: `tcp://${host0}:${port}`, device: taskDevice(step), registerMs: cluster.timeouts.registerMs,
+    heartbeat: cluster.heartbeat,
     ...(cluster.security === 'curve' && cluster.keys !== undefined ? { keysFile: cluster.keys } : {}),
   };
 }

@@ -22,7 +22,7 @@ import { PeerLink } from '../wire/peer-link.js';
 import { curveClient, helloProof, ZapGate, type WorkerKeys } from '../wire/curve.js';
 import { decodeToWorker, encodeToCoordinator, MAX_REFUSAL_REASONS, MAX_STEP_LINKS, MAX_STEP_SPANS, type ToWorker } from '../wire/protocol.js';
 import { openRing } from '../wire/ring-link.js';
-import { Inbox, receiveLoop, socketOptions, watchOutgoing } from '../wire/transport.js';
+import { Inbox, receiveLoop, socketOptions, watchOutgoing, type Heartbeat } from '../wire/transport.js';
 
 export interface WorkerArgs {
   coordinator: string;
@@ -31,6 +31,8 @@ export interface WorkerArgs {
   backend: BackendChoice;
   /** how long to wait for the coordinator's setup, ms */
   registerMs: number;
+  /** ZMTP heartbeats on the link to the coordinator: the cluster's, given before it connects (libzmq applies them per connection) */
+  heartbeat?: Heartbeat;
   /** CURVE keys (from the launcher, on stdin); undefined: plain TCP */
   keys?: WorkerKeys;
   /** aborted when the launcher is gone (its pipe to this worker closed): stop at once */
@@ -59,11 +61,8 @@ const BROKEN_LINK_GRACE_MS = 1000;
  * if something still holds its event loop (a send that can never finish).
  */
 const ORPHAN_EXIT_MS = 3000;
-/**
- * ZMTP heartbeats on the link to the coordinator before its setup names the
- * cluster's own: a ping a second, the coordinator gone after 15 s of silence.
- */
-const REGISTER_HEARTBEAT = { intervalMs: 1000, timeoutMs: 15_000 };
+/** ZMTP heartbeats on the link to the coordinator when none are given: a ping a second, the coordinator gone after 15 s of silence. */
+const DEFAULT_HEARTBEAT = { intervalMs: 1000, timeoutMs: 15_000 };
 /** The largest message accepted before the setup says the cluster's limit (1 GiB, the config's default), bytes. */
 const REGISTER_MAX_BYTES = 2 ** 30;
 
@@ -71,7 +70,7 @@ interface Opened { strategy: Strategy; model: Model; checksum: () => string; dro
 
 export async function runWorker(args: WorkerArgs): Promise<number> {
   const dealer = new zmq.Dealer({
-    routingId: `w${args.rank}`, ...socketOptions(REGISTER_HEARTBEAT, REGISTER_MAX_BYTES), linger: LINGER_MS,
+    routingId: `w${args.rank}`, ...socketOptions(args.heartbeat ?? DEFAULT_HEARTBEAT, REGISTER_MAX_BYTES), linger: LINGER_MS,
     ...(args.keys ? curveClient(args.keys.own, args.keys.coordinator) : {}),
   });
   const fromCoordinator = new Inbox<{ msg: ToWorker; tensors: Float32Array[] }>();

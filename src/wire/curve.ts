@@ -88,26 +88,41 @@ export class ZapGate {
   private readonly domains = new Map<string, Admission>();
   private constructor(private readonly socket: zmq.Router) {}
 
-  private static current: ZapGate | undefined;
+  private static current: Promise<ZapGate> | undefined;
+  private static open_: ZapGate | undefined;
+  /** domains admitted and not yet released: the gate closes with the last */
+  private users = 0;
 
-  /** The process's gate, bound on first use. */
-  static async open(): Promise<ZapGate> {
-    if (ZapGate.current && !ZapGate.current.socket.closed) return ZapGate.current;
-    const socket = new zmq.Router({ linger: 0 });
-    await socket.bind('inproc://zeromq.zap.01');
-    const gate = new ZapGate(socket);
-    ZapGate.current = gate;
-    void gate.serve();
+  /**
+   * The process's gate, bound on first use, with `who` admitted to `domain`.
+   * Every user names its own domain (a socket's kind and endpoint), so two
+   * clusters or a link probe in one process do not overwrite each other, and
+   * releases it when its socket closes.
+   */
+  static async admit(domain: string, who: Admission): Promise<ZapGate> {
+    ZapGate.current ??= (async () => {
+      const socket = new zmq.Router({ linger: 0 });
+      await socket.bind('inproc://zeromq.zap.01');
+      const gate = new ZapGate(socket);
+      ZapGate.open_ = gate;
+      void gate.serve();
+      return gate;
+    })();
+    const gate = await ZapGate.current;
+    gate.domains.set(domain, who);
+    gate.users++;
     return gate;
   }
 
-  /** The process's gate if one was opened. */
+  /** The process's gate if one is open. */
   static running(): ZapGate | undefined {
-    return ZapGate.current;
+    return ZapGate.open_;
   }
 
-  admit(domain: string, who: Admission): void {
-    this.domains.set(domain, who);
+  /** Forgets `domain`; the last release closes the gate. */
+  release(domain: string): void {
+    this.domains.delete(domain);
+    if (--this.users <= 0) this.close();
   }
 
   /** Refusals by reason, as one line ('' when none). */
@@ -115,9 +130,13 @@ export class ZapGate {
     return [...this.refused].map(([why, n]) => `${n}× ${why}`).join(', ');
   }
 
+  /** Closes the gate now, whoever still uses it (tests; a process that is done). */
   close(): void {
     if (!this.socket.closed) this.socket.close();
-    if (ZapGate.current === this) ZapGate.current = undefined;
+    if (ZapGate.open_ === this) {
+      ZapGate.open_ = undefined;
+      ZapGate.current = undefined;
+    }
   }
 
   private count(why: string): string {

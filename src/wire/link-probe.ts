@@ -31,13 +31,12 @@ export interface LinkProbe {
 export async function probeLink(host = '127.0.0.1', secure = true): Promise<LinkProbe> {
   const [p1, p2] = await freePorts(2);
   const [a, b] = secure ? generateRunKeys(2).workers : [];
-  const hadGate = ZapGate.running() !== undefined;
-  const gate = secure ? await ZapGate.open() : undefined;
-  gate?.admit('probe', new Set([a!.publicKey, b!.publicKey]));
+  const domain = `probe@${p1}`;
+  const gate = secure ? await ZapGate.admit(domain, new Set([a!.publicKey, b!.publicKey])) : undefined;
   const aOut = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveClient(a!, b!.publicKey) : {}) });
-  const bIn = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveServer(b!, 'probe') : {}) });
+  const bIn = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveServer(b!, domain) : {}) });
   const bOut = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveClient(b!, a!.publicKey) : {}) });
-  const aIn = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveServer(a!, 'probe') : {}) });
+  const aIn = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveServer(a!, domain) : {}) });
   try {
     await bIn.bind(`tcp://${host}:${p1}`);
     await aIn.bind(`tcp://${host}:${p2}`);
@@ -88,6 +87,6 @@ export async function probeLink(host = '127.0.0.1', secure = true): Promise<Link
     return { latencyMs, bandwidth: BIG_BYTES / (transferMs / 1000) };
   } finally {
     for (const s of [aOut, bIn, bOut, aIn]) s.close();
-    if (!hadGate) gate?.close(); // a gate that was open before serves someone else's sockets
+    gate?.release(domain);
   }
 }

@@ -66,13 +66,13 @@ export class PeerSockets {
   /** zeromq.js allows one send in progress per socket: sends are chained */
   private sending: Promise<void> = Promise.resolve();
 
-  private constructor(private readonly push: zmq.Push, private readonly pull: zmq.Pull) {}
+  private constructor(private readonly push: zmq.Push, private readonly pull: zmq.Pull, private readonly release: () => void) {}
 
   static async open(opts: PeerSocketOptions, on: PeerSocketEvents): Promise<PeerSockets> {
     const base = socketOptions(opts.heartbeat, opts.maxMessageBytes);
     // A domain per bound socket: each admits its own peer (one per process in a run; tests hold several).
     const domain = `peer@${opts.bind}`;
-    if (opts.keys) (await ZapGate.open()).admit(domain, new Set([opts.keys.from]));
+    const gate = opts.keys ? await ZapGate.admit(domain, new Set([opts.keys.from])) : undefined;
     const pull = new zmq.Pull({ ...base, ...(opts.keys ? curveServer(opts.keys.own, domain) : {}) });
     const push = new zmq.Push({ ...base, sendHighWaterMark: 0, ...(opts.keys ? curveClient(opts.keys.own, opts.keys.to) : {}) });
     try {
@@ -80,9 +80,10 @@ export class PeerSockets {
     } catch (err) {
       push.close();
       pull.close();
+      gate?.release(domain);
       throw new Error(`cannot listen on ${opts.bind}: ${(err as Error).message}`);
     }
-    const sockets = new PeerSockets(push, pull);
+    const sockets = new PeerSockets(push, pull, () => gate?.release(domain));
     countRefusedHandshakes(pull, (why) => sockets.drop(why));
     watchOutgoing(push, opts.sendsTo, (why) => on.fail(new Error(why)));
     push.connect(opts.connect);
@@ -121,7 +122,9 @@ export class PeerSockets {
   }
 
   close(): void {
-    if (!this.pull.closed) this.pull.close();
+    if (this.pull.closed) return;
+    this.pull.close();
     if (!this.push.closed) this.push.close();
+    this.release();
   }
 }
