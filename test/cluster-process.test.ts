@@ -3,11 +3,12 @@
  * the workers with it, and a data-parallel run resumes to the weights of one
  * that never stopped.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { ClusterConfig } from '../src/config/cluster.js';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train } from '../src/run/loop.js';
 import { alive, localCluster, Spawned } from './helpers/cluster.js';
@@ -17,62 +18,58 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const spawned = new Spawned();
 afterEach(() => { spawned.reap(); });
 
+/** `splitnet launch` of a long data-parallel run as a child; resolves once both workers are ready, with their pids. */
+async function launchTwoWorkers(cluster: ClusterConfig): Promise<{ coord: ChildProcessWithoutNullStreams; pids: number[] }> {
+  const dir = tempDir();
+  const cfgPath = join(dir, 'cluster.json');
+  writeFileSync(cfgPath, JSON.stringify(cluster));
+  const coord = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', '--backend', 'wasm', 'launch', '--config', cfgPath,
+    '--synthetic', '--width', '0.125', '--resolution', '67', '--batch', '8', '--train-samples', '4000', '--out', join(dir, 'run'), '--no-progress'],
+  { cwd: root });
+  spawned.add(coord.pid!);
+  let out = '';
+  const pids = await new Promise<number[]>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no worker pids in 60 s; output: ${out}`)), 60_000);
+    coord.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      const found = [...out.matchAll(/pid (\d+)\)/g)].map((m) => Number(m[1]));
+      spawned.add(...found);
+      if (found.length === 2 && /parameters per replica/.test(out)) { clearTimeout(timer); resolve(found); }
+    });
+  });
+  return { coord, pids };
+}
+
+/** Alive and not a zombie: an exited worker whose parent cannot reap it (stopped, or not an init that reaps) is done. */
+const running = (pid: number): boolean => {
+  if (!alive(pid)) return false;
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+};
+
 describe('the process tree', () => {
   it('when the coordinator is killed, every worker exits by itself', async () => {
-    const cluster = await localCluster(2);
-    const dir = tempDir();
-    const cfgPath = join(dir, 'cluster.json');
-    writeFileSync(cfgPath, JSON.stringify(cluster));
-    const coord = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', '--backend', 'wasm', 'launch', '--config', cfgPath,
-      '--synthetic', '--width', '0.125', '--resolution', '67', '--batch', '8', '--train-samples', '4000', '--out', join(dir, 'run'), '--no-progress'],
-    { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
-    spawned.add(coord.pid!);
-    let out = '';
-    const pids = await new Promise<number[]>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no worker pids in 60 s; output: ${out}`)), 60_000);
-      coord.stdout.on('data', (d: Buffer) => {
-        out += d.toString();
-        const found = [...out.matchAll(/pid (\d+)\)/g)].map((m) => Number(m[1]));
-        spawned.add(...found);
-        if (found.length === 2 && /parameters per replica/.test(out)) { clearTimeout(timer); resolve(found); }
-      });
-    });
+    const { coord, pids } = await launchTwoWorkers(await localCluster(2));
     expect(pids.every(alive)).toBe(true);
     coord.kill('SIGKILL');
     await new Promise((r) => (coord.exitCode !== null || coord.signalCode !== null ? r(null) : coord.once('exit', r)));
     const deadline = Date.now() + 20_000;
-    while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
-    expect(pids.filter(alive), 'workers still running 20 s after the coordinator died').toEqual([]);
+    while (pids.some(running) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    expect(pids.filter(running), 'workers still running 20 s after the coordinator died').toEqual([]);
   });
 });
 
 describe('a stopped coordinator', () => {
   it('when the coordinator is SIGSTOPped, every worker exits within the heartbeat timeout plus 3 s', async () => {
     const heartbeat = { intervalMs: 250, timeoutMs: 2_000 };
-    const cluster = await localCluster(2, { heartbeat });
-    const dir = tempDir();
-    const cfgPath = join(dir, 'cluster.json');
-    writeFileSync(cfgPath, JSON.stringify(cluster));
-    const coord = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', '--backend', 'wasm', 'launch', '--config', cfgPath,
-      '--synthetic', '--width', '0.125', '--resolution', '67', '--batch', '8', '--train-samples', '4000', '--out', join(dir, 'run'), '--no-progress'],
-    { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
-    spawned.add(coord.pid!);
-    let out = '';
-    const pids = await new Promise<number[]>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no worker pids in 60 s; output: ${out}`)), 60_000);
-      coord.stdout.on('data', (d: Buffer) => {
-        out += d.toString();
-        const found = [...out.matchAll(/pid (\d+)\)/g)].map((m) => Number(m[1]));
-        spawned.add(...found);
-        if (found.length === 2 && /parameters per replica/.test(out)) { clearTimeout(timer); resolve(found); }
-      });
-    });
+    const { coord, pids } = await launchTwoWorkers(await localCluster(2, { heartbeat }));
     await new Promise((r) => setTimeout(r, 1_000)); // into the steps
     coord.kill('SIGSTOP');
     const stoppedAt = Date.now();
     const deadline = stoppedAt + heartbeat.timeoutMs + 3_000;
-    // A stopped parent cannot reap its children: an exited worker stays a zombie until the coordinator goes.
-    const running = (pid: number) => alive(pid) && !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
     while (pids.some(running) && Date.now() < deadline + 5_000) await new Promise((r) => setTimeout(r, 100));
     const tookMs = Date.now() - stoppedAt;
     const left = pids.filter(running);

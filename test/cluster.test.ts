@@ -85,7 +85,7 @@ describe('cluster runtime', () => {
 
   it('a message of another protocol version is refused with the versions', async () => {
     const { result } = await run({ workerCommand: (rank) => (rank === 0 ? { command: process.execPath, args: [HOSTILE, 'old'] } : undefined) });
-    await expect(result).rejects.toThrow(/worker 0 .* sent a malformed message: protocol version 99, expected 2/);
+    await expect(result).rejects.toThrow(/worker 0 .* sent a malformed message: protocol version 99, expected 3/);
   });
 
   it('strangers are refused in the handshake, counted by reason, and the run goes on (CURVE)', async () => {

@@ -191,7 +191,7 @@ describe('remote workers through ssh', () => {
     const w = startWorker(0, cluster.workers[0]!, cluster, 'tcp://127.0.0.1:1');
     started.push(w);
     expect((await w.exited).code).toBe(127);
-    expect(w.stderrTail.at(-1)).toBe("splitnet is not installed on h3: see README 'Installing on a worker host'");
+    expect(w.stderrTail.at(-1)).toBe("splitnet is not installed on h3: see the README section Installing on a worker host");
   });
 
   it('gets its secrets line on stdin, and exits when the launcher is SIGKILLed (stdin closes through ssh)', async () => {

@@ -29,7 +29,7 @@ describe('protocol', () => {
     ['a header that is not msgpack', [Buffer.from([0x92, 0x01])], 'header frame is not msgpack (Unexpected end of MessagePack data)'],
     ['a header that is not a map', [header([1, 2])], 'header is an array, expected a map'],
     ['a header that is a string', [header('hello')], 'header is string, expected a map'],
-    ['another protocol version', [header({ v: 1, kind: 'shutdown' })], 'protocol version 1, expected 2'],
+    ['another protocol version', [header({ v: 1, kind: 'shutdown' })], 'protocol version 1, expected 3'],
     ['an unknown kind', [header({ v: PROTOCOL_VERSION, kind: 'reboot' })], "bad 'reboot' message: kind: Invalid discriminator value. Expected 'setup' | 'step' | 'evaluate' | 'load' | 'getState' | 'shutdown' | 'abort'"],
     ['a missing field', [header({ v: PROTOCOL_VERSION, kind: 'step', globalStep: 1 })], "bad 'step' message: epoch: Invalid input: expected number, received undefined"],
     ['an extra field', [header({ v: PROTOCOL_VERSION, kind: 'shutdown', now: true })], "bad 'shutdown' message: (header): unknown key 'now'"],

@@ -194,7 +194,8 @@ async function slurmConfig(dir: string, name: string, workers: number): Promise<
   const made = spawnSync(process.execPath, ['--import', 'tsx', join(root, 'src/cli.ts'), 'keys', '--out', keys, '--workers', String(workers)],
     { cwd: root, encoding: 'utf8' });
   if (made.status !== 0) throw new Error(`splitnet keys: ${made.stderr}`);
-  const [port] = await freePorts(1);
+  // The coordinator's port and one per worker after it: a free block.
+  const [port] = await freePorts(workers + 1, true);
   const config = join(dir, `${name}.json`);
   writeFileSync(config, JSON.stringify({
     coordinator: { host: 'ignored', port }, transport: 'tcp', workers: [{ host: 'ignored', device: 'cpu', port: port! + 1 }],

@@ -9,7 +9,7 @@ import { chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { checkSecurity } from '../src/config/cluster.js';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train } from '../src/run/loop.js';
@@ -97,6 +97,13 @@ describe("a worker's place", () => {
     const keys = writeRunKeys(keyFile, 2);
     const cluster = await localCluster(2, { keys: keyFile, timeouts: { registerMs: 15_000, stepMs: 30_000, shutdownGraceMs: 1_000 } });
     const stderr: string[] = [];
+    // What the impostor was sent: it writes 'GOT <kind>' for every message, and the launcher relays its stderr here.
+    const relayed: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    const spy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array, ...rest: unknown[]) => {
+      relayed.push(String(chunk));
+      return (write as (c: string | Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
+    });
     const config: TrainConfig = { ...CPU_DEFAULTS, backend: 'wasm', data: 'synthetic', width: 1 / 8, resolution: 67, batch: 8, epochs: 1, trainSamples: 16, testSamples: 8 };
     let pids: number[] = [];
     const impostor = { own: keys.workers[1], proof: helloProof(keys.workers[1]!, keys.coordinator.publicKey, 0) };
@@ -105,8 +112,10 @@ describe("a worker's place", () => {
       workerEnv: { SPLITNET_TEST_IMPOSTOR: JSON.stringify(impostor) },
       workerCommand: (rank) => (rank === 0 ? { command: process.execPath, args: [HOSTILE, 'impostor'] } : undefined),
       onEvent: spawned.watch((e) => { if (e.type === 'started') pids = e.pids; }),
-    }).catch((e: unknown) => e as Error);
+    }).catch((e: unknown) => e as Error).finally(() => spy.mockRestore());
     expect(err).toBeInstanceOf(Error);
+    const got = relayed.join('').split('\n').filter((l) => l.includes('GOT '));
+    expect(got.filter((l) => !/GOT abort$/.test(l)), 'messages the impostor was sent').toEqual([]);
     expect((err as Error).message).toBe("the hello as w0 does not prove it holds worker 0's key: another process of the run claimed its place (it was sent neither the setup nor any weight)");
     expect(stderr.join('\n')).toContain("1× coordinator: a hello as w0 without w0's key");
     for (const pid of pids) expect(alive(pid), `pid ${pid}`).toBe(false);

@@ -100,7 +100,8 @@ export function parseRemoteMarker(line: string): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
-export const NOT_INSTALLED = "see README 'Installing on a worker host'";
+/** No quote characters: the text goes inside a script that is itself quoted for the remote login shell (fish reads \' inside '…'). */
+export const NOT_INSTALLED = 'see the README section Installing on a worker host';
 
 /**
  * The one string ssh hands to the remote login shell. It runs `sh -c SCRIPT`

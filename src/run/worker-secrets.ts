@@ -30,15 +30,20 @@ export function readWorkerStdin(input: NodeJS.ReadableStream, timeoutMs: number)
       if (done) return;
       done = true;
       clearTimeout(timer);
-      if (err) return reject(err);
+      const refuse = (e: Error) => {
+        // Nothing more is read: a refused worker must not be kept alive by its stdin.
+        (input as NodeJS.ReadableStream & { destroy?: () => void }).destroy?.();
+        reject(e);
+      };
+      if (err) return refuse(err);
       let raw: unknown;
       try {
         raw = JSON.parse(line!);
       } catch (e) {
-        return reject(new Error(`stdin: the secrets line is not JSON (${(e as Error).message})`));
+        return refuse(new Error(`stdin: the secrets line is not JSON (${(e as Error).message})`));
       }
       const r = Secrets.safeParse(raw);
-      if (!r.success) return reject(new Error(`stdin: bad secrets line (${r.error.issues[0]!.path.join('.') || '(top)'}: ${r.error.issues[0]!.message})`));
+      if (!r.success) return refuse(new Error(`stdin: bad secrets line (${r.error.issues[0]!.path.join('.') || '(top)'}: ${r.error.issues[0]!.message})`));
       resolve({ ...(r.data.keys ? { keys: r.data.keys } : {}), launcherGone: gone.signal });
     };
     input.setEncoding('utf8');

@@ -89,8 +89,9 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
   // Gone (the coordinator disconnected, or the launcher's pipe closed): nothing
   // to work for. Every wait fails now (the peers' too, so a step in flight
   // ends), and the process exits even if a send could never finish: no orphans.
+  let finished = false;
   const orphaned = (why: string) => {
-    if (coordinatorGone) return;
+    if (coordinatorGone || finished) return; // after a clean end the pipe closing is expected
     coordinatorGone = true;
     fromCoordinator.fail(new WorkerFailure(why));
     void opened?.strategy.close();
@@ -198,6 +199,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
     }
     return exitCode === 0 ? 1 : exitCode;
   } finally {
+    finished = true;
     await opened?.strategy.close(); // closes its peer sockets
     if (!dealer.closed) dealer.close();
     ZapGate.running()?.close(); // its socket would keep the process alive

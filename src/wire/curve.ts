@@ -8,7 +8,7 @@
  * asks this process's ZAP handler (RFC 27: a socket bound at
  * inproc://zeromq.zap.01) whether that public key may talk to the socket,
  * named by its ZAP domain:
- *   'coordinator'  the run's worker keys
+ *   'coordinator@<port>'  the run's worker keys
  *   'peer@<ep>'    the one peer whose messages the socket bound on <ep>
  *                  receives (the ring predecessor, or the other tower)
  * Everyone else is refused during the handshake: they never deliver a
@@ -100,18 +100,39 @@ export class ZapGate {
    * releases it when its socket closes.
    */
   static async admit(domain: string, who: Admission): Promise<ZapGate> {
-    ZapGate.current ??= (async () => {
+    ZapGate.current ??= ZapGate.bind().catch((err: unknown) => {
+      ZapGate.current = undefined; // the next admit tries again
+      throw err;
+    });
+    const gate = await ZapGate.current;
+    if (gate.socket.closed) return ZapGate.admit(domain, who); // its last user released it while this one waited
+    if (gate.domains.has(domain)) throw new Error(`ZAP domain '${domain}' is already admitted in this process: two sockets on one endpoint`);
+    gate.domains.set(domain, who);
+    gate.users++;
+    return gate;
+  }
+
+  /**
+   * Binds the ZAP endpoint. A gate closed moments ago may still hold it
+   * (libzmq releases it on its reaper thread): measured, 13 of 200 immediate
+   * rebinds failed with EADDRINUSE; retried for up to 1 s.
+   */
+  private static async bind(): Promise<ZapGate> {
+    for (let attempt = 0; ; attempt++) {
       const socket = new zmq.Router({ linger: 0 });
-      await socket.bind('inproc://zeromq.zap.01');
+      try {
+        await socket.bind('inproc://zeromq.zap.01');
+      } catch (err) {
+        socket.close();
+        if ((err as { code?: string }).code !== 'EADDRINUSE' || attempt >= 100) throw err;
+        await new Promise((r) => setTimeout(r, 10));
+        continue;
+      }
       const gate = new ZapGate(socket);
       ZapGate.open_ = gate;
       void gate.serve();
       return gate;
-    })();
-    const gate = await ZapGate.current;
-    gate.domains.set(domain, who);
-    gate.users++;
-    return gate;
+    }
   }
 
   /** The process's gate if one is open. */
@@ -208,8 +229,12 @@ const publicKey = (k: string) => createPublicKey({ key: { kty: 'OKP', crv: 'X255
  * by the X25519 secret shared with the coordinator, of its place `w<r>`.
  * Both sides compute the shared secret (DH(worker secret, coordinator
  * public) = DH(coordinator secret, worker public)); no one else can. The
- * hello travels inside CURVE, so the proof is never seen on the wire; keys
- * are fresh per run, so it cannot be reused in another. 64 hex characters.
+ * hello travels inside CURVE, so the proof is never seen on the wire. With
+ * the launcher's fresh keys it is good for one run only; a key file from
+ * `splitnet keys` makes the same proofs for every run that uses it, and
+ * every process that can read the file holds every key (srun's tasks do):
+ * there it protects against strangers, not against the file's readers.
+ * 64 hex characters.
  */
 export function helloProof(own: KeyPair, coordinatorPublic: string, rank: number): string {
   const shared = diffieHellman({ privateKey: privateKey(own), publicKey: publicKey(coordinatorPublic) });

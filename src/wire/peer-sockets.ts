@@ -12,7 +12,9 @@
  * - Without keys (a loopback run with "security": "none"), a message cannot
  *   be told from a stranger's: one that fails to decode is dropped and
  *   counted, and the run goes on (a message the peer really sent and that was
- *   lost that way ends in the receive's deadline).
+ *   lost that way ends in the receive's deadline). A well-formed message with
+ *   non-finite values fails the link in either case: it is most likely the
+ *   peer's diverged training, and summing it would spread NaN everywhere.
  * Liveness comes from the outgoing connection only (see watchOutgoing): a
  * port scan on the bound port is a non-event.
  */

@@ -10,7 +10,8 @@ import { Packr } from 'msgpackr';
 import { z } from 'zod';
 import { describeIssue } from '../config/describe-issue.js';
 
-export const PROTOCOL_VERSION = 2;
+/** 3: setup.peerWaitMs, hello.proof and bye.refused (the hardened cluster). */
+export const PROTOCOL_VERSION = 3;
 
 /** The most micro-batches a step may be split into (each has 9 exchanges in flight at most). */
 export const MAX_MICRO_BATCHES = 256;
