@@ -22,6 +22,7 @@ import type { Combine, EvalResult, StepInput, StepResult, Strategy } from '../pa
 import { decodeToCoordinator, encodeToWorker, type Decoded, type ToCoordinator } from '../wire/protocol.js';
 import { checkHelloProof, curveServer, generateRunKeys, workerKeys, ZapGate, type RunKeys } from '../wire/curve.js';
 import { readRunKeys } from '../wire/key-file.js';
+import { Refusals } from '../wire/refusals.js';
 import { bindAddress, countRefusedHandshakes, endpoint, Inbox, receiveLoop, socketOptions } from '../wire/transport.js';
 import { startWorker, stopWorkers, type LaunchedWorker, type WorkerCommandOverride } from './launcher.js';
 
@@ -71,7 +72,9 @@ export class Cluster implements Strategy {
   /** this cluster's own ZAP domain: two clusters in one process (tests, compare) admit their own workers */
   private readonly zapDomain: string;
   /** what the workers refused from strangers, by reason, as each said goodbye */
-  private readonly refusedByWorkers = new Map<string, number>();
+  private readonly refusedByWorkers = new Refusals();
+  /** what the coordinator's own router refused: messages under unknown ids, handshakes, hellos without their key */
+  private readonly refusedHere = new Refusals();
   private readonly inboxes: Array<Inbox<Msg>>;
   private readonly launched: LaunchedWorker[] = [];
   private readonly stepMsSeen: number[] = [];
@@ -166,7 +169,7 @@ export class Cluster implements Strategy {
       // The run's worker keys only; which key may be which worker is the hello's proof (below).
       this.gate = await ZapGate.admit(this.zapDomain, new Set(this.keys.workers.map((k) => k.publicKey)));
     }
-    countRefusedHandshakes(this.router, (why) => this.countRefusal(why));
+    countRefusedHandshakes(this.router, (why) => this.refusedHere.count(why));
     try {
       await this.router.bind(bindAddress(coordinatorEp));
     } catch (err) {
@@ -180,7 +183,7 @@ export class Cluster implements Strategy {
       const rank = /^w(\d+)$/.test(id) ? Number(id.slice(1)) : -1;
       if (rank < 0 || rank >= world) {
         // Only without CURVE can a stranger get this far: counted, not logged line by line (a flood would fill the log).
-        this.countRefusal(`message from unknown peer id (not w0..w${world - 1})`);
+        this.refusedHere.count(`message from unknown peer id (not w0..w${world - 1})`);
         return;
       }
       let m: Msg;
@@ -221,7 +224,7 @@ export class Cluster implements Strategy {
       if (h.msg.rank !== r) throw this.fail(new ClusterError(`${this.name(r)} registered as rank ${h.msg.rank}`));
       // The setup (and, on --resume, every weight) goes only to the holder of worker r's key.
       if (this.keys && (h.msg.proof === undefined || !checkHelloProof(this.keys.coordinator, this.keys.workers[r]!.publicKey, r, h.msg.proof))) {
-        this.countRefusal(`a hello as w${r} without w${r}'s key`);
+        this.refusedHere.count(`a hello as w${r} without w${r}'s key`);
         throw this.fail(new ClusterError(`the hello as w${r} does not prove it holds worker ${r}'s key: another process of the run claimed its place (it was sent neither the setup nor any weight)`));
       }
     });
@@ -303,24 +306,13 @@ export class Cluster implements Strategy {
     if (this.opts.mode === 'data') this.checkSame(loaded.map((m) => m.msg.checksum), 'replicas loaded different weights');
   }
 
-  private readonly refusedHere = new Map<string, number>();
-  private countRefusal(why: string, n = 1): void {
-    const into = this.refusedHere;
-    if (into.size < 64 || into.has(why)) into.set(why, (into.get(why) ?? 0) + n);
-  }
-
   /**
    * What this run refused from strangers, by reason: the coordinator's own
    * (its ZAP gate's handshakes, messages under unknown ids) and what each
    * worker said it refused as it left.
    */
-  refusals(): Map<string, number> {
-    const all = new Map<string, number>();
-    const add = (from: string, m: Map<string, number>) => { for (const [why, n] of m) all.set(`${from}: ${why}`, (all.get(`${from}: ${why}`) ?? 0) + n); };
-    add('coordinator', this.refusedHere);
-    if (this.gate) add('coordinator', this.gate.refused);
-    add('workers', this.refusedByWorkers);
-    return all;
+  refusals(): Refusals {
+    return new Refusals().add(this.refusedHere, 'coordinator: ').add(this.gate?.refused ?? [], 'coordinator: ').add(this.refusedByWorkers, 'workers: ');
   }
 
   /** The failure that ended the run, if any. */
@@ -344,11 +336,11 @@ export class Cluster implements Strategy {
     await stopWorkers(this.launched, cluster.timeouts.shutdownGraceMs);
     for (const inbox of this.inboxes) {
       for (let m = inbox.take(); m !== undefined; m = inbox.take()) {
-        if (m.msg.kind === 'bye') for (const [why, n] of Object.entries(m.msg.refused)) this.refusedByWorkers.set(why, (this.refusedByWorkers.get(why) ?? 0) + n);
+        if (m.msg.kind === 'bye') this.refusedByWorkers.add(Object.entries(m.msg.refused));
       }
     }
     const refused = this.refusals();
-    if (refused.size > 0) this.opts.log(`  refused from strangers: ${[...refused].map(([why, n]) => `${n}× ${why}`).join('; ')}`);
+    if (refused.size > 0) this.opts.log(`  refused from strangers: ${refused.line()}`);
     this.router.close();
     this.gate?.release(this.zapDomain);
   }

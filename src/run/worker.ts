@@ -20,7 +20,8 @@ import { ModelParallelTower } from '../parallel/model-parallel.js';
 import type { Strategy } from '../parallel/strategy.js';
 import { PeerLink } from '../wire/peer-link.js';
 import { curveClient, helloProof, ZapGate, type WorkerKeys } from '../wire/curve.js';
-import { decodeToWorker, encodeToCoordinator, MAX_REFUSAL_REASONS, MAX_STEP_LINKS, MAX_STEP_SPANS, type ToWorker } from '../wire/protocol.js';
+import { decodeToWorker, encodeToCoordinator, MAX_STEP_LINKS, MAX_STEP_SPANS, type ToWorker } from '../wire/protocol.js';
+import { Refusals } from '../wire/refusals.js';
 import { openRing } from '../wire/ring-link.js';
 import { Inbox, receiveLoop, socketOptions, watchOutgoing, type Heartbeat } from '../wire/transport.js';
 
@@ -66,7 +67,7 @@ const DEFAULT_HEARTBEAT = { intervalMs: 1000, timeoutMs: 15_000 };
 /** The largest message accepted before the setup says the cluster's limit (1 GiB, the config's default), bytes. */
 const REGISTER_MAX_BYTES = 2 ** 30;
 
-interface Opened { strategy: Strategy; model: Model; checksum: () => string; dropped: () => Map<string, number> }
+interface Opened { strategy: Strategy; model: Model; checksum: () => string; dropped: () => Refusals }
 
 export async function runWorker(args: WorkerArgs): Promise<number> {
   const dealer = new zmq.Dealer({
@@ -239,7 +240,6 @@ async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig, on
 
 /** What this worker refused from strangers: plain-TCP messages dropped, and CURVE handshakes its ZAP gate refused. */
 function refusals(opened: Opened | undefined): Record<string, number> {
-  const all = new Map<string, number>();
-  for (const [why, n] of [...(opened?.dropped() ?? []), ...(ZapGate.running()?.refused ?? [])]) all.set(why, (all.get(why) ?? 0) + n);
-  return Object.fromEntries([...all].slice(0, MAX_REFUSAL_REASONS).map(([why, n]) => [why.slice(0, 160), n]));
+  const all = new Refusals().add(opened?.dropped() ?? []).add(ZapGate.running()?.refused ?? []);
+  return Object.fromEntries([...all].map(([why, n]) => [why.slice(0, 160), n]));
 }

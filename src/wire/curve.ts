@@ -22,6 +22,7 @@
  */
 import { createHmac, createPrivateKey, createPublicKey, diffieHellman, timingSafeEqual } from 'node:crypto';
 import * as zmq from 'zeromq';
+import { Refusals } from './refusals.js';
 
 /** A Z85-encoded Curve25519 key pair, as zmq.curveKeyPair() makes it (40 characters each). */
 export interface KeyPair { publicKey: string; secretKey: string }
@@ -84,7 +85,7 @@ export type Admission = Set<string>;
  */
 export class ZapGate {
   /** refusals by reason since the gate opened */
-  readonly refused = new Map<string, number>();
+  readonly refused = new Refusals();
   private readonly domains = new Map<string, Admission>();
   private constructor(private readonly socket: zmq.Router) {}
 
@@ -146,11 +147,6 @@ export class ZapGate {
     if (--this.users <= 0) this.close();
   }
 
-  /** Refusals by reason, as one line ('' when none). */
-  summary(): string {
-    return [...this.refused].map(([why, n]) => `${n}× ${why}`).join(', ');
-  }
-
   /** Closes the gate now, whoever still uses it (tests; a process that is done). */
   close(): void {
     if (!this.socket.closed) this.socket.close();
@@ -161,8 +157,7 @@ export class ZapGate {
   }
 
   private count(why: string): string {
-    // Bounded like every map fed from the wire.
-    if (this.refused.size < 64 || this.refused.has(why)) this.refused.set(why, (this.refused.get(why) ?? 0) + 1);
+    this.refused.count(why);
     return why;
   }
 

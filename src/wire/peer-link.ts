@@ -10,6 +10,7 @@
  */
 import type { KeyPair } from './curve.js';
 import { PeerSockets } from './peer-sockets.js';
+import type { Refusals } from './refusals.js';
 import { decodeToPeer, encodeToPeer, ProtocolError } from './protocol.js';
 import { firstNonFinite, Inbox, type Heartbeat } from './transport.js';
 import { linkOfKey, Traffic } from './traffic.js';
@@ -60,7 +61,7 @@ export class PeerLink {
   }
 
   /** Messages refused from unknown senders (plain TCP only), by reason. */
-  get dropped(): Map<string, number> {
+  get dropped(): Refusals {
     return this.sockets.dropped;
   }
 

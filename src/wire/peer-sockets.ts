@@ -21,6 +21,7 @@
 import * as zmq from 'zeromq';
 import { curveClient, curveServer, ZapGate, type KeyPair } from './curve.js';
 import { ToCoordinator, ToPeer, ToWorker } from './protocol.js';
+import { Refusals } from './refusals.js';
 import { bindAddress, countRefusedHandshakes, receiveLoop, socketOptions, watchOutgoing, type Heartbeat } from './transport.js';
 
 export interface PeerSocketOptions {
@@ -64,7 +65,7 @@ export function dropKey(reason: string): string {
 
 export class PeerSockets {
   /** connections refused in the handshake, and messages dropped (without keys only), by reason */
-  readonly dropped = new Map<string, number>();
+  readonly dropped = new Refusals();
   /** zeromq.js allows one send in progress per socket: sends are chained */
   private sending: Promise<void> = Promise.resolve();
 
@@ -102,10 +103,8 @@ export class PeerSockets {
   }
 
   private drop(reason: string): void {
-    // Counted by the reason's first words: a flood of garbage must not grow the map without bound (past 63 reasons, the rest together).
-    const first = reason.replace(/\d+/g, 'N').slice(0, 80);
-    const key = this.dropped.has(first) || this.dropped.size < 63 ? first : 'other reasons';
-    this.dropped.set(key, (this.dropped.get(key) ?? 0) + 1);
+    // Counted by the reason's first words, numbers left out: 'protocol version N, expected N'.
+    this.dropped.count(reason.replace(/\d+/g, 'N').slice(0, 80));
   }
 
   /**

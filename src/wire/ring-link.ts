@@ -7,6 +7,7 @@
  */
 import type { KeyPair } from './curve.js';
 import { PeerSockets } from './peer-sockets.js';
+import { Refusals } from './refusals.js';
 import { decodeToPeer, encodeToPeer, ProtocolError } from './protocol.js';
 import { RingAllReduce } from './ring-allreduce.js';
 import { firstNonFinite, type Heartbeat } from './transport.js';
@@ -27,7 +28,7 @@ export interface RingLinkOptions {
 }
 
 /** A ring and the sockets under it. `dropped`: messages refused from unknown senders (plain TCP), by reason. */
-export interface RingLink { ring: RingAllReduce; dropped: Map<string, number>; close(): void }
+export interface RingLink { ring: RingAllReduce; dropped: Refusals; close(): void }
 
 export async function openRing(opts: RingLinkOptions): Promise<RingLink> {
   const { rank, world } = opts;
@@ -48,7 +49,7 @@ export async function openRing(opts: RingLinkOptions): Promise<RingLink> {
     ring.fail(new Error('ring closed')); // ends any wait still pending
     sockets?.close();
   };
-  if (world === 1) return { ring, dropped: new Map(), close };
+  if (world === 1) return { ring, dropped: new Refusals(), close };
   sockets = await PeerSockets.open({
     bind: opts.peers[rank]!, connect: opts.peers[next]!, sendsTo: `worker ${next}`, receivesFrom: `worker ${pred}`,
     heartbeat: opts.heartbeat, maxMessageBytes: opts.maxMessageBytes,
