@@ -15,13 +15,13 @@ import { findDataDir, loadSplit } from './data/fashion-mnist.js';
 import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig } from './config/train.js';
 import { train, type Mode } from './run/loop.js';
 import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './config/cluster.js';
-import { deviceEnv, planDevices, type WorkerCommandOverride } from './run/launcher.js';
+import { planDevices, type WorkerCommandOverride } from './run/launcher.js';
 import { readSlurmStep, slurmRole } from './run/slurm.js';
+import { runSlurmWorker } from './run/slurm-worker.js';
 import { runWorker } from './run/worker.js';
 import { readWorkerStdin } from './run/worker-secrets.js';
-import { workerKeys } from './wire/curve.js';
 import type { Heartbeat } from './wire/transport.js';
-import { readRunKeys, writeRunKeys } from './wire/key-file.js';
+import { readWorkerKeys, writeRunKeys } from './wire/key-file.js';
 import { formatRunSummary } from './run/summary.js';
 
 function intArg(flag: string) {
@@ -138,15 +138,7 @@ export function buildProgram(): Command {
       if (role.kind === 'coordinator') {
         return runTrain(o, program.opts<GlobalFlags>(), { cluster: role.cluster, workerCommand: (rank) => ({ external: role.where(rank) }) });
       }
-      // scancel and the time limit SIGTERM every task at once: the coordinator checkpoints, then stops the workers.
-      process.on('SIGINT', () => {});
-      process.on('SIGTERM', () => {});
-      Object.assign(process.env, deviceEnv(role.device));
-      const { backend } = program.opts<GlobalFlags>();
-      const keys = role.keysFile !== undefined ? { keys: workerKeys(readRunKeys(role.keysFile, role.rank + 1), role.rank) } : {};
-      const code = await runWorker({ coordinator: role.coordinator, rank: role.rank, device: String(role.device), backend, registerMs: role.registerMs, heartbeat: role.heartbeat, ...keys });
-      // Done: no launcher will SIGTERM a task that lingers on an open native handle, and srun waits for every task.
-      setTimeout(() => process.exit(code), SLURM_WORKER_EXIT_MS).unref();
+      const code = await runSlurmWorker(role, program.opts<GlobalFlags>().backend);
       if (code !== 0) throw new WorkerExit(code);
     });
 
@@ -208,7 +200,7 @@ export function buildProgram(): Command {
       const { backend } = program.opts<GlobalFlags>();
       if (o.stdinSecrets && o.keys !== undefined) throw new UsageError('--stdin-secrets and --keys: give one');
       const given = o.stdinSecrets ? await readWorkerStdin(process.stdin, o.registerMs)
-        : o.keys !== undefined ? { keys: workerKeys(readRunKeys(o.keys, o.rank + 1), o.rank) } : {};
+        : o.keys !== undefined ? { keys: readWorkerKeys(o.keys, o.rank) } : {};
       const code = await runWorker({ coordinator: o.coordinator, rank: o.rank, device: o.device, backend, registerMs: o.registerMs, heartbeat: o.heartbeat, ...given });
       // The launcher's pipe was only watched for its end: it must not keep a finished worker alive.
       process.stdin.destroy();
@@ -252,9 +244,6 @@ function addTrainFlags(cmd: Command): Command {
     .option('--resume <dir>', 'continue the run in <dir> from its checkpoint, with its saved config')
     .option('--no-progress', 'no progress bar');
 }
-
-/** How long a Slurm worker task that has finished may take to exit by itself before it is made to, ms. */
-const SLURM_WORKER_EXIT_MS = 1000;
 
 /** A worker's non-zero exit, already reported: main() exits with its code and prints nothing more. */
 class WorkerExit extends Error {

@@ -107,6 +107,13 @@ interface LocalSlurm { dir: string; env: NodeJS.ProcessEnv; node: string; daemon
 let slurm: LocalSlurm | undefined;
 let skipWhy: string | undefined;
 
+/** The Slurm the suite started, or a loud skip that says why there is none. */
+function slurmOrSkip(ctx: { skip: (note?: string) => never }): LocalSlurm {
+  if (slurm !== undefined) return slurm;
+  console.warn(`\n*** SKIPPED the real Slurm run: ${skipWhy} ***\n`);
+  return ctx.skip(skipWhy);
+}
+
 /** munged, slurmctld and slurmd in the foreground, each on a private socket or port, state in a temp dir. */
 async function startSlurm(): Promise<LocalSlurm> {
   if (process.getuid?.() !== 0) throw new Error('not root (slurmd runs jobs as their users)');
@@ -221,12 +228,7 @@ describe('a real one-node Slurm', () => {
   }, 60_000);
 
   it('srun -N1 -n3 splitnet launch: the coordinator on task 0, two data-parallel workers on tasks 1 and 2', async (ctx) => {
-    if (slurm === undefined) {
-      console.warn(`\n*** SKIPPED the real Slurm run: ${skipWhy} ***\n`);
-      ctx.skip();
-      return;
-    }
-    const { dir, env, node } = slurm;
+    const { dir, env, node } = slurmOrSkip(ctx);
     const cli = [process.execPath, '--import', 'tsx', join(root, 'src/cli.ts')];
     const config = await slurmConfig(dir, 'run', 2);
     const t0 = Date.now();
@@ -249,12 +251,7 @@ describe('a real one-node Slurm', () => {
   }, 180_000);
 
   it('scancel: every task gets SIGTERM at once; the workers outlive it, so the coordinator stops with a checkpoint', async (ctx) => {
-    if (slurm === undefined) {
-      console.warn(`\n*** SKIPPED the real Slurm run: ${skipWhy} ***\n`);
-      ctx.skip();
-      return;
-    }
-    const { dir, env } = slurm;
+    const { dir, env } = slurmOrSkip(ctx);
     const config = await slurmConfig(dir, 'cancelled', 2);
     const out = join(dir, 'cancelled');
     const srun = spawn('srun', ['-N1', '-n3', '--kill-on-bad-exit=1', '--label', '--time=5', process.execPath, '--import', 'tsx', join(root, 'src/cli.ts'), '--backend', 'wasm',

@@ -67,7 +67,7 @@ const DEFAULT_HEARTBEAT = { intervalMs: 1000, timeoutMs: 15_000 };
 /** The largest message accepted before the setup says the cluster's limit (1 GiB, the config's default), bytes. */
 const REGISTER_MAX_BYTES = 2 ** 30;
 
-interface Opened { strategy: Strategy; model: Model; checksum: () => string; dropped: () => Refusals }
+interface Opened { strategy: Strategy; model: Model; checksum: () => string; dropped: Refusals }
 
 export async function runWorker(args: WorkerArgs): Promise<number> {
   const dealer = new zmq.Dealer({
@@ -222,7 +222,7 @@ async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig, on
       ...(args.keys ? { keys: { own: args.keys.own, peer: args.keys.workers[1 - rank]! } } : {}) });
     try {
       const tower = new ModelParallelTower(cfg, data, link, rank, setup.microBatches);
-      return { strategy: tower, model: tower.model, checksum: () => `tower${rank}`, dropped: () => link.dropped };
+      return { strategy: tower, model: tower.model, checksum: () => `tower${rank}`, dropped: link.dropped };
     } catch (err) {
       link.close();
       throw err;
@@ -231,7 +231,7 @@ async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig, on
   const ring = await openRing({ rank, world, peers: setup.peers, ...wire, ...(args.keys ? { keys: { own: args.keys.own, workers: args.keys.workers } } : {}) });
   try {
     const replica = await DataParallelReplica.open(cfg, data, ring, rank, world, setup.bucketBytes);
-    return { strategy: replica, model: replica.model, checksum: () => replica.checksum(), dropped: () => ring.dropped };
+    return { strategy: replica, model: replica.model, checksum: () => replica.checksum(), dropped: ring.dropped };
   } catch (err) {
     ring.close();
     throw err;
@@ -240,6 +240,6 @@ async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig, on
 
 /** What this worker refused from strangers: plain-TCP messages dropped, and CURVE handshakes its ZAP gate refused. */
 function refusals(opened: Opened | undefined): Record<string, number> {
-  const all = new Refusals().add(opened?.dropped() ?? []).add(ZapGate.running()?.refused ?? []);
+  const all = new Refusals().add(opened?.dropped ?? []).add(ZapGate.running()?.refused ?? []);
   return Object.fromEntries([...all].map(([why, n]) => [why.slice(0, 160), n]));
 }

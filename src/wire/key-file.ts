@@ -7,7 +7,7 @@
 import { openSync, readFileSync, statSync, writeSync, closeSync, fsyncSync } from 'node:fs';
 import { z } from 'zod';
 import { UsageError } from '../errors.js';
-import { checkKey, generateRunKeys, type RunKeys } from './curve.js';
+import { checkKey, generateRunKeys, workerKeys, type RunKeys, type WorkerKeys } from './curve.js';
 
 const Pair = z.strictObject({ publicKey: z.string(), secretKey: z.string() });
 const KeyFile = z.strictObject({ format: z.literal('splitnet-keys'), version: z.literal(1), coordinator: Pair, workers: z.array(Pair).min(1) });
@@ -58,4 +58,9 @@ export function readRunKeys(path: string, world: number): RunKeys {
   });
   if (keys.workers.length < world) throw new UsageError(`${path}: keys for ${keys.workers.length} workers, the cluster has ${world}`);
   return keys;
+}
+
+/** Worker `rank`'s keys from a key file: its own pair and everyone's public keys. */
+export function readWorkerKeys(path: string, rank: number): WorkerKeys {
+  return workerKeys(readRunKeys(path, rank + 1), rank);
 }
