@@ -89,8 +89,9 @@ export class ZapGate {
   private readonly domains = new Map<string, Admission>();
   private constructor(private readonly socket: zmq.Router) {}
 
+  /** the gate being bound or bound (`bound` once it is) */
   private static current: Promise<ZapGate> | undefined;
-  private static open_: ZapGate | undefined;
+  private static bound: ZapGate | undefined;
   /** domains admitted and not yet released: the gate closes with the last */
   private users = 0;
 
@@ -130,7 +131,7 @@ export class ZapGate {
         continue;
       }
       const gate = new ZapGate(socket);
-      ZapGate.open_ = gate;
+      ZapGate.bound = gate;
       void gate.serve();
       return gate;
     }
@@ -138,7 +139,7 @@ export class ZapGate {
 
   /** The process's gate if one is open. */
   static running(): ZapGate | undefined {
-    return ZapGate.open_;
+    return ZapGate.bound;
   }
 
   /** Forgets `domain`; the last release closes the gate. */
@@ -150,8 +151,8 @@ export class ZapGate {
   /** Closes the gate now, whoever still uses it (tests; a process that is done). */
   close(): void {
     if (!this.socket.closed) this.socket.close();
-    if (ZapGate.open_ === this) {
-      ZapGate.open_ = undefined;
+    if (ZapGate.bound === this) {
+      ZapGate.bound = undefined;
       ZapGate.current = undefined;
     }
   }
