@@ -40,9 +40,13 @@ function startTrain(dir: string): Run {
   return { child, stdout: () => out, exit };
 }
 
-const stepsIn = (dir: string) => existsSync(join(dir, 'metrics.jsonl'))
-  ? readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { type: string; globalStep?: number }).filter((r) => r.type === 'step')
-  : [];
+/** The steps metrics.jsonl holds so far: whole lines only (the run may be writing the next one as this reads). */
+function stepsIn(dir: string): Array<{ type: string; globalStep?: number }> {
+  const path = join(dir, 'metrics.jsonl');
+  const text = existsSync(path) ? readFileSync(path, 'utf8') : '';
+  const whole = text.slice(0, text.lastIndexOf('\n') + 1);
+  return whole.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { type: string; globalStep?: number }).filter((r) => r.type === 'step');
+}
 
 /** Resolves once the run has logged `n` steps to metrics.jsonl. */
 async function trainedSteps(run: Run, dir: string, n: number): Promise<void> {
