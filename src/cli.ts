@@ -1,18 +1,21 @@
 /**
  * The `splitnet` command: verbs only, no logic. Every failure ends as one line
- * on stderr: exit code 2 for a usage problem (flags, files), 1 otherwise.
+ * on stderr, with the exit code of the contract in errors.ts: 0 finished,
+ * 1 failed, 2 bad input, 130/143 stopped by SIGINT/SIGTERM.
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_CHOICES, initBackend, type BackendChoice } from './backend.js';
 import { closeWebGpu, parseAdapterWant } from './webgpu.js';
 import { compareCommand, profileOnSignal, type CompareFlags } from './compare/command.js';
-import { UsageError, oneLine } from './errors.js';
+import { exitCodeFor, RunStopped, UsageError, oneLine } from './errors.js';
 import { alexnet, specOf } from './model/alexnet.js';
 import { ARCHS, type Arch } from './model/spec.js';
 import { formatSummary, summarize } from './model/summary.js';
 import { fetchFashionMnist } from './data/fetch.js';
 import { findDataDir, loadSplit } from './data/fashion-mnist.js';
-import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig } from './config/train.js';
+import type { TrainConfig } from './config/train.js';
+import { givenConfig, newRunConfig, resumeOverrides, type RecipeName, type ResumeOverrides } from './config/train-flags.js';
+import { readCheckpointState } from './checkpoint/checkpoint.js';
 import { train, type Mode } from './run/loop.js';
 import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './config/cluster.js';
 import { planDevices, type WorkerCommandOverride } from './run/launcher.js';
@@ -120,7 +123,7 @@ export function buildProgram(): Command {
     .option('--config <file>', 'cluster config for --mode data|model', 'cluster.config.json')
     .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches'))
     .option('--insecure', 'allow "security": "none" with hosts beyond loopback (plain, unauthenticated TCP: only on a network you trust)'))
-    .action(async (o: TrainFlags) => runTrain(o, program.opts<GlobalFlags>()));
+    .action(async (o: TrainFlags, cmd: Command) => runTrain(withSources(o, cmd), globalFlags(program)));
 
   addTrainFlags(program.command('launch')
     .description('train across the cluster in --config: one worker process per device, a coordinator here')
@@ -132,14 +135,14 @@ export function buildProgram(): Command {
     .action(async (o: TrainFlags, cmd: Command) => {
       // Under srun every process of the run is a Slurm task: this one is the coordinator or one worker (run/slurm.ts).
       const step = readSlurmStep(process.env);
-      if (step === undefined) return runTrain(o, program.opts<GlobalFlags>());
+      if (step === undefined) return runTrain(withSources(o, cmd), globalFlags(program));
       if (o.mode === 'single') throw new UsageError(`--mode single under srun with ${step.tasks} tasks: run it with srun -n1, or use --mode data|model`);
       const role = slurmRole(step, cmd.getOptionValueSource('config') === 'cli' ? loadClusterConfig(o.config!) : undefined);
       if (role.kind === 'coordinator') {
-        return runTrain(o, program.opts<GlobalFlags>(), { cluster: role.cluster, workerCommand: (rank) => ({ external: role.where(rank) }) });
+        return runTrain(withSources(o, cmd), globalFlags(program), { cluster: role.cluster, workerCommand: (rank) => ({ external: role.where(rank) }) });
       }
       const code = await runSlurmWorker(role, program.opts<GlobalFlags>().backend);
-      if (code !== 0) throw new WorkerExit(code);
+      if (code !== 0) throw new QuietExit(code);
     });
 
   program
@@ -204,10 +207,20 @@ export function buildProgram(): Command {
       const code = await runWorker({ coordinator: o.coordinator, rank: o.rank, device: o.device, backend, registerMs: o.registerMs, heartbeat: o.heartbeat, ...given });
       // The launcher's pipe was only watched for its end: it must not keep a finished worker alive.
       process.stdin.destroy();
-      if (code !== 0) throw new WorkerExit(code);
+      if (code !== 0) throw new QuietExit(code);
     });
 
   return program;
+}
+
+/** The global flags, and whether --backend was given (it has a default). */
+function globalFlags(program: Command): GlobalFlags {
+  return { ...program.opts<{ backend: BackendChoice; adapter?: string }>(), backendGiven: program.getOptionValueSource('backend') === 'cli' };
+}
+
+/** The train flags, and whether --recipe was given (it has a default). */
+function withSources(o: TrainFlags, cmd: Command): TrainFlags {
+  return { ...o, recipeGiven: cmd.getOptionValueSource('recipe') === 'cli' };
 }
 
 /** 'interval/timeout' in ms, the timeout longer. */
@@ -245,26 +258,37 @@ function addTrainFlags(cmd: Command): Command {
     .option('--no-progress', 'no progress bar');
 }
 
-/** A worker's non-zero exit, already reported: main() exits with its code and prints nothing more. */
-class WorkerExit extends Error {
-  constructor(readonly code: number) { super(`worker exit ${code}`); }
+/** A non-zero exit already reported (a worker's own): main() exits with its code and prints nothing more. */
+class QuietExit extends Error {
+  constructor(readonly code: number) { super(`exit ${code}`); }
 }
 
 /** `placed`: the cluster and how its workers start, when someone else placed them (Slurm), instead of --config and the device plan. */
-async function runTrain(o: TrainFlags, { backend, adapter }: GlobalFlags, placed?: { cluster: ClusterConfig; workerCommand: WorkerCommandOverride }): Promise<void> {
+async function runTrain(o: TrainFlags, g: GlobalFlags, placed?: { cluster: ClusterConfig; workerCommand: WorkerCommandOverride }): Promise<void> {
   if (o.resume !== undefined && o.out !== undefined && o.resume !== o.out) {
     throw new UsageError('--resume and --out name different directories: a resumed run continues in its own directory');
   }
-  // The split is of the two-tower net: --mode model implies --arch original. On
-  // the CPU recipe (width 0.25) the paper's N(0, 0.01) weights with biases of 1
-  // let no input signal reach the logits, so it also takes Xavier weights.
-  if (o.mode === 'model' && o.arch === undefined) {
-    o.arch = 'original';
-    if (o.init === undefined && o.recipe === 'cpu') o.init = 'xavier-uniform';
+  const given = givenConfig(flagsConfig(o, g), o.recipeGiven ? o.recipe : undefined);
+  let config: TrainConfig;
+  let resumeWith: ResumeOverrides | undefined;
+  if (o.resume !== undefined) {
+    const saved = readCheckpointState(o.resume).config;
+    resumeWith = resumeOverrides(o.resume, saved, given);
+    config = saved;
+  } else {
+    // The split is of the two-tower net: --mode model implies --arch original. On
+    // the CPU recipe (width 0.25) the paper's N(0, 0.01) weights with biases of 1
+    // let no input signal reach the logits, so it also takes Xavier weights.
+    if (o.mode === 'model' && given.arch === undefined) {
+      given.arch = 'original';
+      if (given.init === undefined && o.recipe === 'cpu') given.init = 'xavier-uniform';
+    }
+    if (given.arch === 'original' && given.channels === undefined) given.channels = 3; // the 2012 net's RGB input, Fashion-MNIST's grey repeated
+    if (given.adapter !== undefined) parseAdapterWant(given.adapter);
+    config = newRunConfig(given, o.recipe);
+    specOf(config); // checks the size now, not after loading data
   }
-  const config = o.resume !== undefined ? CPU_DEFAULTS : trainConfigFromFlags(o, backend, adapter);
   const outDir = o.resume ?? o.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
-  const resume = o.resume !== undefined;
   let mode = o.mode;
   let workers: WorkerSpec[] = [];
   let cluster: ClusterConfig | undefined;
@@ -282,39 +306,42 @@ async function runTrain(o: TrainFlags, { backend, adapter }: GlobalFlags, placed
       workers = plan.workers;
     }
   }
+  // Flags for a mode the run does not have are refused (loop.ts), except after a fallback to one process, which says so above.
+  const fellBack = mode !== o.mode;
   const result = await train({
-    config, outDir, resume, mode: mode as Mode, progress: o.progress, insecure: o.insecure === true,
-    ...(cluster ? { cluster, workers, microBatches: o.microBatches ?? 1, overlap: o.overlap !== false } : {}),
+    config, outDir, resume: resumeWith !== undefined, mode: mode as Mode, progress: o.progress, insecure: o.insecure === true,
+    ...(resumeWith ? { resumeWith } : {}),
+    ...(cluster && !fellBack ? { cluster, workers } : {}),
+    ...(o.microBatches !== undefined && !fellBack ? { microBatches: o.microBatches } : {}),
+    ...(o.overlap === false && !fellBack ? { overlap: false } : {}),
     ...(placed ? { workerCommand: placed.workerCommand } : {}),
   });
   console.log(formatRunSummary(result, outDir));
+  if (result.stoppedBy !== undefined) throw new RunStopped(result.stoppedBy, `stopped by ${result.stoppedBy}: continue with --resume ${outDir}`);
 }
 
 /** Options given before the command. */
-interface GlobalFlags { backend: BackendChoice; adapter?: string }
+interface GlobalFlags { backend: BackendChoice; adapter?: string; backendGiven: boolean }
 
 interface TrainFlags {
-  mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: 'cpu' | 'd2l'; arch?: Arch; init?: 'paper-normal' | 'xavier-uniform'; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
+  mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: RecipeName; recipeGiven: boolean; arch?: Arch; init?: 'paper-normal' | 'xavier-uniform'; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
   epochs?: number; lr?: number; momentum?: number; weightDecay?: number; lrDecayEpochs?: number[]; lrDecay?: number;
   seed?: number; augment?: boolean; trainSamples?: number; testSamples?: number; data?: string; synthetic?: boolean;
   checkpointEvery?: number; evalBatch?: number; out?: string; resume?: string; progress: boolean; insecure?: boolean;
 }
 
-function trainConfigFromFlags(o: TrainFlags, backend: BackendChoice, adapter: string | undefined): TrainConfig {
-  const base: TrainConfig = { ...CPU_DEFAULTS, ...(o.recipe === 'd2l' ? D2L_RECIPE : {}) };
-  const set = <K extends keyof TrainConfig>(k: K, v: TrainConfig[K] | undefined) => { if (v !== undefined) base[k] = v; };
-  set('arch', o.arch); set('init', o.init); set('width', o.width); set('resolution', o.resolution); set('channels', o.channels);
-  set('batch', o.batch); set('epochs', o.epochs); set('lr', o.lr); set('momentum', o.momentum);
-  set('weightDecay', o.weightDecay); set('lrDecayEpochs', o.lrDecayEpochs); set('lrDecay', o.lrDecay); set('seed', o.seed);
-  set('augment', o.augment); set('trainSamples', o.trainSamples); set('testSamples', o.testSamples);
-  set('dataDir', o.data); set('checkpointEvery', o.checkpointEvery); set('evalBatch', o.evalBatch);
-  if (o.synthetic) base.data = 'synthetic';
-  if (o.arch === 'original' && o.channels === undefined) base.channels = 3; // the 2012 net's RGB input, Fashion-MNIST's grey repeated
-  base.backend = backend;
-  if (adapter !== undefined) { parseAdapterWant(adapter); base.adapter = adapter; }
-  const cfg = parseTrainConfig(base, 'flags');
-  specOf(cfg); // checks the size now, not after loading data
-  return cfg;
+/** The config keys the flags name (undefined where a flag was not given). */
+function flagsConfig(o: TrainFlags, g: GlobalFlags): Partial<TrainConfig> {
+  return {
+    arch: o.arch, init: o.init, width: o.width, resolution: o.resolution, channels: o.channels, batch: o.batch, epochs: o.epochs,
+    lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay, lrDecayEpochs: o.lrDecayEpochs, lrDecay: o.lrDecay, seed: o.seed,
+    augment: o.augment, trainSamples: o.trainSamples, testSamples: o.testSamples, dataDir: o.data,
+    checkpointEvery: o.checkpointEvery, evalBatch: o.evalBatch,
+    ...(o.synthetic ? { data: 'synthetic' as const } : {}),
+    // --backend has a default ('auto'): a new run takes it; a resumed one only when it was given.
+    ...(g.backendGiven || o.resume === undefined ? { backend: g.backend } : {}),
+    ...(g.adapter !== undefined ? { adapter: g.adapter } : {}),
+  } as Partial<TrainConfig>;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -323,17 +350,18 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (err) {
-    if (err instanceof WorkerExit) return err.code;
+    if (err instanceof QuietExit) return err.code;
     if (err instanceof CommanderError) {
       // --help and --version end here too, with exit code 0.
       if (err.exitCode === 0) return 0;
       process.stderr.write(`splitnet: ${err.message.replace(/^error: /, '')}\n`);
       return 2;
     }
-    const usage = err instanceof UsageError;
-    process.stderr.write(`splitnet: ${usage ? '' : 'error: '}${oneLine(err)}\n`);
-    if (!usage && process.env.SPLITNET_DEBUG) console.error(err);
-    return usage ? 2 : 1;
+    const code = exitCodeFor(err);
+    const failed = code === 1;
+    process.stderr.write(`splitnet: ${failed ? 'error: ' : ''}${oneLine(err)}\n`);
+    if (failed && process.env.SPLITNET_DEBUG) console.error(err);
+    return code;
   } finally {
     closeWebGpu(); // Dawn's instance would keep Node running
   }

@@ -40,7 +40,7 @@ async function stateOf(seed: number): Promise<TrainState> {
   disposeModel(m);
   return state;
 }
-const save = (dir: string, state: TrainState, step: number, fsImpl?: WriteFs) => saveCheckpoint(dir, spec, state, CPU_DEFAULTS, at(step), fsImpl);
+const save = (dir: string, state: TrainState, step: number, fsImpl?: WriteFs) => saveCheckpoint(dir, spec, state, CPU_DEFAULTS, at(step), fsImpl ? { fs: fsImpl } : {});
 const weights = (s: TrainState) => s.params.map((p) => Array.from(p.data.subarray(0, 8)));
 
 /** A dir's checkpoint files, names with the random part as <r> (the lock and metrics aside). */

@@ -114,7 +114,7 @@ describe('batches', () => {
 
   it('resizes, normalizes and repeats channels: x [B, R, R, C], labels int32', () => {
     const data = syntheticImages('train', 8, 1);
-    const { x, y } = makeBatch(data, [0, 3, 5], { resolution: 67, channels: 3 });
+    const { x, y } = makeBatch(data, [0, 3, 5], { resolution: 67, channels: 3, resize: 'half-pixel' });
     expect(x.shape).toEqual([3, 67, 67, 3]);
     expect(y.dtype).toBe('int32');
     expect(Array.from(y.dataSync())).toEqual([data.labels[0], data.labels[3], data.labels[5]]);
@@ -126,12 +126,12 @@ describe('batches', () => {
   it('augmentation is keyed: the same (seed, epoch) crops and flips the same way', () => {
     const data = syntheticImages('train', 16, 1);
     const make = (epoch: number) => {
-      const { x, y } = makeBatch(data, [1, 2, 3, 4], { resolution: 28, channels: 1, augment: { seed: 4, epoch } });
+      const { x, y } = makeBatch(data, [1, 2, 3, 4], { resolution: 28, channels: 1, resize: 'half-pixel', augment: { seed: 4, epoch } });
       const v = Array.from(x.dataSync());
       tf.dispose([x, y]);
       return v;
     };
-    const plain = makeBatch(data, [1, 2, 3, 4], { resolution: 28, channels: 1 });
+    const plain = makeBatch(data, [1, 2, 3, 4], { resolution: 28, channels: 1, resize: 'half-pixel' });
     const p = Array.from(plain.x.dataSync());
     tf.dispose([plain.x, plain.y]);
     expect(make(0)).toEqual(make(0));
@@ -141,7 +141,7 @@ describe('batches', () => {
 
   it('throws when a sample index is outside the data', () => {
     const data = syntheticImages('train', 4, 1);
-    expect(() => makeBatch(data, [0, 4], { resolution: 28, channels: 1 })).toThrow('makeBatch: sample 4 outside 0..3');
+    expect(() => makeBatch(data, [0, 4], { resolution: 28, channels: 1, resize: 'half-pixel' })).toThrow('makeBatch: sample 4 outside 0..3');
   });
 });
 

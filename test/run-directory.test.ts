@@ -99,12 +99,14 @@ describe('the run lock', () => {
 });
 
 describe('SIGTERM', () => {
-  it('stops `splitnet train` after the current step with a checkpoint, and --resume continues from it', async () => {
+  it('stops `splitnet train` after the current step with a checkpoint and exit code 143, and --resume continues from it', async () => {
     const dir = tempDir();
     const run = startTrain(dir);
     await trainedSteps(run, dir, 3);
     run.child.kill('SIGTERM');
-    expect(await run.exit, run.stdout()).toBe(0);
+    // 128 + 15, what a shell reports for a process SIGTERM ended: a scheduler or `&&` sees an unfinished run.
+    expect(await run.exit, run.stdout()).toBe(143);
+    expect(run.stdout()).toContain(`splitnet: stopped by SIGTERM: continue with --resume ${dir}\n`);
     const stopped = readCheckpointState(dir).position;
     expect(stopped.globalStep).toBeGreaterThanOrEqual(3);
     // The checkpoint holds the last step trained: none is lost, none is counted twice.

@@ -40,11 +40,27 @@ export interface Position {
   globalStep: number;
 }
 
+/**
+ * What the epoch record and the summary add up over the steps trained so
+ * far: saved with the position, so a resumed epoch reports exactly what the
+ * uninterrupted one does (its mean train loss counts the steps before the
+ * stop too).
+ */
+export interface RunTotals {
+  /** the current epoch's sum of step losses (float64, in step order) and its step count */
+  epochLossSum: number;
+  epochSteps: number;
+  /** seconds spent in training steps since the run began, over every resume */
+  trainSeconds: number;
+}
+
 export interface CheckpointState {
   format: typeof FORMAT;
   version: number;
   config: TrainConfig;
   position: Position;
+  /** absent in checkpoints written before totals were saved */
+  totals?: RunTotals;
   /** the tensor file this state belongs to (the old format's fixed name for v1) */
   tensorsFile: string;
   tensorsBytes: number;
@@ -122,7 +138,9 @@ export function checkState(state: TrainState, shapes: Map<string, number[]>): vo
  * then removes the files of older checkpoints. `fs` is for tests: a
  * filesystem that fails.
  */
-export function saveCheckpoint(dir: string, spec: ModelSpec, state: TrainState, config: TrainConfig, position: Position, fs?: WriteFs): void {
+export function saveCheckpoint(
+  dir: string, spec: ModelSpec, state: TrainState, config: TrainConfig, position: Position, { totals, fs }: { totals?: RunTotals; fs?: WriteFs } = {},
+): void {
   const tensors: NamedTensor[] = [];
   const moms = new Map(state.momentum.map((m) => [m.name, m]));
   for (const p of state.params) {
@@ -144,7 +162,7 @@ export function saveCheckpoint(dir: string, spec: ModelSpec, state: TrainState, 
     const t = writeFileDurably(join(dir, names.tensors), encodeSafetensors(tensors, { format: FORMAT, arch: spec.arch }), fs);
     created.push(names.tensors);
     const meta: CheckpointState = {
-      format: FORMAT, version: VERSION, config, position, tensorsFile: names.tensors, tensorsBytes: t.bytes, tensorsSha256: t.sha256, savedAt,
+      format: FORMAT, version: VERSION, config, position, ...(totals ? { totals } : {}), tensorsFile: names.tensors, tensorsBytes: t.bytes, tensorsSha256: t.sha256, savedAt,
     };
     const s = writeFileDurably(join(dir, names.state), [Buffer.from(JSON.stringify(meta, null, 2) + '\n')], fs);
     created.push(names.state);
@@ -161,6 +179,11 @@ export function saveCheckpoint(dir: string, spec: ModelSpec, state: TrainState, 
   }
   fsyncDir(dir, fs); // the commit itself is durable
   removeUncommitted(dir, committed);
+}
+
+/** A config saved before `resize` existed was trained with tfjs's legacy mapping, and resumes with it. */
+function withLegacyResize(config: unknown): unknown {
+  return typeof config === 'object' && config !== null && !Array.isArray(config) && !('resize' in config) ? { ...config, resize: 'legacy' } : config;
 }
 
 /**
@@ -186,10 +209,15 @@ export function readCheckpointState(dir: string): CheckpointState {
   if (raw.format !== FORMAT || raw.version !== version) {
     throw new DataFileError(path, `format ${String(raw.format)} v${String(raw.version)}: expected ${FORMAT} v${version}`);
   }
-  const config = parseTrainConfig(raw.config, path);
+  const config = parseTrainConfig(withLegacyResize(raw.config), path);
   const p = raw.position;
   if (p === undefined || ![p.epoch, p.step, p.globalStep].every((n) => Number.isInteger(n) && n >= 0)) {
     throw new DataFileError(path, `position ${JSON.stringify(p)}: expected {epoch, step, globalStep} as counts`);
+  }
+  const t = raw.totals;
+  if (t !== undefined && !(Number.isFinite(t.epochLossSum) && Number.isInteger(t.epochSteps) && t.epochSteps >= 0 && t.epochSteps <= p.step
+    && Number.isFinite(t.trainSeconds) && t.trainSeconds >= 0)) {
+    throw new DataFileError(path, `totals ${JSON.stringify(t)}: expected {epochLossSum, epochSteps ≤ step ${p.step}, trainSeconds ≥ 0} as numbers`);
   }
   if (m === undefined) {
     // The old format: the size is all that ties the two files together.

@@ -16,7 +16,7 @@ import { parseClusterConfig, type ClusterConfig, type WorkerSpec } from '../conf
 import type { TrainConfig } from '../config/train.js';
 import { initBackend } from '../backend.js';
 import { specOf } from '../model/alexnet.js';
-import { UsageError } from '../errors.js';
+import { RunStopped, UsageError } from '../errors.js';
 import { adapterFor } from '../webgpu.js';
 import { planDevices } from '../run/launcher.js';
 import { train, type Mode, type TrainResult } from '../run/loop.js';
@@ -82,6 +82,12 @@ function workerMeasure(r: TrainResult, rank: number): WorkerMeasure {
 }
 
 /** Worker counts, beyond the config's, at which the step-time model is checked against a run (oversubscribed on small machines). */
+/** A compare run that did not reach its last step: stopped by a signal (exit 130/143), or by anything else (a failure). */
+function stoppedCompare(r: TrainResult, what: string): Error {
+  const message = `compare: ${what} stopped before its last step; nothing was written`;
+  return r.stoppedBy !== undefined ? new RunStopped(r.stoppedBy, `${message} (${r.stoppedBy})`) : new Error(message);
+}
+
 const CHECK_SIZES = [3, 4];
 /** Steps of each check run (the first is not timed). */
 const CHECK_STEPS = 4;
@@ -180,7 +186,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
       config: cfg, outDir: join(o.outDir, 'runs', mode), mode: runMode, progress: o.progress, log: (l) => log(`  ${l}`),
       ...(runMode === 'single' ? {} : { cluster: o.cluster, workers }),
     });
-    if (!r.finished) throw new Error(`compare: the ${mode} run stopped before its last step (interrupted); nothing was written`);
+    if (!r.finished) throw stoppedCompare(r, `the ${mode} run`);
     const measured: ModeMeasure = {
       mode, world: r.world, ...(fallback !== undefined ? { fallback } : {}),
       imagesPerSec: r.imagesPerSec, stepMs: mean(timed(r.stats).map((s) => s.wallMs)),
@@ -210,7 +216,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     const cluster = await localCluster(o.cluster, n);
     log(`prediction check: data-parallel on ${n} local workers${n > cores ? ` (${cores} cores: oversubscribed)` : ''}, batch ${batch}`);
     const r = await train({ config, outDir: join(o.outDir, 'runs', `data-${n}`), mode: 'data', cluster, workers: cluster.workers, progress: false, log: () => {} });
-    if (!r.finished) throw new Error(`compare: the check at ${n} workers stopped before its last step (interrupted); nothing was written`);
+    if (!r.finished) throw stoppedCompare(r, `the check at ${n} workers`);
     const measuredMs = mean(timed(r.stats).map((s) => s.wallMs));
     const predictedMs = predictStepMs('data', inputs(n, batch, optimizerMsPerParam));
     forecastCheck.push({ mode: 'data', workers: n, oversubscribed: n > cores, measuredMs, predictedMs, error: relativeError(measuredMs, predictedMs) });

@@ -1,6 +1,9 @@
 /** The closed sets of names a config may hold; what they mean lives above (model/, backend.ts). */
 
 export const ARCHS = ['d2l', 'original'] as const;
+/** How a 28 px image maps onto the model's input (config/train.ts: resize). */
+export const RESIZE_MAPPINGS = ['half-pixel', 'legacy'] as const;
+export type ResizeMapping = (typeof RESIZE_MAPPINGS)[number];
 export type Arch = (typeof ARCHS)[number];
 
 export const BACKEND_CHOICES = ['auto', 'tensorflow-gpu', 'webgpu', 'tensorflow', 'wasm', 'cpu'] as const;

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { UsageError } from '../errors.js';
 import { describeIssue } from './describe-issue.js';
-import { ARCHS, BACKEND_CHOICES } from './choices.js';
+import { ARCHS, BACKEND_CHOICES, RESIZE_MAPPINGS } from './choices.js';
 
 /**
  * Everything that defines a training run. It is saved inside every checkpoint
@@ -41,6 +41,13 @@ export const TrainConfigSchema = z.strictObject({
    * one process the first hardware adapter.
    */
   adapter: z.string().trim().min(1).optional(),
+  /**
+   * How images are resized from 28 px: 'half-pixel' centres, as torchvision's
+   * Resize (d2l) and PyTorch's interpolate(align_corners=False) map them;
+   * 'legacy' is tf.image.resizeBilinear's default mapping, which runs saved
+   * before this key existed were trained with (and resume with).
+   */
+  resize: z.enum(RESIZE_MAPPINGS),
 });
 
 export type TrainConfig = z.infer<typeof TrainConfigSchema>;
@@ -70,6 +77,7 @@ export const CPU_DEFAULTS: TrainConfig = {
   checkpointEvery: 200,
   evalBatch: 256,
   backend: 'auto',
+  resize: 'half-pixel',
 };
 
 /** The seed's full recipe (d2l §8.1), for a GPU box. */

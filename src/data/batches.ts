@@ -1,14 +1,20 @@
 import * as tf from '@tensorflow/tfjs';
 import { keyHash, uniformAt } from '../model/keyed-random.js';
 import { SIDE, type LabeledImages } from './fashion-mnist.js';
+import type { ResizeMapping } from '../config/choices.js';
 
 /** Fashion-MNIST's training-set pixel mean and standard deviation (of x/255). */
 export const PIXEL_MEAN = 0.286;
 export const PIXEL_STD = 0.353;
 
 export interface BatchOptions {
-  /** model input side: images are resized from 28 to this (bilinear, as d2l's Resize) */
+  /** model input side: images are resized from 28 to this (bilinear) */
   resolution: number;
+  /**
+   * 'half-pixel': output pixel i samples input (i + 0.5)·28/R − 0.5, as
+   * torchvision's Resize (d2l's) does; 'legacy': i·28/R, tfjs's default
+   */
+  resize: ResizeMapping;
   /** 1, or 3 (the grey channel repeated) */
   channels: number;
   /** random crop (pad 2, crop 28) and horizontal flip, keyed on (seed, epoch, sample) */
@@ -75,7 +81,7 @@ export function makeBatch(data: LabeledImages, samples: ArrayLike<number>, opts:
   }
   const x = tf.tidy(() => {
     let t: tf.Tensor4D = tf.tensor4d(pixels, [b, SIDE, SIDE, 1]);
-    if (opts.resolution !== SIDE) t = tf.image.resizeBilinear(t, [opts.resolution, opts.resolution]);
+    if (opts.resolution !== SIDE) t = tf.image.resizeBilinear(t, [opts.resolution, opts.resolution], false, opts.resize === 'half-pixel');
     t = tf.div(tf.sub(t, PIXEL_MEAN), PIXEL_STD);
     // Grey repeated to C channels by a broadcast product with ones (exact): wasm's Tile is a
     // per-element loop, ~100 ms for [64, 99, 99, 1] -> 3 channels against ~8 ms for this.

@@ -6,9 +6,13 @@
 import { gunzipSync } from 'node:zlib';
 import { basename } from 'node:path';
 import { readFileSync } from 'node:fs';
+import { UsageError } from '../errors.js';
 
-/** A data file that is missing, truncated, corrupt or does not match its partner. */
-export class DataFileError extends Error {
+/**
+ * A data file that is missing, truncated, corrupt or does not match its
+ * partner (a data set's file, or a checkpoint to resume): bad input, exit 2.
+ */
+export class DataFileError extends UsageError {
   override readonly name = 'DataFileError';
   constructor(readonly file: string, problem: string) {
     super(`${file}: ${problem}`);

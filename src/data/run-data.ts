@@ -53,7 +53,7 @@ export class TrainBatches {
     if (this.order.epoch !== epoch) this.order = { epoch, samples: epochOrder(this.data.train.count, cfg.seed, epoch) };
     const begin = step * cfg.batch + first;
     return makeBatch(this.data.train, this.order.samples.subarray(begin, begin + count), {
-      resolution: cfg.resolution, channels: cfg.channels,
+      resolution: cfg.resolution, channels: cfg.channels, resize: cfg.resize,
       ...(cfg.augment ? { augment: { seed: cfg.seed, epoch } } : {}),
     });
   }

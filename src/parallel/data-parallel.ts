@@ -201,7 +201,7 @@ export class DataParallelReplica implements Strategy {
     const end = Math.floor(((this.rank + 1) * n) / this.world);
     const t = this.data.test;
     const part = { ...t, count: end - begin, images: t.images.subarray(begin * 784, end * 784), labels: t.labels.subarray(begin, end) };
-    return evaluate(this.model, part, { resolution: this.cfg.resolution, channels: this.cfg.channels, batch: this.cfg.evalBatch });
+    return evaluate(this.model, part, { resolution: this.cfg.resolution, channels: this.cfg.channels, resize: this.cfg.resize, batch: this.cfg.evalBatch });
   }
 
   /** Every parameter and (gathered from all replicas: a collective) every momentum buffer. */

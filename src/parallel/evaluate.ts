@@ -6,10 +6,12 @@ import type { Model } from '../model/build.js';
 import { predict, type CrossLinks } from '../model/engine.js';
 import { softmaxCrossEntropy } from '../model/layers.js';
 import type { EvalResult } from './strategy.js';
+import type { ResizeMapping } from '../config/choices.js';
 
 export interface EvaluateOptions {
   resolution: number;
   channels: number;
+  resize: ResizeMapping;
   batch: number;
   /** model-parallel: the cross links of test batch b (both towers walk the test set together) */
   links?: (batchIndex: number) => CrossLinks;
@@ -21,7 +23,7 @@ export async function evaluate(model: Model, data: LabeledImages, opts: Evaluate
   let lossSum = 0;
   for (let start = 0, b = 0; start < data.count; start += opts.batch, b++) {
     const samples = Array.from({ length: Math.min(opts.batch, data.count - start) }, (_, i) => start + i);
-    const { x, y } = makeBatch(data, samples, { resolution: opts.resolution, channels: opts.channels });
+    const { x, y } = makeBatch(data, samples, { resolution: opts.resolution, channels: opts.channels, resize: opts.resize });
     try {
       const logits = await predict(model, x, opts.links?.(b));
       // [hits, mean loss] in one read

@@ -190,7 +190,7 @@ export class ModelParallelTower implements Strategy {
   evaluate(epoch: number): Promise<EvalResult> {
     // Both towers are needed for every sample: the two workers walk the test set together.
     return evaluate(this.model, this.data.test, {
-      resolution: this.cfg.resolution, channels: this.cfg.channels, batch: this.cfg.evalBatch,
+      resolution: this.cfg.resolution, channels: this.cfg.channels, resize: this.cfg.resize, batch: this.cfg.evalBatch,
       links: (b) => crossLinks(this.link, this.rank, `eval${epoch}/${b}`),
     });
   }

@@ -70,7 +70,7 @@ export class SingleStrategy implements Strategy {
   }
 
   evaluate(): Promise<EvalResult> {
-    return evaluate(this.model, this.data.test, { resolution: this.cfg.resolution, channels: this.cfg.channels, batch: this.cfg.evalBatch });
+    return evaluate(this.model, this.data.test, { resolution: this.cfg.resolution, channels: this.cfg.channels, resize: this.cfg.resize, batch: this.cfg.evalBatch });
   }
 
   state(): Promise<TrainState> {

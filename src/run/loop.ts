@@ -11,10 +11,15 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { backendLabel, initBackend } from '../backend.js';
 import { parseAdapterWant } from '../webgpu.js';
-import { readCheckpointState, readCheckpointTensors, saveCheckpoint, type Position, type TrainState } from '../checkpoint/checkpoint.js';
+import {
+  readCheckpointState, readCheckpointTensors, saveCheckpoint, type CheckpointState, type Position, type RunTotals, type TrainState,
+} from '../checkpoint/checkpoint.js';
 import { checkSecurity, type ClusterConfig, type WorkerSpec } from '../config/cluster.js';
-import { learningRate, type TrainConfig } from '../config/train.js';
+import { learningRate, parseTrainConfig, type TrainConfig } from '../config/train.js';
+import type { ResumeOverrides } from '../config/train-flags.js';
 import { specOf } from '../model/alexnet.js';
+import type { ModelSpec } from '../model/spec.js';
+import { checkMemory, perProcessBatch } from '../model/memory.js';
 import { loadRunDataCounts } from '../data/data-counts.js';
 import { loadRunData } from '../data/run-data.js';
 import { UsageError } from '../errors.js';
@@ -27,6 +32,7 @@ import type { WorkerCommandOverride } from './launcher.js';
 import { MetricsLog } from './metrics.js';
 import { Progress } from './progress.js';
 import { acquireRunLock } from './run-lock.js';
+import { resolveHosts } from './resolve-hosts.js';
 
 export type Mode = 'single' | ClusterMode;
 
@@ -36,6 +42,8 @@ export interface TrainOptions {
   outDir: string;
   /** continue from the checkpoint in outDir (its saved config wins) */
   resume?: boolean;
+  /** on resume: where the run computes, reads its data and how often it saves, which may change between machines (said aloud) */
+  resumeWith?: ResumeOverrides;
   /** single (default without a cluster), data (default with one) or model */
   mode?: Mode;
   /** data and model modes: the cluster and the workers to start on it */
@@ -76,6 +84,8 @@ export interface TrainResult {
   world: number;
   position: Position;
   finished: boolean;
+  /** the signal that stopped the run early (after its checkpoint); absent when it finished or stopped at maxSteps */
+  stoppedBy?: NodeJS.Signals;
   epochs: Array<{ epoch: number; accuracy: number; loss: number; samples: number; trainLoss: number }>;
   losses: number[];
   stats: StepStats[];
@@ -90,6 +100,8 @@ const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resol
 
 /** Checks what a mode needs of the config and the cluster before anything starts. */
 function checkMode(mode: Mode, cfg: TrainConfig, opts: TrainOptions): WorkerSpec[] {
+  if (opts.microBatches !== undefined && mode !== 'model') throw new UsageError(`--micro-batches ${opts.microBatches}: micro-batches pipeline the split (--mode model); this run is --mode ${mode}`);
+  if (opts.overlap === false && mode !== 'data') throw new UsageError(`--no-overlap: overlapping the all-reduce with backward is --mode data's; this run is --mode ${mode}`);
   if (mode === 'single') return [];
   if (opts.cluster === undefined) throw new UsageError(`--mode ${mode} needs a cluster config`);
   const workers = opts.workers ?? opts.cluster.workers;
@@ -108,8 +120,54 @@ function checkMode(mode: Mode, cfg: TrainConfig, opts: TrainOptions): WorkerSpec
 /** Set by SIGINT or SIGTERM: the loop stops after the current step, with a checkpoint. */
 interface StopRequest { signal?: NodeJS.Signals }
 
+/** What preflight found: everything the run needs to know before anything is created or started. */
+interface Preflight {
+  saved: CheckpointState | undefined;
+  cfg: TrainConfig;
+  spec: ModelSpec;
+  mode: Mode;
+  workers: WorkerSpec[];
+  stepsPerEpoch: number;
+}
+
+/**
+ * Every check of the run's input that can be made before anything is
+ * created or started: the checkpoint to resume, the config against the mode
+ * and the cluster, the data files, the memory the net needs, every host name.
+ * Each failure is a UsageError (exit 2) and leaves nothing behind.
+ */
+async function preflight(opts: TrainOptions, log: (line: string) => void): Promise<Preflight> {
+  const saved = opts.resume ? readCheckpointState(opts.outDir) : undefined;
+  const cfg = saved !== undefined ? resumedConfig(saved.config, opts.resumeWith ?? {}, log) : opts.config;
+  const spec = specOf(cfg);
+  const mode: Mode = opts.mode ?? (opts.cluster ? 'data' : 'single');
+  const workers = checkMode(mode, cfg, opts);
+  // A tower of the split holds 1 of the net's towers; a replica or one process all of them.
+  checkMemory(spec, cfg, perProcessBatch(mode, cfg.batch, workers.length), mode === 'model' ? 1 : spec.towers);
+  const counts = loadRunDataCounts(cfg);
+  const { available } = counts;
+  if (cfg.trainSamples > available.train) log(`splitnet: --train-samples ${cfg.trainSamples} is more than the data set's ${available.train} training images: training on all of them`);
+  if (cfg.testSamples > available.test) log(`splitnet: --test-samples ${cfg.testSamples} is more than the data set's ${available.test} test images: evaluating on all of them`);
+  const stepsPerEpoch = Math.floor(counts.train / cfg.batch);
+  if (stepsPerEpoch === 0) throw new UsageError(`batch ${cfg.batch} is larger than the ${counts.train} training samples`);
+  if (opts.cluster !== undefined && mode !== 'single') await resolveHosts(opts.cluster, workers);
+  return { saved, cfg, spec, mode, workers, stepsPerEpoch };
+}
+
+/** The saved config, with the overrides a resume allows, each said aloud where it changes something. */
+function resumedConfig(saved: TrainConfig, overrides: ResumeOverrides, log: (line: string) => void): TrainConfig {
+  const cfg = { ...saved };
+  for (const [key, value] of Object.entries(overrides) as Array<[keyof ResumeOverrides, string | number | undefined]>) {
+    if (value === undefined || value === saved[key]) continue;
+    log(`splitnet: resuming with ${key} ${value} (the run was saved with ${saved[key] ?? 'none'})`);
+    (cfg as Record<string, unknown>)[key] = value;
+  }
+  return parseTrainConfig(cfg, 'resumed config');
+}
+
 export async function train(opts: TrainOptions): Promise<TrainResult> {
   const log = opts.log ?? ((l: string) => console.log(l));
+  const plan = await preflight(opts, log);
   mkdirSync(opts.outDir, { recursive: true });
   const lock = acquireRunLock(opts.outDir, log);
   // Listening from the start: a SIGTERM while data loads or workers start
@@ -120,7 +178,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    return await trainLocked(opts, log, stop);
+    return await trainLocked(opts, plan, log, stop);
   } finally {
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
@@ -128,18 +186,15 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   }
 }
 
-async function trainLocked(opts: TrainOptions, log: (line: string) => void, stop: StopRequest): Promise<TrainResult> {
+async function trainLocked(opts: TrainOptions, plan: Preflight, log: (line: string) => void, stop: StopRequest): Promise<TrainResult> {
   const wallStart = performance.now();
-  const saved = opts.resume ? readCheckpointState(opts.outDir) : undefined;
-  const cfg = saved?.config ?? opts.config;
-  const spec = specOf(cfg);
-  const mode: Mode = opts.mode ?? (opts.cluster ? 'data' : 'single');
-  const workers = checkMode(mode, cfg, opts);
+  const { saved, cfg, spec, mode, workers, stepsPerEpoch } = plan;
   const resumed: TrainState | undefined = saved ? readCheckpointTensors(opts.outDir, spec, parameterShapes(spec)) : undefined;
-  const counts = loadRunDataCounts(cfg);
-  const stepsPerEpoch = Math.floor(counts.train / cfg.batch);
-  if (stepsPerEpoch === 0) throw new UsageError(`batch ${cfg.batch} is larger than the ${counts.train} training samples`);
   const pos: Position = saved?.position ?? { epoch: 0, step: 0, globalStep: 0 };
+  const totals: RunTotals = saved?.totals ?? { epochLossSum: 0, epochSteps: 0, trainSeconds: 0 };
+  if (saved !== undefined && saved.totals === undefined && pos.step > 0) {
+    log(`splitnet: this checkpoint predates saved epoch totals: epoch ${pos.epoch + 1}'s train loss will average only the steps from here`);
+  }
 
   // The strategy: this process, or the cluster's workers.
   let strategy: Strategy;
@@ -172,7 +227,7 @@ async function trainLocked(opts: TrainOptions, log: (line: string) => void, stop
   };
   const checkpoint = async () => {
     const state = await strategy.state();
-    saveCheckpoint(opts.outDir, spec, state, cfg, pos);
+    saveCheckpoint(opts.outDir, spec, state, cfg, pos, { totals });
     result.params = new Map(state.params.map((p) => [p.name, p.data]));
   };
   const progress = opts.progress === false ? undefined : new Progress(cfg.epochs * stepsPerEpoch, mode === 'single' ? 'train' : `train ${mode} ×${result.world}`, mode === 'single' ? 0 : result.world);
@@ -182,6 +237,7 @@ async function trainLocked(opts: TrainOptions, log: (line: string) => void, stop
     progress?.stop();
     await checkpoint();
     log(`stopped${stop.signal ? ` by ${stop.signal}` : ''} at epoch ${pos.epoch} step ${pos.step}: checkpoint in ${opts.outDir}; continue with --resume ${opts.outDir}`);
+    if (stop.signal !== undefined) result.stoppedBy = stop.signal;
     return result;
   };
   try {
@@ -191,8 +247,6 @@ async function trainLocked(opts: TrainOptions, log: (line: string) => void, stop
     }
     for (; pos.epoch < cfg.epochs; pos.epoch++, pos.step = 0) {
       const lr = learningRate(cfg, pos.epoch);
-      let lossSum = 0;
-      let lossCount = 0;
       for (; pos.step < stepsPerEpoch; ) {
         // a signal during startup or the last evaluation
         if (stop.signal !== undefined) return await stopHere();
@@ -202,7 +256,7 @@ async function trainLocked(opts: TrainOptions, log: (line: string) => void, stop
           checksum: checksumEvery > 0 && (pos.globalStep + 1) % checksumEvery === 0, overlap: opts.overlap ?? true,
         });
         const wallMs = performance.now() - t0;
-        if (!Number.isFinite(r.loss)) throw new UsageError(`loss is ${r.loss} at epoch ${pos.epoch} step ${pos.step}: lower --lr`);
+        if (!Number.isFinite(r.loss)) throw new Error(`loss is ${r.loss} at epoch ${pos.epoch} step ${pos.step}: the run diverged; lower --lr`);
         const each = r.workers ?? [r];
         result.stats.push({
           computeMs: each.map((w) => w.computeMs), waitMs: each.map((w) => w.waitMs), bytesSent: each.map((w) => w.bytesSent),
@@ -213,8 +267,9 @@ async function trainLocked(opts: TrainOptions, log: (line: string) => void, stop
         stepsThisRun++;
         result.trainSeconds += wallMs / 1000;
         result.losses.push(r.loss);
-        lossSum += r.loss;
-        lossCount++;
+        totals.trainSeconds += wallMs / 1000;
+        totals.epochLossSum += r.loss;
+        totals.epochSteps++;
         const imagesPerSec = cfg.batch / (wallMs / 1000);
         progress?.update(pos.epoch * stepsPerEpoch + pos.step, r.loss, imagesPerSec, r.workers ?? []);
         metrics.write({
@@ -230,12 +285,14 @@ async function trainLocked(opts: TrainOptions, log: (line: string) => void, stop
       const ev: EvalResult = await strategy.evaluate(pos.epoch);
       const accuracy = ev.correct / ev.samples;
       const testLoss = ev.lossSum / ev.samples;
-      // An epoch that trained no step in this run (resumed at its end) has no train loss.
-      const trainLoss = lossCount > 0 ? lossSum / lossCount : NaN;
+      // The steps before a resume count too: their sum and number come from the checkpoint.
+      const trainLoss = totals.epochSteps > 0 ? totals.epochLossSum / totals.epochSteps : NaN;
       result.epochs.push({ epoch: pos.epoch, accuracy, loss: testLoss, samples: ev.samples, trainLoss });
-      metrics.write({ type: 'epoch', epoch: pos.epoch, trainLoss, testAccuracy: accuracy, testLoss, testSamples: ev.samples, seconds: result.trainSeconds, time: new Date().toISOString() });
+      metrics.write({ type: 'epoch', epoch: pos.epoch, trainLoss, testAccuracy: accuracy, testLoss, testSamples: ev.samples, seconds: totals.trainSeconds, time: new Date().toISOString() });
       log(`epoch ${pos.epoch + 1}/${cfg.epochs}: train loss ${trainLoss.toFixed(4)}, test accuracy ${(accuracy * 100).toFixed(2)}% ` +
         `(${ev.samples} images), test loss ${testLoss.toFixed(4)}`);
+      totals.epochLossSum = 0;
+      totals.epochSteps = 0;
     }
     await checkpoint();
     result.finished = true;
