@@ -10,6 +10,15 @@ import { describeIssue } from './describe-issue.js';
 
 const Port = z.number().int().min(1).max(65_535);
 
+/** The most workers a run may have: the protocol's largest world (wire/protocol.ts). */
+export const MAX_WORLD = 1024;
+/**
+ * Default for maxWorkersPerHost: one worker per device, and 16 GPUs is the
+ * largest common box (DGX-2, HGX-2). A config of 1000 local workers is a typo,
+ * not a cluster: it would fork 1000 Node processes.
+ */
+export const DEFAULT_WORKERS_PER_HOST = 16;
+
 export const WorkerSchema = z.strictObject({
   /** where the worker runs; anything but a loopback name is started over ssh */
   host: z.string().min(1),
@@ -31,7 +40,9 @@ export const WorkerSchema = z.strictObject({
 export const ClusterConfigSchema = z.strictObject({
   coordinator: z.strictObject({ host: z.string().min(1), port: Port }),
   transport: z.enum(['tcp', 'ipc']),
-  workers: z.array(WorkerSchema).min(1),
+  workers: z.array(WorkerSchema).min(1).max(MAX_WORLD),
+  /** the most workers one host may run (loopback names are one host); raise it for a box with more devices */
+  maxWorkersPerHost: z.number().int().min(1).max(MAX_WORLD).default(DEFAULT_WORKERS_PER_HOST),
   /** milliseconds */
   timeouts: z.strictObject({
     /** a started worker must say hello within this */
@@ -77,6 +88,17 @@ export function parseClusterConfig(raw: unknown, where = 'cluster config'): Clus
     if (prev !== undefined) throw new UsageError(`${where}: ${key}: port ${port} on ${host} is already used by ${prev}`);
     seenPorts.set(k, key);
   };
+  const perHost = new Map<string, number>();
+  for (const w of cfg.workers) {
+    const host = isLocal(w.host) ? 'this host' : w.host;
+    perHost.set(host, (perHost.get(host) ?? 0) + 1);
+  }
+  for (const [host, n] of perHost) {
+    if (n > cfg.maxWorkersPerHost) {
+      throw new UsageError(`${where}: workers: ${n} workers on ${host}, more than maxWorkersPerHost ${cfg.maxWorkersPerHost} ` +
+        `(one worker per device; set "maxWorkersPerHost" if ${host} really has ${n} devices)`);
+    }
+  }
   claim(cfg.coordinator.host, cfg.coordinator.port, 'coordinator.port');
   const seenDevices = new Map<string, number>();
   cfg.workers.forEach((w, i) => {

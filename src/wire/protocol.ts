@@ -9,6 +9,7 @@
 import { Packr } from 'msgpackr';
 import { z } from 'zod';
 import { describeIssue } from '../config/describe-issue.js';
+import { MAX_WORLD } from '../config/cluster.js';
 
 /** 3: setup.peerWaitMs, hello.proof and bye.refused (the hardened cluster). */
 export const PROTOCOL_VERSION = 3;
@@ -33,7 +34,7 @@ const Count = z.number().int().min(0);
 
 const Setup = z.strictObject({
   v, kind: z.literal('setup'),
-  rank: Count, world: z.number().int().min(1).max(1024),
+  rank: Count, world: z.number().int().min(1).max(MAX_WORLD),
   mode: z.enum(['data', 'model']),
   /** model mode: split each step's batch into this many pipelined micro-batches */
   microBatches: z.number().int().min(1).max(MAX_MICRO_BATCHES).default(1),
