@@ -28,7 +28,7 @@ export class WriteError extends Error {
 export const TMP_MARK = '.tmp-';
 
 /** "ENOSPC (no space left on device)" from Node's "ENOSPC: no space left on device, write". */
-function describe(err: unknown): { code: string; text: string } {
+export function describeErrno(err: unknown): { code: string; text: string } {
   const e = err as NodeJS.ErrnoException;
   const code = typeof e?.code === 'string' ? e.code : 'error';
   const what = /^[A-Z0-9_]+: ([^,]+)/.exec(e?.message ?? '')?.[1];
@@ -70,7 +70,7 @@ export function writeFileDurably(path: string, chunks: Uint8Array[], fs: WriteFs
   } catch (err) {
     if (fd !== undefined) try { fs.closeSync(fd); } catch { /* the write's error is the one to report */ }
     try { fs.rmSync(tmp, { force: true }); } catch { /* likewise: a leftover temporary file is removed by the next checkpoint */ }
-    const { code, text } = describe(err);
+    const { code, text } = describeErrno(err);
     const then = stage === 'write' || stage === 'open' ? '' : `, then ${stage} failed`;
     throw new WriteError(basename(path), expected, written, code, `${basename(path)}: wrote ${written} of ${expected} bytes${then}: ${text}`);
   }

@@ -2,7 +2,8 @@
  * What `splitnet compare` leaves behind: the terminal table, compare.json,
  * the self-contained report.html, and a Chrome trace per mode.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
+import { writeFileDurably } from '../checkpoint/durable-write.js';
 import { join } from 'node:path';
 import { chromeTrace } from './chrome-trace.js';
 import { renderReport } from './report-html.js';
@@ -59,12 +60,14 @@ export function formatCompareTable(r: CompareResult): string {
 export function writeCompareOutputs(r: CompareResult, dir: string): string[] {
   mkdirSync(dir, { recursive: true });
   const paths = [join(dir, 'compare.json'), join(dir, 'report.html')];
-  writeFileSync(paths[0]!, `${JSON.stringify(r, null, 2)}\n`);
-  writeFileSync(paths[1]!, renderReport(r));
+  // Each file whole or absent, and a failed write names it (durable-write.ts).
+  const write = (path: string, text: string) => writeFileDurably(path, [Buffer.from(text)]);
+  write(paths[0]!, `${JSON.stringify(r, null, 2)}\n`);
+  write(paths[1]!, renderReport(r));
   for (const m of r.modes) {
     if (m.skipped !== undefined) continue;
     const p = join(dir, `trace-${m.mode}.json`);
-    writeFileSync(p, JSON.stringify(chromeTrace(m)));
+    write(p, JSON.stringify(chromeTrace(m)));
     paths.push(p);
   }
   return paths;

@@ -221,6 +221,10 @@ async function trainLocked(opts: TrainOptions, plan: Preflight, log: (line: stri
     `weight decay ${cfg.weightDecay}${saved ? `; resumed at epoch ${pos.epoch} step ${pos.step}` : ''}`);
 
   const metrics = new MetricsLog(join(opts.outDir, 'metrics.jsonl'));
+  if (saved !== undefined) {
+    const repaired = metrics.repairTornLine();
+    if (repaired !== undefined) log(`splitnet: ${repaired}`);
+  }
   const result: TrainResult = {
     config: cfg, mode, world: cluster?.world ?? 1, position: pos, finished: false, epochs: [], losses: [], stats: [],
     trainSeconds: 0, imagesPerSec: 0, wallSeconds: 0, params: new Map(),

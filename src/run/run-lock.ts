@@ -64,7 +64,8 @@ function tryCreate(path: string, text: string): boolean {
   } catch (err) {
     closeSync(fd);
     rmSync(path, { force: true }); // an empty lock would lock the directory for good
-    throw err;
+    const e = err as NodeJS.ErrnoException;
+    throw e.code !== undefined ? new Error(`${path}: cannot write the run lock (${e.code})`) : err;
   }
   closeSync(fd);
   return true;

@@ -25,6 +25,9 @@ export function writeRunKeys(path: string, world: number): RunKeys {
     const text = Buffer.from(`${JSON.stringify({ format: 'splitnet-keys', version: 1, ...keys }, null, 2)}\n`);
     if (writeSync(fd, text) !== text.length) throw new Error(`${path}: short write`);
     fsyncSync(fd);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw e.code !== undefined ? new Error(`${path}: cannot write the key file (${e.code})`) : err;
   } finally {
     closeSync(fd);
   }
