@@ -100,5 +100,7 @@ describe('data-parallel checkpoints', () => {
     expect(resumed.finished).toBe(true);
     expect([...first.losses, ...resumed.losses]).toEqual(straight.losses);
     for (const [name, w] of straight.params) expect(resumed.params.get(name), name).toEqual(w);
+    // The interrupted epoch's train loss counts the steps before the stop too.
+    expect(resumed.epochs.map((e) => e.trainLoss)).toEqual(straight.epochs.map((e) => e.trainLoss));
   });
 });
