@@ -25,7 +25,10 @@ export function loadRunDataCounts(cfg: TrainConfig): RunDataCounts {
     return { train, test, available: { train, test } };
   }
   const dir = findDataDir(cfg.dataDir);
-  const count = (name: string) => parseIdx(name, readIdxBytes(dataFile(dir, name)!), 1).dims[0]!;
+  const count = (name: string) => {
+    const path = dataFile(dir, name)!;
+    return parseIdx(path, readIdxBytes(path), 1).dims[0]!;
+  };
   const available = { train: count(FILES.train.labels), test: count(FILES.t10k.labels) };
   return { train: limit(available.train, cfg.trainSamples), test: limit(available.test, cfg.testSamples), available };
 }

@@ -86,7 +86,7 @@ export function perProcessBatch(mode: string, batch: number, workers: number): n
  */
 export function memoryLimit(backend: TrainConfig['backend']): { bytes: number; what: string } {
   const host = { bytes: totalmem(), what: "this host's memory" };
-  const wasm = { bytes: Math.min(WASM_HEAP_BYTES, host.bytes), what: "the wasm backend's heap (at most 4 GiB)" };
+  const wasm = { bytes: Math.min(WASM_HEAP_BYTES, host.bytes), what: "the wasm backend's heap" };
   if (backend === 'wasm') return wasm;
   if (backend === 'auto') return autoFallsBackToWasm() ? wasm : host;
   return host;
