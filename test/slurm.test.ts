@@ -250,7 +250,7 @@ describe('a real one-node Slurm', () => {
     expect(spawnSync('squeue', ['-h'], { env, encoding: 'utf8' }).stdout.trim()).toBe('');
   }, 180_000);
 
-  it('scancel: every task gets SIGTERM at once; the workers outlive it, so the coordinator stops with a checkpoint', async (ctx) => {
+  it('scancel: every task gets SIGTERM at once; the workers outlive it, so the coordinator stops with a checkpoint and exit code 143', async (ctx) => {
     const { dir, env } = slurmOrSkip(ctx);
     const config = await slurmConfig(dir, 'cancelled', 2);
     const out = join(dir, 'cancelled');
@@ -269,6 +269,8 @@ describe('a real one-node Slurm', () => {
     await exited;
     clearTimeout(killer);
     expect(text).toMatch(/0: stopped by SIGTERM at epoch 0 step \d+: checkpoint in/);
+    // The exit-code contract, as Slurm records it: the coordinator's task stopped unfinished (143), not finished (0).
+    expect(text).toMatch(/task 0: Exited with exit code 143/);
     expect(existsSync(join(out, 'checkpoint.manifest.json')), text).toBe(true);
   }, 180_000);
 });
