@@ -16,6 +16,10 @@
 #SBATCH --cpus-per-task=4
 #SBATCH --time=02:00:00
 #SBATCH --output=splitnet-%j.out
+#SBATCH --open-mode=append
+# A requeued job (preemption, a failed node, `scontrol requeue`) runs this
+# script again with the same job id: it resumes the run from its checkpoint.
+#SBATCH --requeue
 #
 # Two nodes with two GPUs each (four workers): replace --nodes and --ntasks
 # above with these (the first node carries the coordinator as well):
@@ -32,8 +36,8 @@ command -v splitnet >/dev/null || { echo "splitnet is not installed on $(hostnam
 # The tasks are srun's, not the launcher's children: their CURVE keys come
 # from a file only you can read, on the file system every node shares.
 job="$SLURM_SUBMIT_DIR/splitnet-job-$SLURM_JOB_ID"
-mkdir -m 700 "$job"
-splitnet keys --out "$job/keys" --workers $((SLURM_NTASKS - 1))
+mkdir -p -m 700 "$job"
+[ -f "$job/keys" ] || splitnet keys --out "$job/keys" --workers $((SLURM_NTASKS - 1))
 # Placement comes from Slurm; the config gives the keys, the ports (the
 # coordinator's, then one per worker: a block per job id, so jobs sharing a
 # node do not meet) and anything else of cluster.config.json.
@@ -47,6 +51,16 @@ cat > "$job/cluster.json" <<JSON
 }
 JSON
 
+# The run directory is the job's: a requeued job finds its checkpoint there
+# and continues (the same flags may be given again; one that would change the
+# saved run is refused).
+run="$job/run"
+resume=()
+[ -f "$run/checkpoint.manifest.json" ] && resume=(--resume "$run")
+
 # --kill-on-bad-exit: a worker that fails ends the step at once (not at the
 # coordinator's next deadline); --label prefixes each line with its task.
-srun --kill-on-bad-exit=1 --label splitnet launch --config "$job/cluster.json" "$@"
+# The job's exit code is the coordinator's (README: Exit codes): 0 finished,
+# 1 failed, 2 bad input, 143 stopped by scancel after its checkpoint (rerun
+# this script, or `scontrol requeue`, to continue).
+srun --kill-on-bad-exit=1 --label splitnet launch --config "$job/cluster.json" --out "$run" "${resume[@]}" "$@"
