@@ -123,6 +123,48 @@ describe('batches', () => {
     tf.dispose([x, y]);
   });
 
+  /**
+   * PyTorch's bilinear interpolate(align_corners=False), torchvision's Resize
+   * (d2l's) on tensors: output pixel i reads input (i + 0.5)·28/R − 0.5,
+   * clamped at 0, between floor and floor + 1 (clamped at 27).
+   */
+  function halfPixelResize(img: Float32Array, r: number): Float32Array {
+    const out = new Float32Array(r * r);
+    const src = (i: number) => {
+      const s = Math.max(0, (i + 0.5) * (28 / r) - 0.5);
+      const lo = Math.min(Math.floor(s), 27);
+      return { lo, hi: Math.min(lo + 1, 27), t: s - lo };
+    };
+    for (let y = 0; y < r; y++) {
+      const v = src(y);
+      for (let x = 0; x < r; x++) {
+        const h = src(x);
+        const at = (yy: number, xx: number) => img[yy * 28 + xx]!;
+        const top = at(v.lo, h.lo) * (1 - h.t) + at(v.lo, h.hi) * h.t;
+        const bottom = at(v.hi, h.lo) * (1 - h.t) + at(v.hi, h.hi) * h.t;
+        out[y * r + x] = top * (1 - v.t) + bottom * v.t;
+      }
+    }
+    return out;
+  }
+
+  for (const r of [67, 99, 224]) {
+    it(`resizes 28 → ${r} as PyTorch's interpolate(align_corners=False) does (< 1e-5), not with tfjs's legacy mapping`, () => {
+      const data = syntheticImages('train', 2, 3);
+      const pixels = Float32Array.from(data.images.subarray(28 * 28, 2 * 28 * 28), (v) => v / 255);
+      const want = halfPixelResize(pixels, r).map((v) => (v - PIXEL_MEAN) / PIXEL_STD);
+      const got = (mapping: 'half-pixel' | 'legacy') => {
+        const { x, y } = makeBatch(data, [1], { resolution: r, channels: 1, resize: mapping });
+        const v = x.dataSync().slice();
+        tf.dispose([x, y]);
+        return v;
+      };
+      const worst = (a: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - want[i]!)), 0);
+      expect(worst(got('half-pixel'))).toBeLessThan(1e-5);
+      expect(worst(got('legacy'))).toBeGreaterThan(1e-2);
+    });
+  }
+
   it('augmentation is keyed: the same (seed, epoch) crops and flips the same way', () => {
     const data = syntheticImages('train', 16, 1);
     const make = (epoch: number) => {
