@@ -155,7 +155,7 @@ describe('batches', () => {
       const want = halfPixelResize(pixels, r).map((v) => (v - PIXEL_MEAN) / PIXEL_STD);
       const got = (mapping: 'half-pixel' | 'legacy') => {
         const { x, y } = makeBatch(data, [1], { resolution: r, channels: 1, resize: mapping });
-        const v = x.dataSync().slice();
+        const v = Float32Array.from(x.dataSync());
         tf.dispose([x, y]);
         return v;
       };

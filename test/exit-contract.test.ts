@@ -5,7 +5,7 @@
  * before the run directory exists. The table is printed at the end.
  */
 import { spawn } from 'node:child_process';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
@@ -96,7 +96,7 @@ const ROWS: Row[] = [
       const run = await checkpointed(d);
       const tensors = join(run, readdirSync(run).find((f) => f.endsWith('.safetensors'))!);
       const bytes = readFileSync(tensors);
-      bytes[bytes.length - 1] ^= 1;
+      bytes[bytes.length - 1] = bytes[bytes.length - 1]! ^ 1;
       writeFileSync(tensors, bytes);
       return ['train', '--resume', run];
     },

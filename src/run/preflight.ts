@@ -1,0 +1,108 @@
+/**
+ * Every check of a run's input that can be made before anything is created
+ * or started (the run directory, a worker, an ssh): the checkpoint to
+ * resume, the config against the mode and the cluster, the data files, the
+ * memory the net needs, every host name. Each failure is a UsageError
+ * (exit 2) that leaves nothing behind; what passes is the plan the loop runs.
+ */
+import { readCheckpointState, type CheckpointState } from '../checkpoint/checkpoint.js';
+import { checkSecurity, type ClusterConfig, type WorkerSpec } from '../config/cluster.js';
+import { parseTrainConfig, type TrainConfig } from '../config/train.js';
+import type { ResumeOverrides } from '../config/train-flags.js';
+import { loadRunDataCounts } from '../data/data-counts.js';
+import { UsageError } from '../errors.js';
+import { specOf } from '../model/alexnet.js';
+import { checkMemory, perProcessBatch } from '../model/memory.js';
+import type { ModelSpec } from '../model/spec.js';
+import { MAX_MICRO_BATCHES } from '../wire/protocol.js';
+import type { ClusterMode } from './coordinator.js';
+import { resolveHosts } from './resolve-hosts.js';
+
+export type Mode = 'single' | ClusterMode;
+
+/** What a run is asked to be: the part of train()'s options that preflight checks. */
+export interface RunRequest {
+  config: TrainConfig;
+  /** run directory: metrics.jsonl and the checkpoint */
+  outDir: string;
+  /** continue from the checkpoint in outDir (its saved config wins) */
+  resume?: boolean;
+  /** on resume: where the run computes, reads its data and how often it saves, which may change between machines (said aloud) */
+  resumeWith?: ResumeOverrides;
+  /** single (default without a cluster), data (default with one) or model */
+  mode?: Mode;
+  /** data and model modes: the cluster and the workers to start on it */
+  cluster?: ClusterConfig;
+  workers?: WorkerSpec[];
+  /** model mode: pipelined micro-batches per step */
+  microBatches?: number;
+  /** data mode: start bucket reductions while backward runs (default true) */
+  overlap?: boolean;
+  /** allow "security": "none" with non-loopback hosts (plain TCP on a network the user trusts) */
+  insecure?: boolean;
+}
+
+/** Checks what a mode needs of the config and the cluster before anything starts. */
+function checkMode(mode: Mode, cfg: TrainConfig, opts: RunRequest): WorkerSpec[] {
+  if (opts.microBatches !== undefined && mode !== 'model') throw new UsageError(`--micro-batches ${opts.microBatches}: micro-batches pipeline the split (--mode model); this run is --mode ${mode}`);
+  if (opts.overlap === false && mode !== 'data') throw new UsageError(`--no-overlap: overlapping the all-reduce with backward is --mode data's; this run is --mode ${mode}`);
+  if (mode === 'single') return [];
+  if (opts.cluster === undefined) throw new UsageError(`--mode ${mode} needs a cluster config`);
+  const workers = opts.workers ?? opts.cluster.workers;
+  checkSecurity(opts.cluster, opts.insecure ?? false);
+  const micro = opts.microBatches ?? 1;
+  if (!Number.isInteger(micro) || micro < 1 || micro > MAX_MICRO_BATCHES) throw new UsageError(`--micro-batches: expected an integer in 1..${MAX_MICRO_BATCHES}, got ${micro}`);
+  if (mode === 'data' && cfg.batch % workers.length !== 0) throw new UsageError(`global batch ${cfg.batch} does not split evenly over ${workers.length} workers`);
+  if (mode === 'model') {
+    if (cfg.arch !== 'original') throw new UsageError(`--mode model splits the two-tower 'original' net: add --arch original (this run is '${cfg.arch}')`);
+    if (workers.length !== 2) throw new UsageError(`--mode model needs exactly 2 workers, one per tower; the cluster has ${workers.length}`);
+    if (cfg.batch % micro !== 0) throw new UsageError(`batch ${cfg.batch} does not split into ${micro} micro-batches`);
+  }
+  return workers;
+}
+
+/** What preflight found: everything the run needs to know before anything is created or started. */
+export interface Preflight {
+  saved: CheckpointState | undefined;
+  cfg: TrainConfig;
+  spec: ModelSpec;
+  mode: Mode;
+  workers: WorkerSpec[];
+  stepsPerEpoch: number;
+}
+
+/**
+ * Every check of the run's input that can be made before anything is
+ * created or started: the checkpoint to resume, the config against the mode
+ * and the cluster, the data files, the memory the net needs, every host name.
+ * Each failure is a UsageError (exit 2) and leaves nothing behind.
+ */
+export async function preflight(opts: RunRequest, log: (line: string) => void): Promise<Preflight> {
+  const saved = opts.resume ? readCheckpointState(opts.outDir) : undefined;
+  const cfg = saved !== undefined ? resumedConfig(saved.config, opts.resumeWith ?? {}, log) : opts.config;
+  const spec = specOf(cfg);
+  const mode: Mode = opts.mode ?? (opts.cluster ? 'data' : 'single');
+  const workers = checkMode(mode, cfg, opts);
+  // A tower of the split holds 1 of the net's towers; a replica or one process all of them.
+  checkMemory(spec, cfg, perProcessBatch(mode, cfg.batch, workers.length), mode === 'model' ? 1 : spec.towers);
+  const counts = loadRunDataCounts(cfg);
+  const { available } = counts;
+  if (cfg.trainSamples > available.train) log(`splitnet: --train-samples ${cfg.trainSamples} is more than the data set's ${available.train} training images: training on all of them`);
+  if (cfg.testSamples > available.test) log(`splitnet: --test-samples ${cfg.testSamples} is more than the data set's ${available.test} test images: evaluating on all of them`);
+  const stepsPerEpoch = Math.floor(counts.train / cfg.batch);
+  if (stepsPerEpoch === 0) throw new UsageError(`batch ${cfg.batch} is larger than the ${counts.train} training samples`);
+  if (opts.cluster !== undefined && mode !== 'single') await resolveHosts(opts.cluster, workers);
+  return { saved, cfg, spec, mode, workers, stepsPerEpoch };
+}
+
+/** The saved config, with the overrides a resume allows, each said aloud where it changes something. */
+function resumedConfig(saved: TrainConfig, overrides: ResumeOverrides, log: (line: string) => void): TrainConfig {
+  const cfg = { ...saved };
+  for (const [key, value] of Object.entries(overrides) as Array<[keyof ResumeOverrides, string | number | undefined]>) {
+    if (value === undefined || value === saved[key]) continue;
+    log(`splitnet: resuming with ${key} ${value} (the run was saved with ${saved[key] ?? 'none'})`);
+    (cfg as Record<string, unknown>)[key] = value;
+  }
+  return parseTrainConfig(cfg, 'resumed config');
+}
+
