@@ -57,7 +57,7 @@ export function resumeOverrides(dir: string, saved: TrainConfig, given: Partial<
       (overrides as Record<string, unknown>)[k] = v;
     } else if (JSON.stringify(v) !== JSON.stringify(saved[k])) {
       const flag = k === 'data' ? (v === 'synthetic' ? '--synthetic' : 'no --synthetic') : `${FLAG[k]} ${show(v)}`;
-      throw new UsageError(`--resume ${dir}: ${flag} differs from the run's saved ${FLAG[k].replace(/^--/, '')} ${show(saved[k])}: ` +
+      throw new UsageError(`--resume ${dir}: ${flag} differs from the run's saved ${k} ${show(saved[k])}: ` +
         `a resumed run keeps the config it was started with (start a new run to change it)`);
     }
   }
