@@ -1,0 +1,35 @@
+/**
+ * What a resumed run takes from the command line: the same flags again (a
+ * requeued Slurm job repeats its own), where it runs (backend, adapter, data
+ * directory, checkpoint and evaluation cadence), and nothing that would
+ * change the saved run.
+ */
+import { describe, expect, it } from 'vitest';
+import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
+import { givenConfig, resumeOverrides } from '../src/config/train-flags.js';
+
+const SAVED: TrainConfig = { ...CPU_DEFAULTS, width: 0.125, epochs: 3 };
+
+describe('flags on --resume', () => {
+  it('the flags the run was started with, given again, are accepted and change nothing', () => {
+    expect(resumeOverrides('runs/x', SAVED, givenConfig({ width: 0.125, epochs: 3, lr: SAVED.lr }, undefined))).toEqual({});
+  });
+
+  it('where the run computes, reads and saves is taken from the command line', () => {
+    const given = givenConfig({ backend: 'cpu', dataDir: '/data/fm', checkpointEvery: 50, evalBatch: 128 }, undefined);
+    expect(resumeOverrides('runs/x', SAVED, given)).toEqual({ backend: 'cpu', dataDir: '/data/fm', checkpointEvery: 50, evalBatch: 128 });
+  });
+
+  const refused: Array<[string, Partial<TrainConfig>, 'cpu' | 'd2l' | undefined, string]> = [
+    ['a wider net', { width: 0.5 }, undefined, '--resume runs/x: --width 0.5 differs from the run\'s saved width 0.125'],
+    ['more epochs', { epochs: 5 }, undefined, '--epochs 5 differs from the run\'s saved epochs 3'],
+    ['another decay schedule', { lrDecayEpochs: [1, 2] }, undefined, '--lr-decay-epochs 1,2 differs from the run\'s saved lrDecayEpochs '],
+    ['generated images for a run on Fashion-MNIST', { data: 'synthetic' }, undefined, '--synthetic differs from the run\'s saved data fashion-mnist'],
+    ['the d2l recipe for a CPU-recipe run', {}, 'd2l', '--width 1 differs from the run\'s saved width 0.125'],
+  ];
+  for (const [what, flags, recipe, message] of refused) {
+    it(`refuses ${what}, naming the flag and both values`, () => {
+      expect(() => resumeOverrides('runs/x', SAVED, givenConfig(flags, recipe))).toThrow(message);
+    });
+  }
+});
