@@ -7,6 +7,7 @@ import { computeBench } from './compute.js';
 import { loopBench } from './loop.js';
 import { clusterBench } from './cluster.js';
 import { splitBench } from './split.js';
+import { webGpuKernelBench } from './webgpu-kernels.js';
 
 const program = new Command('bench').description('splitnet benchmarks').showHelpAfterError();
 
@@ -49,5 +50,10 @@ sized('split', 'the 2012 two-tower split over 2 workers vs the two towers in one
   .addOption(num('--micro <m>', 'micro-batches for the second split variant', 4))
   .addOption(dataOption())
   .action(async (o: Sized & { warmup: number; passes: number; micro: number; data: Data }) => splitBench(o));
+
+sized('webgpu-kernels', "WebGPU's convolution gradients per layer: tfjs's naive filter gradient vs ours as matmuls; direct vs matmul input gradient", { resolution: 224, batch: 32, steps: 2 })
+  .option('--adapter <which>', "'software' (llvmpipe: the proxy) or 'hardware'", 'software')
+  .option('--layers <list>', 'comma list of conv layers (default: all)')
+  .action(async (o: Sized & { adapter: string; layers?: string }) => webGpuKernelBench({ ...o, runs: o.steps }));
 
 await program.parseAsync(process.argv);

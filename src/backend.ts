@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
-import { registerComposedTrainingKernels, type KernelSet } from './kernels/register.js';
+import { registerComposedTrainingKernels, registerWebGpuTrainingKernels, type KernelSet, type WebGpuFilterGradient } from './kernels/register.js';
 import { UsageError } from './errors.js';
 import { activateWebGpu, hardwareUnreachable, type AdapterChosen, type AdapterWant } from './webgpu.js';
 
@@ -91,6 +91,13 @@ export function wasmKernelSet(): KernelSet {
   return v;
 }
 
+/** WebGPU's filter gradient: ours (matmul, the default) or tfjs's naive shader ($SPLITNET_WEBGPU_FILTER_GRAD=naive: benchmarks). */
+export function webGpuFilterGradient(): WebGpuFilterGradient {
+  const v = process.env.SPLITNET_WEBGPU_FILTER_GRAD ?? 'matmul';
+  if (v !== 'matmul' && v !== 'naive') throw new UsageError(`SPLITNET_WEBGPU_FILTER_GRAD: expected 'matmul' or 'naive', got '${v}'`);
+  return v;
+}
+
 async function useWasm(choice: BackendChoice, because: string): Promise<BackendInfo> {
   await import('@tensorflow/tfjs-backend-wasm');
   registerComposedTrainingKernels('wasm', wasmKernelSet());
@@ -121,6 +128,7 @@ function adapterLine(a: AdapterChosen): string {
 async function useWebGpu(choice: BackendChoice, want: AdapterWant, required: boolean): Promise<BackendInfo | string> {
   try {
     const { adapter } = await activateWebGpu(want);
+    registerWebGpuTrainingKernels(webGpuFilterGradient());
     return { choice, name: 'webgpu', pkg: `${WEBGPU_PKG} on Dawn`, reason: adapterLine(adapter), adapter };
   } catch (err) {
     if (required) throw err;

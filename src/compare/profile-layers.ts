@@ -22,7 +22,7 @@ const TIMED_STEPS = 3;
  * device's queue is awaited. (Reading a fresh small tensor would not do: its
  * values stay on the host and come back at once.)
  */
-async function gpuIdle(): Promise<void> {
+export async function gpuIdle(): Promise<void> {
   const b = tf.backend() as unknown as {
     ensureCommandEncoderReady?: () => void; endComputePassEncoder?: () => void; submitQueue?: () => void; device?: GPUDevice;
   };

@@ -9,11 +9,13 @@ import {
   type BatchMatMulAttrs,
   type Conv2DBackpropFilterAttrs,
   type Conv2DBackpropInputAttrs,
+  type KernelConfig,
   type KernelFunc,
   type MaxPoolGradAttrs,
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
 import { conv2DBackpropFilterViaConv } from './conv2d-backprop-filter.js';
+import { conv2DBackpropFilterViaMatMul } from './conv2d-backprop-filter-matmul.js';
 import { conv2DBackpropInputViaConv } from './conv2d-backprop-input.js';
 import { batchMatMulViaConv } from './batch-matmul.js';
 import { maxPoolGradOnHeap } from './max-pool-grad.js';
@@ -92,4 +94,37 @@ export function registerComposedTrainingKernels(backendName: string, set: Kernel
 /** The kernel set splitnet registered on a backend, if any. */
 export function composedKernelSet(backendName: string): KernelSet | undefined {
   return registered.get(backendName);
+}
+
+/**
+ * WebGPU's filter gradient: 'matmul' (ours, conv2d-backprop-filter-matmul.ts:
+ * im2col and batched matrix products on tfjs's tiled matmul shader) or
+ * 'naive' (tfjs 4.22's own shader, kept for comparison). Measured on Mesa's
+ * llvmpipe (the software adapter), d2l AlexNet at 224 px: see the README's
+ * "GPU" section and `npm run bench -- webgpu-kernels`.
+ */
+export type WebGpuFilterGradient = 'matmul' | 'naive';
+
+let webGpuFilterGradient: WebGpuFilterGradient | undefined;
+let tfjsNaiveFilterGradient: KernelConfig | undefined;
+
+/** Gives the webgpu backend the filter gradient `which` (idempotent; switching back and forth is for benchmarks). */
+export function registerWebGpuTrainingKernels(which: WebGpuFilterGradient = 'matmul'): void {
+  if (webGpuFilterGradient === which) return;
+  const current = getKernel(Conv2DBackpropFilter, 'webgpu');
+  if (current === undefined) throw new Error("registerWebGpuTrainingKernels: backend 'webgpu' has no Conv2DBackpropFilter kernel (is @tensorflow/tfjs-backend-webgpu loaded?)");
+  if (webGpuFilterGradient === undefined) tfjsNaiveFilterGradient = current;
+  unregisterKernel(Conv2DBackpropFilter, 'webgpu');
+  registerKernel(which === 'naive' ? tfjsNaiveFilterGradient! : {
+    kernelName: Conv2DBackpropFilter,
+    backendName: 'webgpu',
+    kernelFunc: ((a: { inputs: { x: TensorInfo; dy: TensorInfo }; backend: never; attrs: Conv2DBackpropFilterAttrs }) =>
+      conv2DBackpropFilterViaMatMul({ ...a, backendName: 'webgpu' })) as unknown as KernelFunc,
+  });
+  webGpuFilterGradient = which;
+}
+
+/** The filter gradient the webgpu backend has now, if splitnet registered one. */
+export function registeredWebGpuFilterGradient(): WebGpuFilterGradient | undefined {
+  return webGpuFilterGradient;
 }
