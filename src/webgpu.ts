@@ -22,13 +22,15 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { UsageError } from './errors.js';
+import { checkOnlyAdapter, gpuFor, listPciGpus, normalizePci, vulkanOnly } from './gpu-pci.js';
 
 /** Which adapter: the first hardware one, the software one (llvmpipe), the n-th listed, or one whose name contains a string. */
 export type AdapterWant =
   | { kind: 'hardware' }
   | { kind: 'software' }
   | { kind: 'index'; index: number }
-  | { kind: 'name'; name: string };
+  | { kind: 'name'; name: string }
+  | { kind: 'pci'; pci: string };
 
 export interface AdapterChosen {
   /** Dawn's device name, e.g. 'NVIDIA H200' or 'llvmpipe (LLVM 15.0.6, 256 bits)' */
@@ -41,6 +43,8 @@ export interface AdapterChosen {
   via: string;
   /** a CPU rasterizer (llvmpipe, lavapipe, SwiftShader, WARP) rather than a GPU */
   software: boolean;
+  /** the PCI address, where the adapter was chosen by it (identical cards; gpu-pci.ts) */
+  pci?: string;
 }
 
 /** Names of CPU rasterizers as Dawn reports them; Dawn's own isFallbackAdapter is false for llvmpipe. */
@@ -152,14 +156,29 @@ function describe(want: AdapterWant): string {
     case 'software': return 'the software adapter';
     case 'index': return `adapter ${want.index}`;
     case 'name': return `an adapter named like '${want.name}'`;
+    case 'pci': return `the GPU at PCI ${want.pci}`;
   }
 }
 
+/**
+ * Shows this process only the GPU `device` names (an index or a PCI
+ * address) through Mesa's device-select layer, and checks that Vulkan then
+ * lists that one adapter (gpu-pci.ts). Sets the process's environment:
+ * everything Vulkan opens afterwards sees that GPU alone.
+ */
+async function isolate(via: string, device: number | string): Promise<{ via: string; name: string; pci: string }> {
+  const gpu = gpuFor(device, listPciGpus());
+  Object.assign(process.env, vulkanOnly(gpu.pci));
+  const listed = hardwareUnreachable() === undefined ? await listAdapters(via) : [];
+  return { via, name: checkOnlyAdapter(listed, gpu), pci: gpu.pci };
+}
+
 /** Resolves `want` to a Dawn backend and a device-name filter, refusing what Dawn could not honour. */
-async function locate(want: AdapterWant): Promise<{ via: string; name?: string }> {
+async function locate(want: AdapterWant): Promise<{ via: string; name?: string; pci?: string }> {
   if (want.kind === 'software') return { via: SOFTWARE_BACKEND };
   const via = hardwareBackend();
   if (want.kind === 'hardware') return { via };
+  if (want.kind === 'pci') return isolate(via, want.pci);
   const names = hardwareUnreachable() === undefined ? await listAdapters(via) : [];
   if (want.kind === 'name') {
     if (names.some((n) => n.includes(want.name))) return { via, name: want.name };
@@ -174,11 +193,9 @@ async function locate(want: AdapterWant): Promise<{ via: string; name?: string }
     throw new UsageError(`webgpu: adapter ${want.index} asked for, but ${via} lists ${names.length}${names.length > 0 ? `: ${names.map((n, i) => `${i} '${n}'`).join(', ')}` : ' (is the Vulkan loader libvulkan1 installed, with a driver?)'}`);
   }
   // Dawn picks the first adapter whose name contains the filter: identical
-  // GPUs cannot be told apart in one instance, so refuse rather than silently
-  // put two workers on the same card.
-  if (names.indexOf(name) !== want.index) {
-    throw new UsageError(`webgpu: adapter ${want.index} ('${name}') has the same name as adapter ${names.indexOf(name)}, and Dawn selects adapters by name only; give this worker its own GPU with the driver's visibility setting, or let workers share one ("shared": true)`);
-  }
+  // GPUs cannot be told apart by name, so this one is chosen by its PCI
+  // address, with every other GPU hidden from this process.
+  if (names.filter((n) => n === name).length > 1) return isolate(via, want.index);
   return { via, name };
 }
 
@@ -208,7 +225,7 @@ export async function activateWebGpu(want: AdapterWant): Promise<WebGpuSession> 
     return open;
   }
   const d = await loadDawn();
-  const { via, name } = await locate(want);
+  const { via, name, pci } = await locate(want);
   if (via === SOFTWARE_BACKEND) prepareHeadlessGl();
   let gpu: GPU | undefined = instance(d, via, name);
   let adapter: GPUAdapter | null;
@@ -227,6 +244,7 @@ export async function activateWebGpu(want: AdapterWant): Promise<WebGpuSession> 
     description: info.description,
     via,
     software: SOFTWARE_NAMES.test(`${info.device} ${info.description}`) || (info as { isFallbackAdapter?: boolean }).isFallbackAdapter === true,
+    ...(pci !== undefined ? { pci } : {}),
   };
   if (chosen.software && (want.kind === 'hardware' || want.kind === 'index')) {
     throw new UsageError(`webgpu: ${describe(want)} was asked for, but '${chosen.name}' is a software adapter (a CPU rasterizer); use --adapter software to run on it anyway`);
@@ -281,6 +299,8 @@ export function parseAdapterWant(text: string): AdapterWant {
   if (t === '') throw new UsageError(`--adapter: expected 'hardware', 'software', an adapter index or a name fragment, got ''`);
   if (t === 'hardware' || t === 'software') return { kind: t };
   if (/^\d+$/.test(t)) return { kind: 'index', index: Number(t) };
+  const pci = normalizePci(t);
+  if (pci !== undefined) return { kind: 'pci', pci };
   return { kind: 'name', name: t };
 }
 
@@ -294,5 +314,7 @@ export function adapterFor(device: string, adapter: string | undefined): Adapter
   const d = device.trim();
   if (d === 'cpu') return null;
   if (/^\d+$/.test(d)) return { kind: 'index', index: Number(d) };
+  const pci = normalizePci(d);
+  if (pci !== undefined) return { kind: 'pci', pci };
   return d === '' ? null : { kind: 'name', name: d };
 }

@@ -24,8 +24,10 @@ export const WorkerSchema = z.strictObject({
   host: z.string().min(1),
   /**
    * 'cpu', the index of a GPU on that host (nvidia-smi's numbering; WebGPU
-   * counts adapters in the same order), or a fragment of the GPU's name as
-   * WebGPU reports it (e.g. 'H200', or 'llvmpipe' for the software adapter)
+   * counts adapters in the same order, and on a box of identical cards the
+   * worker opens the card by its PCI address: gpu-pci.ts), a PCI address
+   * ('0000:3b:00.0'), or a fragment of the GPU's name as WebGPU reports it
+   * (e.g. 'H200', or 'llvmpipe' for the software adapter)
    */
   device: z.union([
     z.literal('cpu'), z.number().int().min(0),
