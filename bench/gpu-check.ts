@@ -12,6 +12,12 @@
  *   5. modes     data- and model-parallel, two workers sharing the GPU, each
  *                against one process on the same GPU (relative error of the updates)
  *   6. train     a short real run on Fashion-MNIST, the seed's recipe: test accuracy
+ *   7. kernels   per conv layer, tfjs's naive filter gradient against ours (matmul),
+ *                and the direct input gradient against tfjs's matmul form (batch 32)
+ *   8. layers    per layer, forward and backward of one training step, the GPU
+ *                waited for after each (which layer to fix next)
+ *   9. devices   each GPU of this host opened by its PCI address in a process of
+ *                its own (Mesa's device-select layer), and the adapter it got
  */
 import { execFile } from 'node:child_process';
 import { mkdirSync, writeFileSync, appendFileSync, mkdtempSync } from 'node:fs';
@@ -29,6 +35,9 @@ import { buildModel, disposeModel } from '../src/model/build.js';
 import { train } from '../src/run/loop.js';
 import { freePorts } from '../src/wire/free-ports.js';
 import { closeWebGpu, parseAdapterWant } from '../src/webgpu.js';
+import { listPciGpus } from '../src/gpu-pci.js';
+import { profileLayers } from '../src/compare/profile-layers.js';
+import { timeConvGradients } from './webgpu-kernels.js';
 
 const run = promisify(execFile);
 const here = dirname(fileURLToPath(import.meta.url));
@@ -48,8 +57,8 @@ const { values: o } = parseArgs({
 
 /** Sizes: the issue's on a GPU; --quick shrinks everything so llvmpipe finishes in a minute or two. */
 const SIZE = o.quick
-  ? { resolution: 67, width: 0.25, batch: 16, steps: 2, warmup: 1, wasmSteps: 1, modeWidth: 1 / 16, modeResolution: 67, modeBatch: 8, trainResolution: 67, trainWidth: 0.25, trainBatch: 32 }
-  : { resolution: 224, width: 1, batch: 128, steps: 5, warmup: 2, wasmSteps: 1, modeWidth: 1 / 4, modeResolution: 131, modeBatch: 32, trainResolution: 224, trainWidth: 1, trainBatch: 128 };
+  ? { resolution: 67, width: 0.25, batch: 16, steps: 2, warmup: 1, wasmSteps: 1, modeWidth: 1 / 16, modeResolution: 67, modeBatch: 8, trainResolution: 67, trainWidth: 0.25, trainBatch: 32, kernelBatch: 4, kernelRuns: 1 }
+  : { resolution: 224, width: 1, batch: 128, steps: 5, warmup: 2, wasmSteps: 1, modeWidth: 1 / 4, modeResolution: 131, modeBatch: 32, trainResolution: 224, trainWidth: 1, trainBatch: 128, kernelBatch: 32, kernelRuns: 3 };
 /** Relative error allowed on the weight updates of the parallel modes: the CI tests' tolerance. */
 const MODE_TOLERANCE = 1e-4;
 
@@ -213,6 +222,46 @@ await part('train', async () => {
     steps: r.losses.length, testAccuracy: e.accuracy, testLoss: e.loss, testImages: e.samples, firstLoss: r.losses[0], lastLoss: r.losses.at(-1),
     imagesPerSec: r.imagesPerSec, trainSeconds: r.trainSeconds,
   };
+});
+
+await part('kernels', async () => {
+  await initBackend('webgpu', parseAdapterWant(o.adapter));
+  const opts = { resolution: SIZE.resolution, width: SIZE.width, batch: SIZE.kernelBatch, runs: SIZE.kernelRuns };
+  log(`   d2l ${opts.resolution}×${opts.resolution}, batch ${opts.batch}, median of ${opts.runs}`);
+  return { ...opts, rows: await timeConvGradients(opts, (l) => log(`   ${l.trim()}`)) };
+});
+
+await part('layers', async () => {
+  await initBackend('webgpu', parseAdapterWant(o.adapter));
+  const config: TrainConfig = { ...CPU_DEFAULTS, ...D2L_RECIPE, backend: 'webgpu', adapter: o.adapter, resolution: SIZE.resolution, width: SIZE.width, batch: SIZE.batch };
+  const { layers, optimizerMs } = await profileLayers(config);
+  const total = layers.reduce((n, l) => n + l.forwardMs + l.backwardMs, 0) + optimizerMs;
+  for (const l of [...layers].sort((a, b) => (b.forwardMs + b.backwardMs) - (a.forwardMs + a.backwardMs))) {
+    if (l.forwardMs + l.backwardMs < 0.01 * total) continue;
+    log(`   ${l.name.padEnd(9)} forward ${l.forwardMs.toFixed(1).padStart(7)} ms, backward ${l.backwardMs.toFixed(1).padStart(7)} ms (${(100 * (l.forwardMs + l.backwardMs) / total).toFixed(0)}%)`);
+  }
+  log(`   optimizer ${optimizerMs.toFixed(1)} ms; one step ${total.toFixed(1)} ms at batch ${config.batch} (the GPU waited for after every layer)`);
+  return { batch: config.batch, layers, optimizerMs, totalMs: total };
+});
+
+await part('devices', async () => {
+  const gpus = listPciGpus();
+  if (o.adapter === 'software' || gpus.length === 0) {
+    log(`   ${o.adapter === 'software' ? 'the software adapter has no PCI address' : 'no GPU listed by nvidia-smi or sysfs'}: nothing to isolate`);
+    return { gpus, skipped: true };
+  }
+  const cli = join(here, '..', 'src', `cli.${fromSource ? 'ts' : 'js'}`);
+  const opened = [];
+  for (const g of gpus.slice(0, 2)) {
+    // A process of its own per GPU: the layer's environment is read when Vulkan starts.
+    const r = await run(process.execPath, [...(fromSource ? ['--import', 'tsx'] : []), cli, '--backend', 'webgpu', '--adapter', g.pci, 'backend'], { timeout: 120_000 })
+      .then((x) => ({ ok: true, text: x.stdout.trim() }), (err: { stdout?: string; stderr?: string; message: string }) => ({ ok: false, text: (err.stderr || err.message).trim().split('\n').pop()! }));
+    const got = r.ok && r.text.includes(`PCI ${g.pci}`);
+    log(`   GPU ${g.index} (${g.pci}${g.name ? `, ${g.name}` : ''}): ${got ? 'isolated' : 'NOT isolated'}: ${r.text}`);
+    if (!got) failures++;
+    opened.push({ ...g, isolated: got, said: r.text });
+  }
+  return { gpus, opened };
 });
 
 report.failures = failures;

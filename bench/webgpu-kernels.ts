@@ -64,14 +64,20 @@ async function time(runs: number, run: () => tf.Tensor): Promise<number> {
   return median(ms);
 }
 
-export async function webGpuKernelBench(o: WebGpuKernelOptions): Promise<void> {
-  const info = await initBackend('webgpu', parseAdapterWant(o.adapter));
-  const adapter = info.adapter!;
-  console.log(`webgpu-kernels: d2l AlexNet ${o.resolution}×${o.resolution}, width ${o.width}, batch ${o.batch}, on '${adapter.name}'` +
-    `${adapter.software ? ' (software: a CPU rasterizer, a proxy for a GPU)' : ''}, median of ${o.runs}`);
-  const rows = [];
+export interface KernelRow {
+  layer: string; x: number[]; dy: number[]; kernel: number; stride: number; pad: number;
+  filterNaiveMs: number; filterMatMulMs: number; inputDirectMs: number; inputMatMulMs: number;
+}
+
+/**
+ * Times every conv layer's gradients on the active webgpu backend (one row
+ * each, printed with `log` as it comes); leaves the backend with splitnet's
+ * kernels and tfjs's default input gradient, as training uses them.
+ */
+export async function timeConvGradients(o: Omit<WebGpuKernelOptions, 'adapter'>, log: (line: string) => void): Promise<KernelRow[]> {
+  const rows: KernelRow[] = [];
   try {
-    for (const k of convCases(o)) {
+    for (const k of convCases({ ...o, adapter: '' })) {
       const attrs = (extra: object) => ({ strides: [k.stride, k.stride], pad: k.pad, dataFormat: 'NHWC', dimRoundingMode: undefined, ...extra }) as never;
       const x = tf.randomUniform(k.x, -1, 1, 'float32', 1);
       const dy = tf.randomUniform(k.dy, -1, 1, 'float32', 2);
@@ -85,20 +91,33 @@ export async function webGpuKernelBench(o: WebGpuKernelOptions): Promise<void> {
         return time(o.runs, () => tf.engine().runKernel('Conv2DBackpropInput', { dy, filter }, attrs({ inputShape: k.x })) as tf.Tensor);
       };
       // The first layer's input gradient is never needed in training (the image has none), but is timed alike.
-      const row = {
+      const row: KernelRow = {
         layer: k.name, x: k.x, dy: k.dy, kernel: k.kernel, stride: k.stride, pad: k.pad,
         filterNaiveMs: await filterGrad('naive'), filterMatMulMs: await filterGrad('matmul'),
         inputDirectMs: await inputGrad(true), inputMatMulMs: await inputGrad(false),
       };
       rows.push(row);
       tf.dispose([x, dy, filter]);
-      console.log(`  ${k.name.padEnd(6)} filter gradient: naive ${row.filterNaiveMs.toFixed(0).padStart(7)} ms, matmul ${row.filterMatMulMs.toFixed(0).padStart(6)} ms ` +
-        `(${(row.filterNaiveMs / row.filterMatMulMs).toFixed(1)}×)   input gradient: direct ${row.inputDirectMs.toFixed(0).padStart(6)} ms, ` +
-        `matmul ${row.inputMatMulMs.toFixed(0).padStart(6)} ms (${(row.inputDirectMs / row.inputMatMulMs).toFixed(2)}×)`);
+      log(`  ${k.name.padEnd(6)} filter gradient: naive ${row.filterNaiveMs.toFixed(1).padStart(8)} ms, matmul ${row.filterMatMulMs.toFixed(1).padStart(7)} ms ` +
+        `(${(row.filterNaiveMs / row.filterMatMulMs).toFixed(1)}×)   input gradient: direct ${row.inputDirectMs.toFixed(1).padStart(7)} ms, ` +
+        `matmul ${row.inputMatMulMs.toFixed(1).padStart(7)} ms (${(row.inputDirectMs / row.inputMatMulMs).toFixed(2)}×)`);
     }
   } finally {
     registerWebGpuTrainingKernels('matmul');
     tf.env().set('WEBGPU_USE_NAIVE_CONV2D_TRANSPOSE', true);
+  }
+  return rows;
+}
+
+export async function webGpuKernelBench(o: WebGpuKernelOptions): Promise<void> {
+  const info = await initBackend('webgpu', parseAdapterWant(o.adapter));
+  const adapter = info.adapter!;
+  console.log(`webgpu-kernels: d2l AlexNet ${o.resolution}×${o.resolution}, width ${o.width}, batch ${o.batch}, on '${adapter.name}'` +
+    `${adapter.software ? ' (software: a CPU rasterizer, a proxy for a GPU)' : ''}, median of ${o.runs}`);
+  let rows: KernelRow[];
+  try {
+    rows = await timeConvGradients(o, (l) => console.log(l));
+  } finally {
     closeWebGpu();
   }
   const file = join(here, 'results', 'webgpu-kernels.json');

@@ -83,11 +83,30 @@ else
     echo "gpu-check.sh: apt-get download failed (run apt-get update first, or set DEBS_DIR)" >&2; exit 1; }
 fi
 
+echo "Mesa's device-select Vulkan layer (one worker per GPU on identical cards) and the libraries it loads"
+# Only the layer and its manifest from mesa-vulkan-drivers (the package is 8 MB of drivers the check
+# does not need); its libraries' .so files, which run.sh uses only where the machine lacks them.
+layer_debs="$(mktemp -d)"
+if [ -n "${DEBS_DIR:-}" ] && ls "$DEBS_DIR"/mesa-vulkan-drivers_*.deb >/dev/null 2>&1; then
+  cp "$DEBS_DIR"/mesa-vulkan-drivers_*.deb "$DEBS_DIR"/lib{xcb-dri3-0,wayland-client0,drm2,xcb1,ffi8,xau6,xdmcp6,bsd0,md0}_*.deb "$layer_debs/"
+else
+  (cd "$layer_debs" && apt-get download mesa-vulkan-drivers libxcb-dri3-0 libwayland-client0 libdrm2 libxcb1 libffi8 libxau6 libxdmcp6 libbsd0 libmd0 >/dev/null) || {
+    echo "gpu-check.sh: apt-get download of the device-select layer failed (run apt-get update first, or put the .deb files in DEBS_DIR)" >&2; exit 1; }
+fi
+mkdir -p "$b/layer/share/vulkan/implicit_layer.d" "$b/layer/lib" "$b/layer/deps"
+for d in "$layer_debs"/*.deb; do dpkg-deb -x "$d" "$layer_debs/x"; done
+cp "$layer_debs/x/usr/share/vulkan/implicit_layer.d/VkLayer_MESA_device_select.json" "$b/layer/share/vulkan/implicit_layer.d/"
+cp "$layer_debs/x/usr/lib/x86_64-linux-gnu/libVkLayer_MESA_device_select.so" "$b/layer/lib/"
+for so in libxcb-dri3.so.0 libwayland-client.so.0 libdrm.so.2 libxcb.so.1 libffi.so.8 libXau.so.6 libXdmcp.so.6 libbsd.so.0 libmd.so.0; do
+  cp -L "$layer_debs/x/usr/lib/x86_64-linux-gnu/$so" "$b/layer/deps/"
+done
+rm -rf "$layer_debs"
+
 cp scripts/gpu-check/run.sh "$b/run.sh"
 chmod +x "$b/run.sh"
 tar -cf "$bundle" -C "$stage" gpu-check
 size=$(stat -c %s "$bundle")
-echo "parts: $(cd "$b" && du -b node.xz app.tar.xz data debs | awk '{printf "%s %.1f MiB; ", $2, $1 / 1048576}')"
+echo "parts: $(cd "$b" && du -b node.xz app.tar.xz data debs layer | awk '{printf "%s %.1f MiB; ", $2, $1 / 1048576}')"
 if [ "$size" -gt "$limit" ]; then
   echo "gpu-check.sh: $bundle is $((size / 1048576)) MiB, over the 64 MiB limit" >&2
   exit 1

@@ -121,7 +121,7 @@ export function backendLabel(info: BackendInfo): string {
 }
 
 function adapterLine(a: AdapterChosen): string {
-  return `adapter '${a.name}' (vendor ${a.vendor || 'not reported'}, through ${a.via}${a.software ? ', software: a CPU rasterizer' : ''})`;
+  return `adapter '${a.name}' (vendor ${a.vendor || 'not reported'}, through ${a.via}${a.software ? ', software: a CPU rasterizer' : ''}${a.pci ? `, PCI ${a.pci}` : ''})`;
 }
 
 /** WebGPU on the adapter `want` names; when not required, a failure is returned as the reason. */

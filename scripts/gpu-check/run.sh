@@ -62,6 +62,19 @@ if [ -z "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" ] && ! ls /usr/share/vulkan/
   done
 fi
 
+# Mesa's device-select layer shows a process one GPU by its PCI address (how a worker opens its own
+# card among identical ones). Where the machine has no such layer, the bundled one is found through
+# XDG_DATA_DIRS (the Vulkan loader's implicit-layer search path), with the libraries it loads that the
+# machine lacks.
+if ! ls /usr/share/vulkan/implicit_layer.d/VkLayer_MESA_device_select.json /etc/vulkan/implicit_layer.d/VkLayer_MESA_device_select.json >/dev/null 2>&1; then
+  echo "no device-select layer on this machine: using the bundled one"
+  for so in "$here"/layer/deps/*; do
+    ldconfig -p 2>/dev/null | grep -q " $(basename "$so") " || cp -n "$so" "$here/layer/lib/"
+  done
+  export XDG_DATA_DIRS="$here/layer/share:${XDG_DATA_DIRS:-/usr/local/share:/usr/share}"
+  export LD_LIBRARY_PATH="$here/layer/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+
 echo "machine: $(uname -srm); GPUs: $(nvidia-smi -L 2>/dev/null | tr '\n' ';' || echo 'nvidia-smi not found')"
 echo "node: $("$work/node" --version); python: $(python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)' 2>/dev/null || echo 'python3 or torch missing')"
 cd "$work/app"
