@@ -19,6 +19,20 @@ export class UsageError extends Error {
   override readonly name: string = 'UsageError';
 }
 
+/**
+ * A data file that is missing, truncated, corrupt or does not match its
+ * partner (a data set's file, or a checkpoint to resume): bad input, exit 2.
+ */
+export class DataFileError extends UsageError {
+  override readonly name = 'DataFileError';
+  constructor(readonly file: string, problem: string) {
+    super(`${file}: ${problem}`);
+  }
+}
+
+/** errno codes that say the file given is not there or not readable by us (bad input), as against the disk failing. */
+export const INPUT_ERRNOS = new Set(['ENOENT', 'EACCES', 'EPERM', 'EISDIR', 'ENOTDIR', 'ELOOP', 'ENAMETOOLONG']);
+
 /** A run that stopped on a signal after writing its checkpoint: exit 128 + the signal's number. */
 export class RunStopped extends Error {
   override readonly name = 'RunStopped';

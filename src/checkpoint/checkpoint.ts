@@ -16,7 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, rmSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { DataFileError } from '../data/idx.js';
+import { DataFileError } from '../errors.js';
 import type { ModelSpec } from '../model/spec.js';
 import { parseTrainConfig, type TrainConfig } from '../config/train.js';
 import { fsyncDir, writeFileDurably, WriteError, type WriteFs } from './durable-write.js';
@@ -211,11 +211,11 @@ export function readCheckpointState(dir: string): CheckpointState {
   }
   const config = parseTrainConfig(withLegacyResize(raw.config), path);
   const p = raw.position;
-  if (p === undefined || ![p.epoch, p.step, p.globalStep].every((n) => Number.isInteger(n) && n >= 0)) {
+  if (typeof p !== 'object' || p === null || ![p.epoch, p.step, p.globalStep].every((n) => Number.isInteger(n) && n >= 0)) {
     throw new DataFileError(path, `position ${JSON.stringify(p)}: expected {epoch, step, globalStep} as counts`);
   }
   const t = raw.totals;
-  if (t !== undefined && !(Number.isFinite(t.epochLossSum) && Number.isInteger(t.epochSteps) && t.epochSteps >= 0 && t.epochSteps <= p.step
+  if (t !== undefined && !(typeof t === 'object' && t !== null && Number.isFinite(t.epochLossSum) && Number.isInteger(t.epochSteps) && t.epochSteps >= 0 && t.epochSteps <= p.step
     && Number.isFinite(t.trainSeconds) && t.trainSeconds >= 0)) {
     throw new DataFileError(path, `totals ${JSON.stringify(t)}: expected {epochLossSum, epochSteps ≤ step ${p.step}, trainSeconds ≥ 0} as numbers`);
   }

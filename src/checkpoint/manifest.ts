@@ -9,7 +9,7 @@
  */
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { DataFileError } from '../data/idx.js';
+import { DataFileError, INPUT_ERRNOS } from '../errors.js';
 import { hashFile, sha256, TMP_MARK, writeFileDurably, type WriteFs, type Written } from './durable-write.js';
 
 export const MANIFEST_FILE = 'checkpoint.manifest.json';
@@ -100,7 +100,9 @@ export function readCommitted(path: string, entry: FileEntry | undefined): Buffe
   try {
     buf = readFileSync(path);
   } catch (err) {
-    throw new DataFileError(path, `cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== undefined && !INPUT_ERRNOS.has(code)) throw new Error(`${path}: reading failed (${code})`); // the disk, not the input
+    throw new DataFileError(path, `cannot be read (${code ?? String(err)})`);
   }
   if (entry !== undefined) checkFile(path, entry, { bytes: buf.length, sha256: sha256(buf) });
   return buf;

@@ -5,7 +5,7 @@
  * tensor bytes. Only F32 is written or read here.
  */
 import { readFileSync } from 'node:fs';
-import { DataFileError } from '../data/idx.js';
+import { DataFileError } from '../errors.js';
 import { writeFileDurably, type WriteFs, type Written } from './durable-write.js';
 
 export interface NamedTensor {

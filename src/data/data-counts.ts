@@ -1,5 +1,4 @@
-import { findDataDir, FILES, dataFile } from './fashion-mnist.js';
-import { parseIdx, readIdxBytes } from './idx.js';
+import { findDataDir, loadSplit } from './fashion-mnist.js';
 import type { TrainConfig } from '../config/train.js';
 
 /** Samples a run uses of each split, and how many the data set has. */
@@ -13,8 +12,9 @@ export interface RunDataCounts {
 /**
  * How many training and test samples a run has, without keeping the images:
  * the coordinator needs the step count; the workers load the data. Reading
- * the label files' headers also checks that the data set is there and whole
- * before anything starts.
+ * both splits whole (images against labels, sizes against headers, label
+ * range: ~0.3 s) checks that the data set is there and sound before any
+ * worker starts: a bad file is bad input here, not a worker's failure.
  */
 export function loadRunDataCounts(cfg: TrainConfig): RunDataCounts {
   const limit = (n: number, l: number) => (l > 0 ? Math.min(n, l) : n);
@@ -25,10 +25,6 @@ export function loadRunDataCounts(cfg: TrainConfig): RunDataCounts {
     return { train, test, available: { train, test } };
   }
   const dir = findDataDir(cfg.dataDir);
-  const count = (name: string) => {
-    const path = dataFile(dir, name)!;
-    return parseIdx(path, readIdxBytes(path), 1).dims[0]!;
-  };
-  const available = { train: count(FILES.train.labels), test: count(FILES.t10k.labels) };
+  const available = { train: loadSplit(dir, 'train').count, test: loadSplit(dir, 't10k').count };
   return { train: limit(available.train, cfg.trainSamples), test: limit(available.test, cfg.testSamples), available };
 }

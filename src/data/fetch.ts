@@ -47,7 +47,7 @@ export async function fetchFashionMnist(dirArg: string | undefined, mirror = MIR
       body = Buffer.from(await res.arrayBuffer());
     } catch (err) {
       const why = err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
-      throw new UsageError(`cannot download ${url} (${why}); install Debian's dataset-fashion-mnist ` +
+      throw new Error(`cannot download ${url} (${why}); install Debian's dataset-fashion-mnist ` +
         `(apt-get install dataset-fashion-mnist, files in /usr/share/datasets/fashion-mnist) or copy the four .gz files into ${dir}`);
     }
     let sha: string;

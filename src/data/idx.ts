@@ -6,18 +6,9 @@
 import { gunzipSync } from 'node:zlib';
 import { basename } from 'node:path';
 import { readFileSync } from 'node:fs';
-import { UsageError } from '../errors.js';
+import { DataFileError, INPUT_ERRNOS } from '../errors.js';
 
-/**
- * A data file that is missing, truncated, corrupt or does not match its
- * partner (a data set's file, or a checkpoint to resume): bad input, exit 2.
- */
-export class DataFileError extends UsageError {
-  override readonly name = 'DataFileError';
-  constructor(readonly file: string, problem: string) {
-    super(`${file}: ${problem}`);
-  }
-}
+export { DataFileError };
 
 export interface IdxArray {
   dims: number[];
@@ -33,6 +24,7 @@ export function readIdxBytes(path: string): Buffer {
     raw = readFileSync(path);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
+    if (code !== undefined && !INPUT_ERRNOS.has(code)) throw new Error(`${path}: reading failed (${code})`); // the disk, not the input
     throw new DataFileError(path, code === 'ENOENT' ? 'not found' : `cannot be read (${code ?? String(err)})`);
   }
   if (raw[0] === GZIP_MAGIC[0] && raw[1] === GZIP_MAGIC[1]) {
