@@ -13,9 +13,8 @@ import { ARCHS, type Arch } from './model/spec.js';
 import { formatSummary, summarize } from './model/summary.js';
 import { fetchFashionMnist } from './data/fetch.js';
 import { findDataDir, loadSplit } from './data/fashion-mnist.js';
-import type { TrainConfig } from './config/train.js';
-import { givenConfig, newRunConfig, resumeOverrides, type RecipeName, type ResumeOverrides } from './config/train-flags.js';
-import { readCheckpointState } from './checkpoint/checkpoint.js';
+import { CPU_DEFAULTS, type TrainConfig } from './config/train.js';
+import { commandLineConfig, newRunConfig, type RecipeName } from './config/train-flags.js';
 import { train, type Mode } from './run/loop.js';
 import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './config/cluster.js';
 import { planDevices, type WorkerCommandOverride } from './run/launcher.js';
@@ -268,26 +267,11 @@ async function runTrain(o: TrainFlags, g: GlobalFlags, placed?: { cluster: Clust
   if (o.resume !== undefined && o.out !== undefined && o.resume !== o.out) {
     throw new UsageError('--resume and --out name different directories: a resumed run continues in its own directory');
   }
-  const given = givenConfig(flagsConfig(o, g), o.recipeGiven ? o.recipe : undefined);
-  let config: TrainConfig;
-  let resumeWith: ResumeOverrides | undefined;
-  if (o.resume !== undefined) {
-    const saved = readCheckpointState(o.resume).config;
-    resumeWith = resumeOverrides(o.resume, saved, given);
-    config = saved;
-  } else {
-    // The split is of the two-tower net: --mode model implies --arch original. On
-    // the CPU recipe (width 0.25) the paper's N(0, 0.01) weights with biases of 1
-    // let no input signal reach the logits, so it also takes Xavier weights.
-    if (o.mode === 'model' && given.arch === undefined) {
-      given.arch = 'original';
-      if (given.init === undefined && o.recipe === 'cpu') given.init = 'xavier-uniform';
-    }
-    if (given.arch === 'original' && given.channels === undefined) given.channels = 3; // the 2012 net's RGB input, Fashion-MNIST's grey repeated
-    if (given.adapter !== undefined) parseAdapterWant(given.adapter);
-    config = newRunConfig(given, o.recipe);
-    specOf(config); // checks the size now, not after loading data
-  }
+  const given = commandLineConfig(flagsConfig(o, g), o);
+  if (given.adapter !== undefined) parseAdapterWant(given.adapter);
+  // A resumed run's config is its checkpoint's: preflight compares the command line with it (train-flags.ts).
+  const config: TrainConfig = o.resume !== undefined ? CPU_DEFAULTS : newRunConfig(given, o.recipe);
+  if (o.resume === undefined) specOf(config); // checks the size now, not after loading data
   const outDir = o.resume ?? o.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
   let mode = o.mode;
   let workers: WorkerSpec[] = [];
@@ -309,8 +293,8 @@ async function runTrain(o: TrainFlags, g: GlobalFlags, placed?: { cluster: Clust
   // Flags for a mode the run does not have are refused (loop.ts), except after a fallback to one process, which says so above.
   const fellBack = mode !== o.mode;
   const result = await train({
-    config, outDir, resume: resumeWith !== undefined, mode: mode as Mode, progress: o.progress, insecure: o.insecure === true,
-    ...(resumeWith ? { resumeWith } : {}),
+    config, outDir, resume: o.resume !== undefined, mode: mode as Mode, progress: o.progress, insecure: o.insecure === true,
+    ...(o.resume !== undefined ? { resumeGiven: given } : {}),
     ...(cluster && !fellBack ? { cluster, workers } : {}),
     ...(o.microBatches !== undefined && !fellBack ? { microBatches: o.microBatches } : {}),
     ...(o.overlap === false && !fellBack ? { overlap: false } : {}),

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
-import { givenConfig, resumeOverrides } from '../src/config/train-flags.js';
+import { commandLineConfig, givenConfig, newRunConfig, resumeOverrides } from '../src/config/train-flags.js';
 
 const SAVED: TrainConfig = { ...CPU_DEFAULTS, width: 0.125, epochs: 3 };
 
@@ -32,4 +32,18 @@ describe('flags on --resume', () => {
       expect(() => resumeOverrides('runs/x', SAVED, givenConfig(flags, recipe))).toThrow(message);
     });
   }
+
+  it('--mode model makes the run the two-tower net even under --recipe d2l, and the same command line resumes it', () => {
+    const line = { recipe: 'd2l' as const, recipeGiven: true, mode: 'model' };
+    const given = commandLineConfig({ epochs: 2 }, line);
+    expect([given.arch, given.channels, given.resolution]).toEqual(['original', 3, 224]);
+    const saved = newRunConfig(given, 'd2l');
+    expect(resumeOverrides('runs/x', saved, commandLineConfig({ epochs: 2 }, line))).toEqual({});
+  });
+
+  it('refuses --recipe cpu for a run started with the d2l recipe', () => {
+    const d2l = newRunConfig(givenConfig({}, 'd2l'), 'd2l');
+    expect(() => resumeOverrides('runs/x', d2l, commandLineConfig({}, { recipe: 'cpu', recipeGiven: true, mode: 'single' })))
+      .toThrow("--width 0.25 differs from the run's saved width 1");
+  });
 });

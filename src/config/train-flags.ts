@@ -13,7 +13,7 @@ const FLAG: Record<keyof TrainConfig, string> = {
   epochs: '--epochs', lr: '--lr', momentum: '--momentum', weightDecay: '--weight-decay', lrDecayEpochs: '--lr-decay-epochs',
   lrDecay: '--lr-decay', seed: '--seed', augment: '--augment', trainSamples: '--train-samples', testSamples: '--test-samples',
   data: '--synthetic', dataDir: '--data', checkpointEvery: '--checkpoint-every', evalBatch: '--eval-batch', backend: '--backend',
-  adapter: '--adapter', resize: '--resize',
+  adapter: '--adapter', resize: '(config key) resize',
 };
 
 /**
@@ -24,9 +24,31 @@ const FLAG: Record<keyof TrainConfig, string> = {
 const WHERE = ['backend', 'adapter', 'dataDir', 'checkpointEvery', 'evalBatch'] as const;
 export type ResumeOverrides = Partial<Pick<TrainConfig, (typeof WHERE)[number]>>;
 
-/** What a preset sets, by name. */
-const RECIPES = { cpu: {}, d2l: D2L_RECIPE } as const satisfies Record<string, Partial<TrainConfig>>;
+/** What a preset sets, by name: the same keys for each, so that either, given on a resume, is compared whole. */
+const RECIPES = {
+  cpu: Object.fromEntries(Object.keys(D2L_RECIPE).map((k) => [k, CPU_DEFAULTS[k as keyof TrainConfig]])) as Partial<TrainConfig>,
+  d2l: D2L_RECIPE,
+} as const satisfies Record<string, Partial<TrainConfig>>;
 export type RecipeName = keyof typeof RECIPES;
+
+/**
+ * The config keys a command line sets (givenConfig), with what its mode
+ * implies: the split is of the two-tower net, so --mode model without
+ * --arch means 'original', and on the CPU recipe Xavier weights (the paper's
+ * N(0, 0.01) with biases of 1 lets no signal reach the logits at width
+ * 0.25); 'original' without --channels takes RGB (the grey image repeated).
+ * A resumed run compares these with its saved config, so the same command
+ * line given again (a requeued job) is accepted.
+ */
+export function commandLineConfig(flags: Partial<TrainConfig>, o: { recipe: RecipeName; recipeGiven: boolean; mode: string }): Partial<TrainConfig> {
+  const given = givenConfig(flags, o.recipeGiven ? o.recipe : undefined);
+  if (o.mode === 'model' && flags.arch === undefined) {
+    given.arch = 'original';
+    if (flags.init === undefined && o.recipe === 'cpu') given.init = 'xavier-uniform';
+  }
+  if (given.arch === 'original' && flags.channels === undefined) given.channels = 3;
+  return given;
+}
 
 /**
  * The config keys the command line sets: the preset's when `--recipe` was

@@ -8,7 +8,8 @@
 import { readCheckpointState, type CheckpointState } from '../checkpoint/checkpoint.js';
 import { checkSecurity, type ClusterConfig, type WorkerSpec } from '../config/cluster.js';
 import { parseTrainConfig, type TrainConfig } from '../config/train.js';
-import type { ResumeOverrides } from '../config/train-flags.js';
+import { resumeOverrides, type ResumeOverrides } from '../config/train-flags.js';
+import { parseAdapterWant } from '../webgpu.js';
 import { loadRunDataCounts } from '../data/data-counts.js';
 import { UsageError } from '../errors.js';
 import { specOf } from '../model/alexnet.js';
@@ -27,8 +28,12 @@ export interface RunRequest {
   outDir: string;
   /** continue from the checkpoint in outDir (its saved config wins) */
   resume?: boolean;
-  /** on resume: where the run computes, reads its data and how often it saves, which may change between machines (said aloud) */
-  resumeWith?: ResumeOverrides;
+  /**
+   * on resume: the config keys the command line gives; where the run computes,
+   * reads its data and how often it saves are taken (said aloud), anything
+   * else must equal the saved config (train-flags.ts)
+   */
+  resumeGiven?: Partial<TrainConfig>;
   /** single (default without a cluster), data (default with one) or model */
   mode?: Mode;
   /** data and model modes: the cluster and the workers to start on it */
@@ -79,7 +84,8 @@ export interface Preflight {
  */
 export async function preflight(opts: RunRequest, log: (line: string) => void): Promise<Preflight> {
   const saved = opts.resume ? readCheckpointState(opts.outDir) : undefined;
-  const cfg = saved !== undefined ? resumedConfig(saved.config, opts.resumeWith ?? {}, log) : opts.config;
+  const cfg = saved !== undefined ? resumedConfig(saved.config, resumeOverrides(opts.outDir, saved.config, opts.resumeGiven ?? {}), log) : opts.config;
+  if (cfg.adapter !== undefined) parseAdapterWant(cfg.adapter);
   const spec = specOf(cfg);
   const mode: Mode = opts.mode ?? (opts.cluster ? 'data' : 'single');
   const workers = checkMode(mode, cfg, opts);
