@@ -55,7 +55,7 @@ JSON
 # and continues (the same flags may be given again; one that would change the
 # saved run is refused).
 run="$job/run"
-resume=()
+resume=() # expanded as ${resume[@]+...}: an empty array is "unbound" to set -u before bash 4.4
 [ -f "$run/checkpoint.manifest.json" ] && resume=(--resume "$run")
 
 # --kill-on-bad-exit: a worker that fails ends the step at once (not at the
@@ -63,4 +63,4 @@ resume=()
 # The job's exit code is the coordinator's (README: Exit codes): 0 finished,
 # 1 failed, 2 bad input, 143 stopped by scancel after its checkpoint (rerun
 # this script, or `scontrol requeue`, to continue).
-srun --kill-on-bad-exit=1 --label splitnet launch --config "$job/cluster.json" --out "$run" "${resume[@]}" "$@"
+srun --kill-on-bad-exit=1 --label splitnet launch --config "$job/cluster.json" --out "$run" ${resume[@]+"${resume[@]}"} "$@"

@@ -9,6 +9,8 @@ import { UsageError } from '../errors.js';
 
 /** How long one name may take to resolve, ms (a resolver that does not answer is a failure too). */
 const LOOKUP_MS = 10_000;
+/** getaddrinfo's answers that the name does not exist (bad input); anything else (EAI_AGAIN, a timeout) is the network failing. */
+const NO_SUCH_NAME = new Set(['ENOTFOUND', 'EAI_NONAME', 'EAI_NODATA']);
 
 async function resolves(host: string): Promise<string | undefined> {
   let timer: NodeJS.Timeout | undefined;
@@ -26,5 +28,7 @@ export async function resolveHosts(cluster: ClusterConfig, workers: WorkerSpec[]
   cluster.workers.forEach((w, i) => { if (workers.includes(w) && !roles.has(w.host)) roles.set(w.host, `workers.${i}.host`); });
   const failures = await Promise.all([...roles].map(async ([host, key]) => ({ host, key, why: await resolves(host) })));
   const bad = failures.find((f) => f.why !== undefined);
-  if (bad !== undefined) throw new UsageError(`${bad.key}: host '${bad.host}' does not resolve (${bad.why}): fix the name in the cluster config; nothing was started`);
+  if (bad === undefined) return;
+  if (NO_SUCH_NAME.has(bad.why!)) throw new UsageError(`${bad.key}: host '${bad.host}' does not resolve (${bad.why}): fix the name in the cluster config; nothing was started`);
+  throw new Error(`${bad.key}: host '${bad.host}' could not be looked up (${bad.why}): the name service is failing; nothing was started`);
 }
