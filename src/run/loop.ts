@@ -10,8 +10,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { backendLabel, initBackend } from '../backend.js';
-import { parseAdapterWant } from '../webgpu.js';
+import { backendLabel } from '../backend.js';
 import { readCheckpointTensors, saveCheckpoint, type Position, type RunTotals, type TrainState } from '../checkpoint/checkpoint.js';
 import { learningRate, type TrainConfig } from '../config/train.js';
 import { loadRunData } from '../data/run-data.js';
@@ -109,7 +108,7 @@ async function trainLocked(opts: TrainOptions, plan: Preflight, log: (line: stri
   let strategy: Strategy;
   let cluster: Cluster | undefined;
   if (mode === 'single') {
-    const backend = await initBackend(cfg.backend, parseAdapterWant(cfg.adapter ?? 'hardware'));
+    const backend = plan.backend!;
     const data = loadRunData(cfg);
     const single = new SingleStrategy(cfg, data);
     strategy = single;

@@ -10,6 +10,8 @@ import { checkSecurity, type ClusterConfig, type WorkerSpec } from '../config/cl
 import { parseTrainConfig, type TrainConfig } from '../config/train.js';
 import { resumeOverrides, type ResumeOverrides } from '../config/train-flags.js';
 import { parseAdapterWant } from '../webgpu.js';
+import { initBackend, type BackendInfo } from '../backend.js';
+import { readRunKeys } from '../wire/key-file.js';
 import { loadRunDataCounts } from '../data/data-counts.js';
 import { UsageError } from '../errors.js';
 import { specOf } from '../model/alexnet.js';
@@ -74,6 +76,8 @@ export interface Preflight {
   mode: Mode;
   workers: WorkerSpec[];
   stepsPerEpoch: number;
+  /** single mode: the backend, already started (a backend that is missing is bad input, found here) */
+  backend?: BackendInfo;
 }
 
 /**
@@ -97,8 +101,12 @@ export async function preflight(opts: RunRequest, log: (line: string) => void): 
   if (cfg.testSamples > available.test) log(`splitnet: --test-samples ${cfg.testSamples} is more than the data set's ${available.test} test images: evaluating on all of them`);
   const stepsPerEpoch = Math.floor(counts.train / cfg.batch);
   if (stepsPerEpoch === 0) throw new UsageError(`batch ${cfg.batch} is larger than the ${counts.train} training samples`);
-  if (opts.cluster !== undefined && mode !== 'single') await resolveHosts(opts.cluster, workers);
-  return { saved, cfg, spec, mode, workers, stepsPerEpoch };
+  if (opts.cluster !== undefined && mode !== 'single') {
+    await resolveHosts(opts.cluster, workers);
+    if (opts.cluster.security === 'curve' && opts.cluster.keys !== undefined) readRunKeys(opts.cluster.keys, workers.length);
+  }
+  const backend = mode === 'single' ? await initBackend(cfg.backend, parseAdapterWant(cfg.adapter ?? 'hardware')) : undefined;
+  return { saved, cfg, spec, mode, workers, stepsPerEpoch, ...(backend ? { backend } : {}) };
 }
 
 /** The saved config, with the overrides a resume allows, each said aloud where it changes something. */
