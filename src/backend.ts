@@ -6,6 +6,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs';
 import { registerComposedTrainingKernels, registerWebGpuTrainingKernels, type KernelSet, type WebGpuFilterGradient } from './kernels/register.js';
 import { UsageError } from './errors.js';
@@ -89,6 +90,26 @@ export function wasmKernelSet(): KernelSet {
     throw new UsageError(`SPLITNET_WASM_KERNELS: expected 'all' or 'filter-only', got '${v}'`);
   }
   return v;
+}
+
+/**
+ * Whether `auto` will end on wasm in a process given a GPU (`gpu`) or none,
+ * decided without starting anything: the order of initBackend's `auto`
+ * below, each step's precondition checked as cheaply as it can be.
+ */
+export function autoEndsOnWasm(gpu: boolean): boolean {
+  const installed = (pkg: string) => {
+    try {
+      createRequire(import.meta.url).resolve(pkg);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (installed(NATIVE.tensorflow.pkg)) return false;
+  if (!gpu) return true;
+  if (installed(NATIVE['tensorflow-gpu'].pkg) && visibleGpus().length > 0) return false;
+  return hardwareUnreachable() !== undefined;
 }
 
 /** WebGPU's filter gradient: ours (matmul, the default) or tfjs's naive shader ($SPLITNET_WEBGPU_FILTER_GRAD=naive: benchmarks). */

@@ -6,9 +6,8 @@
  * heap is full; every backend: "Invalid typed array length" past 2^32
  * elements).
  */
-import { createRequire } from 'node:module';
 import { totalmem } from 'node:os';
-import { visibleGpus } from '../backend.js';
+import { autoEndsOnWasm } from '../backend.js';
 import type { TrainConfig } from '../config/train.js';
 import { UsageError } from '../errors.js';
 import { shapesOf } from './shapes.js';
@@ -79,31 +78,20 @@ export function perProcessBatch(mode: string, batch: number, workers: number): n
 }
 
 /**
- * Where the step's tensors live and how much fits: wasm's heap when the
- * backend is (or `auto` will fall back to) wasm, else this host's memory. A
- * GPU's own memory is not known before its backend opens; there the host's
- * memory is the bound checked here.
+ * Where one process's tensors live and how much fits: wasm's heap when the
+ * backend is (or `auto` will be, for a process with or without a GPU) wasm,
+ * else this host's memory. A GPU's own memory is not known before its
+ * backend opens; there the host's memory is the bound checked here.
  */
-export function memoryLimit(backend: TrainConfig['backend']): { bytes: number; what: string } {
+export function memoryLimit(backend: TrainConfig['backend'], gpu: boolean): { bytes: number; what: string } {
   const host = { bytes: totalmem(), what: "this host's memory" };
   const wasm = { bytes: Math.min(WASM_HEAP_BYTES, host.bytes), what: "the wasm backend's heap" };
-  if (backend === 'wasm') return wasm;
-  if (backend === 'auto') return autoFallsBackToWasm() ? wasm : host;
+  if (backend === 'wasm' || (backend === 'auto' && autoEndsOnWasm(gpu))) return wasm;
   return host;
 }
 
-/** Whether `auto` will end on wasm here: no GPU visible and no native TensorFlow package installed. */
-function autoFallsBackToWasm(): boolean {
-  if (visibleGpus().length > 0) return false;
-  const require = createRequire(import.meta.url);
-  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
-    try {
-      require.resolve(pkg);
-      return false;
-    } catch { /* not installed */ }
-  }
-  return true;
-}
+/** The processes of a run on this host: how many, and whether they are given a GPU. */
+export interface ProcessesHere { count: number; gpu: boolean }
 
 const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
 
@@ -112,16 +100,21 @@ const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
  * how much it would need, what holds less, and which knobs shrink it.
  * `batch` is what one process computes at once (perProcessBatch).
  */
-export function checkMemory(spec: ModelSpec, cfg: TrainConfig, batch: number, towers: number = spec.towers): void {
+export function checkMemory(spec: ModelSpec, cfg: TrainConfig, batch: number, towers: number, here: ProcessesHere): void {
   const need = estimateMemory(spec, batch, cfg.evalBatch, towers);
   const shrink = `lower --resolution (${cfg.resolution}), --width (${cfg.width}), --batch (${cfg.batch}) or --eval-batch (${cfg.evalBatch})`;
   if (need.largestTensor > MAX_TYPED_ARRAY) {
     throw new UsageError(`${spec.arch} AlexNet at ${cfg.resolution}×${cfg.resolution}, width ${cfg.width}: ${need.largestName} would have ` +
       `${need.largestTensor.toExponential(2)} elements, more than one array can hold (2^32): ${shrink}`);
   }
-  const limit = memoryLimit(cfg.backend);
+  const limit = memoryLimit(cfg.backend, here.gpu);
+  const what = `${spec.arch} AlexNet at ${cfg.resolution}×${cfg.resolution}, width ${cfg.width}, ${batch} samples per process`;
   if (need.bytes > limit.bytes) {
-    throw new UsageError(`${spec.arch} AlexNet at ${cfg.resolution}×${cfg.resolution}, width ${cfg.width}, ${batch} samples per process ` +
-      `would need about ${gib(need.bytes)} per process, more than ${limit.what} (${gib(limit.bytes)}): ${shrink}`);
+    throw new UsageError(`${what} would need about ${gib(need.bytes)} per process, more than ${limit.what} (${gib(limit.bytes)}): ${shrink}`);
+  }
+  const host = totalmem();
+  if (here.count > 1 && need.bytes * here.count > host) {
+    throw new UsageError(`${what} would need about ${gib(need.bytes)} in each of the ${here.count} processes on this host, ` +
+      `${gib(need.bytes * here.count)} in all, more than this host's memory (${gib(host)}): ${shrink}, or run fewer workers here`);
   }
 }

@@ -6,7 +6,7 @@
  * (exit 2) that leaves nothing behind; what passes is the plan the loop runs.
  */
 import { readCheckpointState, type CheckpointState } from '../checkpoint/checkpoint.js';
-import { checkSecurity, type ClusterConfig, type WorkerSpec } from '../config/cluster.js';
+import { checkSecurity, isLocal, type ClusterConfig, type WorkerSpec } from '../config/cluster.js';
 import { parseTrainConfig, type TrainConfig } from '../config/train.js';
 import { resumeOverrides, type ResumeOverrides } from '../config/train-flags.js';
 import { parseAdapterWant } from '../webgpu.js';
@@ -93,8 +93,11 @@ export async function preflight(opts: RunRequest, log: (line: string) => void): 
   const spec = specOf(cfg);
   const mode: Mode = opts.mode ?? (opts.cluster ? 'data' : 'single');
   const workers = checkMode(mode, cfg, opts);
-  // A tower of the split holds 1 of the net's towers; a replica or one process all of them.
-  checkMemory(spec, cfg, perProcessBatch(mode, cfg.batch, workers.length), mode === 'model' ? 1 : spec.towers);
+  // A tower of the split holds 1 of the net's towers; a replica or one process all of them. Checked for
+  // the processes on this host (a remote host's memory is its own: its workers find out there).
+  const local = workers.filter((w) => isLocal(w.host));
+  const here = mode === 'single' ? { count: 1, gpu: true } : { count: local.length, gpu: local.some((w) => w.device !== 'cpu') };
+  if (here.count > 0) checkMemory(spec, cfg, perProcessBatch(mode, cfg.batch, workers.length), mode === 'model' ? 1 : spec.towers, here);
   const counts = loadRunDataCounts(cfg);
   const { available } = counts;
   if (cfg.trainSamples > available.train) log(`splitnet: --train-samples ${cfg.trainSamples} is more than the data set's ${available.train} training images: training on all of them`);
