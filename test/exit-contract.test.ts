@@ -12,6 +12,7 @@ import { gzipSync } from 'node:zlib';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train } from '../src/run/loop.js';
+import { freePorts } from '../src/wire/free-ports.js';
 import { alive, Spawned } from './helpers/cluster.js';
 import { idxBytes, tempDir, writeTinyDataset } from './helpers/idx-files.js';
 
@@ -51,6 +52,8 @@ interface Row {
   signal?: NodeJS.Signals;
   /** bad input leaves no run directory behind (default: exit 2) */
   noRunDir?: boolean;
+  /** Node processes it starts besides itself (workers); none may be left */
+  workers?: number;
 }
 
 const ROWS: Row[] = [
@@ -78,6 +81,23 @@ const ROWS: Row[] = [
       bad[0] = 8; bad[1] = 1;
       writeFileSync(join(d, 'train-labels-idx1-ubyte.gz'), gzipSync(bad));
       return ['train', ...TINY, '--data', d, '--out', join(d, 'run')];
+    },
+  },
+  {
+    name: 'a truncated images file', code: 2, line: /^splitnet: .*train-images-idx3-ubyte: truncated: header says 20×28×28 = 15680 bytes of data, file has 1000$/,
+    args: (d) => {
+      writeTinyDataset(d, 20, 10, false);
+      const images = join(d, 'train-images-idx3-ubyte');
+      writeFileSync(images, readFileSync(images).subarray(0, 16 + 1000));
+      return ['launch', ...TINY, '--data', d, '--config', clusterFile(d, ['127.0.0.1', '127.0.0.1']), '--out', join(d, 'run')];
+    },
+  },
+  {
+    name: 'a key file that does not exist', code: 2, line: /^splitnet: \/nonexistent\/keys: cannot read the key file \(ENOENT\)$/,
+    args: (d) => {
+      const config = clusterFile(d, ['127.0.0.1', '127.0.0.1']);
+      writeFileSync(config, JSON.stringify({ ...JSON.parse(readFileSync(config, 'utf8')) as object, keys: '/nonexistent/keys' }));
+      return ['launch', ...TINY, '--synthetic', '--config', config, '--out', join(d, 'run')];
     },
   },
   { name: '--resume of a directory with no checkpoint', code: 2, noRunDir: false, line: /^splitnet: .*checkpoint\.manifest\.json: not found .*nothing to resume/, args: (d) => { mkdirSync(join(d, 'run')); return ['train', '--resume', join(d, 'run')]; } },
@@ -119,6 +139,18 @@ const ROWS: Row[] = [
   },
   { name: 'a run that diverges', code: 1, line: /^splitnet: error: loss is (NaN|Infinity) at epoch 0 step \d+: the run diverged; lower --lr$/, args: (d) => ['train', ...TINY, '--synthetic', '--train-samples', '64', '--lr', '1e30', '--out', join(d, 'run')] },
   { name: 'a run stopped by SIGINT (Ctrl-C)', code: 130, signal: 'SIGINT', line: /^splitnet: stopped by SIGINT: continue with --resume /, args: (d) => ['train', ...TINY, '--synthetic', '--train-samples', '8000', '--out', join(d, 'run')] },
+  {
+    name: 'a data-parallel run stopped by SIGTERM', code: 143, signal: 'SIGTERM', workers: 2, line: /^splitnet: stopped by SIGTERM: continue with --resume /,
+    args: async (d) => {
+      const config = clusterFile(d, ['127.0.0.1', '127.0.0.1']);
+      const [coord, ...peers] = await freePorts(3);
+      const c = JSON.parse(readFileSync(config, 'utf8')) as { coordinator: { port: number }; workers: Array<{ port: number }> };
+      c.coordinator.port = coord!;
+      c.workers.forEach((w, i) => { w.port = peers[i]!; });
+      writeFileSync(config, JSON.stringify(c));
+      return ['launch', ...TINY, '--synthetic', '--train-samples', '8000', '--config', config, '--out', join(d, 'run')];
+    },
+  },
   { name: 'a run stopped by SIGTERM', code: 143, signal: 'SIGTERM', line: /^splitnet: stopped by SIGTERM: continue with --resume /, args: (d) => ['train', ...TINY, '--synthetic', '--train-samples', '8000', '--out', join(d, 'run')] },
 ];
 
@@ -156,7 +188,7 @@ afterAll(() => {
 
 describe('the exit-code contract', () => {
   for (const row of ROWS) {
-    it(`${row.name}: exit ${row.code}, one line, no process started or left`, async () => {
+    it(`${row.name}: exit ${row.code}, one line, ${row.workers ? `its ${row.workers} workers and nothing else started, none left` : 'no process started or left'}`, async () => {
       const dir = tempDir();
       const args = await row.args(dir);
       const r = await run(args, dir, row.signal);
@@ -166,8 +198,8 @@ describe('the exit-code contract', () => {
       expect(line, r.out).toBeDefined();
       if (row.code === 2) expect(r.out.split('\n').filter((l) => l.startsWith('splitnet: ')), r.out).toHaveLength(1);
       if (row.noRunDir ?? row.code === 2) expect(existsSync(join(dir, 'run')), 'a run directory for refused input').toBe(false);
-      // Only the command itself ran (no worker, no ssh), and nothing it started is left.
-      expect(r.started.map((s) => s.argv), r.out).toHaveLength(1);
+      // Only the command itself ran (no worker, no ssh, unless the row starts workers), and nothing it started is left.
+      expect(r.started.map((s) => s.argv), r.out).toHaveLength(1 + (row.workers ?? 0));
       expect(r.started[0]!.argv).toContain('src/cli.ts');
       for (const s of r.started) expect(alive(s.pid), s.argv).toBe(false);
     });
