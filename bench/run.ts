@@ -54,6 +54,7 @@ sized('split', 'the 2012 two-tower split over 2 workers vs the two towers in one
 sized('webgpu-kernels', "WebGPU's convolution gradients per layer: tfjs's naive filter gradient vs ours as matmuls; direct vs matmul input gradient", { resolution: 224, batch: 32, steps: 2 })
   .option('--adapter <which>', "'software' (llvmpipe: the proxy) or 'hardware'", 'software')
   .option('--layers <list>', 'comma list of conv layers (default: all)')
-  .action(async (o: Sized & { adapter: string; layers?: string }) => webGpuKernelBench({ ...o, runs: o.steps }));
+  .option('--no-input-gradients', 'time the filter gradients only')
+  .action(async (o: Sized & { adapter: string; layers?: string; inputGradients: boolean }) => webGpuKernelBench({ ...o, runs: o.steps }));
 
 await program.parseAsync(process.argv);

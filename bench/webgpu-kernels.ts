@@ -25,7 +25,7 @@ import { closeWebGpu, parseAdapterWant } from '../src/webgpu.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-export interface WebGpuKernelOptions { resolution: number; width: number; batch: number; runs: number; adapter: string; layers?: string }
+export interface WebGpuKernelOptions { resolution: number; width: number; batch: number; runs: number; adapter: string; layers?: string; inputGradients?: boolean }
 
 interface ConvCase { name: string; x: number[]; dy: number[]; kernel: number; stride: number; pad: number }
 
@@ -94,7 +94,7 @@ export async function timeConvGradients(o: Omit<WebGpuKernelOptions, 'adapter'>,
       const row: KernelRow = {
         layer: k.name, x: k.x, dy: k.dy, kernel: k.kernel, stride: k.stride, pad: k.pad,
         filterNaiveMs: await filterGrad('naive'), filterMatMulMs: await filterGrad('matmul'),
-        inputDirectMs: await inputGrad(true), inputMatMulMs: await inputGrad(false),
+        inputDirectMs: o.inputGradients === false ? NaN : await inputGrad(true), inputMatMulMs: o.inputGradients === false ? NaN : await inputGrad(false),
       };
       rows.push(row);
       tf.dispose([x, dy, filter]);

@@ -106,7 +106,7 @@ cp scripts/gpu-check/run.sh "$b/run.sh"
 chmod +x "$b/run.sh"
 tar -cf "$bundle" -C "$stage" gpu-check
 size=$(stat -c %s "$bundle")
-echo "parts: $(cd "$b" && du -b node.xz app.tar.xz data debs layer | awk '{printf "%s %.1f MiB; ", $2, $1 / 1048576}')"
+echo "parts: $(cd "$b" && du -bs node.xz app.tar.xz data debs layer | awk '{printf "%s %.1f MiB; ", $2, $1 / 1048576}')"
 if [ "$size" -gt "$limit" ]; then
   echo "gpu-check.sh: $bundle is $((size / 1048576)) MiB, over the 64 MiB limit" >&2
   exit 1

@@ -53,6 +53,9 @@ const SHAPES: Array<[string, number, number, number, number, number, number]> = 
   ['original conv1 (11×11, stride 4, pad 0)', 67, 3, 6, 11, 4, 0],
   ['conv2 (5×5, pad 2)', 13, 6, 8, 5, 1, 2],
   ['conv3–conv5 (3×3, pad 1)', 6, 8, 12, 3, 1, 1],
+  // Ci ≥ 32: the taps as a batch of products (the other form of the kernel)
+  ['conv3–conv5 at ≥ 32 channels (3×3, pad 1, per-tap products)', 5, 40, 12, 3, 1, 1],
+  ['conv2 at ≥ 32 channels (5×5, pad 2, per-tap products)', 7, 32, 8, 5, 1, 2],
 ];
 
 describe('WebGPU Conv2DBackpropFilter as matrix products', () => {

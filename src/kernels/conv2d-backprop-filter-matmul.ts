@@ -17,15 +17,25 @@ import { KernelScope, padOrCrop } from './kernel-scope.js';
  *
  * For one filter tap (kh, kw) this is Xtapᵀ · dY, where Xtap [N, Ci] is the
  * strided window of xPad that tap reads (N = B·OH·OW) and dY is dy as
- * [N, Co]. All KH·KW taps at once are one batched product:
- *   xPad [B,Hp,Wp,Ci] -> KH·KW strided slices [B,OH,OW,Ci] -> stack [KH·KW, N, Ci]   (im2col)
- *   dy [B,OH,OW,Co] -> reshape [1, N, Co]                                            (shared by every tap)
- *   BatchMatMul(transposeA) -> [KH·KW, Ci, Co] -> reshape [KH,KW,Ci,Co]
- * The im2col buffer holds KH·KW·N·Ci floats (conv2 of d2l AlexNet at batch 32:
- * 25 × 21,632 × 96 = 52 M, 208 MB); taps are therefore sliced in groups whose
- * stack stays under PATCH_BUDGET floats, each group one batched product.
+ * [N, Co]. All taps side by side are the im2col matrix, and dW one product:
+ *   xPad [B,Hp,Wp,Ci] -> KH·KW strided slices [B,OH,OW,Ci] -> concat on channels [B,OH,OW,KH·KW·Ci]
+ *   -> reshape [1, N, KH·KW·Ci]                                                       (im2col)
+ *   dy [B,OH,OW,Co] -> reshape [1, N, Co]
+ *   MatMul(transposeA) -> [1, KH·KW·Ci, Co] -> reshape [KH,KW,Ci,Co]  (rows tap-major, channel-minor)
+ * Where Ci is at least a matmul tile (ONE_MATRIX_BELOW_CI), the taps are
+ * instead a batch of KH·KW products [N, Ci]ᵀ·[N, Co] (stacked on a new
+ * leading axis, dY shared by all): measured 7.7–10.9× tfjs's shader on
+ * conv2–conv5 at 224 px, batch 32 (llvmpipe). Below it, per-tap products
+ * of a few rows tile badly (conv1 on grey images, Ci = 1, 67 px, batch 8:
+ * 184 ms per tap against 46 ms as one matrix).
+ * The im2col matrix holds KH·KW·N·Ci floats (conv2 of d2l AlexNet at batch 32:
+ * 25 × 21,632 × 96 = 52 M, 208 MB); taps are therefore taken in groups whose
+ * columns stay under PATCH_BUDGET floats, each group one product, the
+ * groups' rows concatenated.
  */
 const PATCH_BUDGET = 2 ** 24; // floats (64 MiB) per im2col group
+/** Input channels below which all taps are one matrix rather than a batch of per-tap products: the 32-row tile of tfjs's matmul. */
+const ONE_MATRIX_BELOW_CI = 32;
 
 export function conv2DBackpropFilterViaMatMul(args: {
   inputs: { x: TensorInfo; dy: TensorInfo };
@@ -66,13 +76,18 @@ export function conv2DBackpropFilterViaMatMul(args: {
           begin: [0, r, c, 0], end: [b, r + (oh - 1) * sh + 1, c + (ow - 1) * sw + 1, ci], strides: [1, sh, sw, 1],
           beginMask: 0, endMask: 0, ellipsisMask: 0, newAxisMask: 0, shrinkAxisMask: 0,
         } as unknown as NamedAttrMap);
-        slices.push(scope.run('Reshape', { x: tap }, { shape: [1, n, ci] }));
+        slices.push(tap);
       }
-      // [g, N, Ci]ᵀ · [1, N, Co] -> [g, Ci, Co]: one product per tap, dY broadcast over them.
-      const patches = slices.length === 1 ? slices[0]! : scope.run('Concat', slices as unknown as Record<string, TensorInfo>, { axis: 0 });
-      groups.push(scope.run('BatchMatMul', { a: patches, b: dY }, { transposeA: true, transposeB: false }));
+      const g = slices.length;
+      // One matrix: [B,OH,OW,g·Ci] -> [1, N, g·Ci]. Per tap: g × [N, Ci] stacked -> [g, N, Ci].
+      const oneMatrix = ci < ONE_MATRIX_BELOW_CI;
+      const joined = g === 1 ? slices[0]! : scope.run('Concat', slices.map((t) => (oneMatrix ? t : scope.run('Reshape', { x: t }, { shape: [1, n, ci] }))) as unknown as Record<string, TensorInfo>, { axis: oneMatrix ? 3 : 0 });
+      const patches = scope.run('Reshape', { x: joined }, { shape: oneMatrix ? [1, n, g * ci] : [g, n, ci] });
+      // Transposed times [1, N, Co] (broadcast over the taps): [1, g·Ci, Co] or [g, Ci, Co] -> either way g·Ci rows of Co.
+      const product = scope.run('BatchMatMul', { a: patches, b: dY }, { transposeA: true, transposeB: false });
+      groups.push(scope.run('Reshape', { x: product }, { shape: [1, g * ci, co] }));
     }
-    const all = groups.length === 1 ? groups[0]! : scope.run('Concat', groups as unknown as Record<string, TensorInfo>, { axis: 0 }); // [KH·KW, Ci, Co]
+    const all = groups.length === 1 ? groups[0]! : scope.run('Concat', groups as unknown as Record<string, TensorInfo>, { axis: 1 }); // [1, KH·KW·Ci, Co]
     return scope.keep(scope.run('Reshape', { x: all }, { shape: [kh, kw, ci, co] }));
   } finally {
     scope.dispose();
