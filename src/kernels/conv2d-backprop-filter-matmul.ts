@@ -1,10 +1,10 @@
 import {
-  backend_util,
   type Conv2DBackpropFilterAttrs,
   type KernelBackend,
   type NamedAttrMap,
   type TensorInfo,
 } from '@tensorflow/tfjs-core';
+import { filterGradientWindow } from './conv2d-backprop-filter.js';
 import { KernelScope, padOrCrop } from './kernel-scope.js';
 
 /**
@@ -44,20 +44,10 @@ export function conv2DBackpropFilterViaMatMul(args: {
   backendName: string;
 }): TensorInfo {
   const { inputs: { x, dy }, backend, attrs, backendName } = args;
-  const { strides, pad, dataFormat, dimRoundingMode, filterShape } = attrs;
-  if (dataFormat !== 'NHWC') {
-    throw new Error(`Conv2DBackpropFilter: expected dataFormat 'NHWC', got '${dataFormat}'`);
-  }
-  const info = backend_util.computeConv2DInfo(
-    x.shape as [number, number, number, number], filterShape, strides, 1, pad, dimRoundingMode,
-  );
+  const { info, top, left, usedRows, usedCols } = filterGradientWindow(x, attrs);
   const { batchSize: b, inChannels: ci, outChannels: co, outHeight: oh, outWidth: ow, filterHeight: kh, filterWidth: kw } = info;
   const { strideHeight: sh, strideWidth: sw } = info;
-  const { top, left } = info.padInfo;
   const n = b * oh * ow;
-  // The rows and columns the forward pass read: [top pad, last window's end].
-  const usedRows = (oh - 1) * sh + kh;
-  const usedCols = (ow - 1) * sw + kw;
 
   const scope = new KernelScope(backend, backendName);
   try {

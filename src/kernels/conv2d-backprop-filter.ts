@@ -20,13 +20,12 @@ import { KernelScope, padOrCrop } from './kernel-scope.js';
  *   conv2d(valid, dilation s) -> [Ci,KH,KW,Co] -> transpose [KH,KW,Ci,Co]
  * Cropping to the rows the forward pass read means no output row is wasted.
  */
-export function conv2DBackpropFilterViaConv(args: {
-  inputs: { x: TensorInfo; dy: TensorInfo };
-  backend: KernelBackend;
-  attrs: Conv2DBackpropFilterAttrs;
-  backendName: string;
-}): TensorInfo {
-  const { inputs: { x, dy }, backend, attrs, backendName } = args;
+/**
+ * The forward convolution a filter gradient undoes (NHWC only), and the
+ * window of x it read: `top`/`left` padding, then `usedRows` × `usedCols`
+ * (the last window's end; rows past it never met the filter).
+ */
+export function filterGradientWindow(x: TensorInfo, attrs: Conv2DBackpropFilterAttrs) {
   const { strides, pad, dataFormat, dimRoundingMode, filterShape } = attrs;
   if (dataFormat !== 'NHWC') {
     throw new Error(`Conv2DBackpropFilter: expected dataFormat 'NHWC', got '${dataFormat}'`);
@@ -34,9 +33,21 @@ export function conv2DBackpropFilterViaConv(args: {
   const info = backend_util.computeConv2DInfo(
     x.shape as [number, number, number, number], filterShape, strides, 1, pad, dimRoundingMode,
   );
-  const { top, left } = info.padInfo;
-  const usedRows = (info.outHeight - 1) * info.strideHeight + info.filterHeight;
-  const usedCols = (info.outWidth - 1) * info.strideWidth + info.filterWidth;
+  return {
+    info, top: info.padInfo.top, left: info.padInfo.left,
+    usedRows: (info.outHeight - 1) * info.strideHeight + info.filterHeight,
+    usedCols: (info.outWidth - 1) * info.strideWidth + info.filterWidth,
+  };
+}
+
+export function conv2DBackpropFilterViaConv(args: {
+  inputs: { x: TensorInfo; dy: TensorInfo };
+  backend: KernelBackend;
+  attrs: Conv2DBackpropFilterAttrs;
+  backendName: string;
+}): TensorInfo {
+  const { inputs: { x, dy }, backend, attrs, backendName } = args;
+  const { info, top, left, usedRows, usedCols } = filterGradientWindow(x, attrs);
 
   const scope = new KernelScope(backend, backendName);
   try {
