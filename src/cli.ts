@@ -25,6 +25,7 @@ import { readWorkerStdin } from './run/worker-secrets.js';
 import type { Heartbeat } from './wire/transport.js';
 import { readWorkerKeys, writeRunKeys } from './wire/key-file.js';
 import { formatRunSummary } from './run/summary.js';
+import { parseLinkRate, shapeLinks } from './run/shaped-network.js';
 
 function intArg(flag: string) {
   return (v: string): number => {
@@ -130,12 +131,14 @@ export function buildProgram(): Command {
     .option('--config <file>', 'cluster config', 'cluster.config.json')
     .option('--no-overlap', 'all-reduce only after backward (for comparison)')
     .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches'))
+    .option('--link <rate>', 'run each local worker in a network namespace of its own behind a link shaped to <rate> (e.g. 1gbit, 200mbit; needs root, ip and tc)')
     .option('--insecure', 'allow "security": "none" with hosts beyond loopback (plain, unauthenticated TCP: only on a network you trust)'))
     .action(async (o: TrainFlags, cmd: Command) => {
       // Under srun every process of the run is a Slurm task: this one is the coordinator or one worker (run/slurm.ts).
       const step = readSlurmStep(process.env);
       if (step === undefined) return runTrain(withSources(o, cmd), globalFlags(program));
       if (o.mode === 'single') throw new UsageError(`--mode single under srun with ${step.tasks} tasks: run it with srun -n1, or use --mode data|model`);
+      if (o.link !== undefined) throw new UsageError('--link under srun: Slurm placed the workers; shape links with --link on a local launch');
       const role = slurmRole(step, cmd.getOptionValueSource('config') === 'cli' ? loadClusterConfig(o.config!) : undefined);
       if (role.kind === 'coordinator') {
         return runTrain(withSources(o, cmd), globalFlags(program), { cluster: role.cluster, workerCommand: (rank) => ({ external: role.where(rank) }) });
@@ -292,14 +295,23 @@ async function runTrain(o: TrainFlags, g: GlobalFlags, placed?: { cluster: Clust
   }
   // Flags for a mode the run does not have are refused (loop.ts), except after a fallback to one process, which says so above.
   const fellBack = mode !== o.mode;
+  const link = o.link === undefined ? undefined : parseLinkRate(o.link);
+  if (link !== undefined && (mode === 'single' || cluster === undefined)) throw new UsageError(`--link ${link.text}: a one-process run has no link to shape`);
+  const shaped = link !== undefined && cluster !== undefined ? shapeLinks(cluster, workers, link) : undefined;
+  if (shaped !== undefined) {
+    console.log(`splitnet: ${workers.length} workers in network namespaces, each behind a ${link!.text} link (tc tbf)`);
+    cluster = shaped.cluster;
+    workers = shaped.cluster.workers;
+  }
   const result = await train({
-    config, outDir, resume: o.resume !== undefined, mode: mode as Mode, progress: o.progress, insecure: o.insecure === true,
+    config, outDir, resume: o.resume !== undefined, mode: mode as Mode, progress: o.progress, insecure: o.insecure === true || shaped !== undefined,
     ...(o.resume !== undefined ? { resumeGiven: given } : {}),
     ...(cluster && !fellBack ? { cluster, workers } : {}),
     ...(o.microBatches !== undefined && !fellBack ? { microBatches: o.microBatches } : {}),
     ...(o.overlap === false && !fellBack ? { overlap: false } : {}),
     ...(placed ? { workerCommand: placed.workerCommand } : {}),
-  });
+    ...(shaped ? { workerCommand: shaped.network.workerCommand } : {}),
+  }).finally(() => shaped?.network.close());
   console.log(formatRunSummary(result, outDir));
   if (result.stoppedBy !== undefined) throw new RunStopped(result.stoppedBy, `stopped by ${result.stoppedBy}: continue with --resume ${outDir}`);
 }
@@ -311,7 +323,7 @@ interface TrainFlags {
   mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: RecipeName; recipeGiven: boolean; arch?: Arch; init?: 'paper-normal' | 'xavier-uniform'; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
   epochs?: number; lr?: number; momentum?: number; weightDecay?: number; lrDecayEpochs?: number[]; lrDecay?: number;
   seed?: number; augment?: boolean; trainSamples?: number; testSamples?: number; data?: string; synthetic?: boolean;
-  checkpointEvery?: number; evalBatch?: number; out?: string; resume?: string; progress: boolean; insecure?: boolean;
+  checkpointEvery?: number; evalBatch?: number; out?: string; resume?: string; progress: boolean; insecure?: boolean; link?: string;
 }
 
 /** The config keys the flags name (undefined where a flag was not given). */
