@@ -26,6 +26,8 @@ import type { Heartbeat } from './wire/transport.js';
 import { readWorkerKeys, writeRunKeys } from './wire/key-file.js';
 import { formatRunSummary } from './run/summary.js';
 import { parseLinkRate, shapeLinks } from './run/shaped-network.js';
+import { parseEchoPlan, runEcho } from './wire/link-probe.js';
+import { createInterface } from 'node:readline';
 
 function intArg(flag: string) {
   return (v: string): number => {
@@ -176,6 +178,22 @@ export function buildProgram(): Command {
     .option('--device <d>', "the workers' device: 'cpu', a GPU index or name", 'cpu')
     .action(async (o: { configJson: string; batch: number; device: string }) => {
       await profileOnSignal(o.configJson, o.batch, o.device);
+    });
+
+  program
+    .command('link-echo', { hidden: true })
+    .description('bounces link-probe messages until stdin closes (started by compare inside a shaped link\'s namespace)')
+    .action(async () => {
+      // One JSON line (the plan, keys included), then the pipe stays open: its end is the signal to stop.
+      const lines = createInterface({ input: process.stdin });
+      const closed = new Promise<void>((resolve) => lines.once('close', resolve));
+      const first = await Promise.race([new Promise<string>((resolve) => lines.once('line', resolve)), closed.then(() => undefined),
+        new Promise<'late'>((resolve) => setTimeout(resolve, 10_000, 'late').unref())]);
+      if (first === undefined || first === 'late') throw new UsageError(`link-echo: no plan on stdin ${first === 'late' ? 'within 10 s' : 'before it closed'} (compare starts this)`);
+      const echo = await runEcho(parseEchoPlan(first));
+      console.log('ready');
+      await closed;
+      await echo.stop();
     });
 
   program

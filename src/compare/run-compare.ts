@@ -128,7 +128,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
 
   const secure = o.cluster.security === 'curve';
   log(`  probing the link (loopback TCP through zeromq${secure ? ', CURVE-encrypted as the run\'s links' : ''}) and timing every layer in one process`);
-  const link = await probeLink('127.0.0.1', secure);
+  const link = await probeLink({ secure });
   // The layers are timed where the workers compute: the config's device, this backend.
   const device = String(o.cluster.workers[0]!.device);
   await initBackend(cfg.backend, adapterFor(device, cfg.adapter));

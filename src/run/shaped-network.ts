@@ -26,7 +26,8 @@
  * is removed by the next one (`removeStale`), as a namespace outlives nobody
  * who is still alive.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { probeLink, type Echo, type EchoPlan, type LinkProbe } from '../wire/link-probe.js';
 import { UsageError } from '../errors.js';
 import { isLocal, type ClusterConfig, type WorkerSpec } from '../config/cluster.js';
 import { workerCommand, type WorkerCommandOverride } from './launcher.js';
@@ -216,6 +217,41 @@ export class ShapedNetwork {
     const { command, args } = workerCommand();
     return { command: 'ip', args: ['netns', 'exec', ns, command, ...args] };
   };
+
+  /**
+   * Probes rank `rank`'s link from here: the echo runs inside its namespace
+   * (`splitnet link-echo`), so each direction crosses one shaped end, as a
+   * worker's sends and receives do.
+   */
+  probe(rank = 0, secure = true): Promise<LinkProbe> {
+    return probeLink({ host: this.coordinatorHost, echoHost: this.hosts[rank]!, secure, startEcho: (plan) => this.startEcho(rank, plan) });
+  }
+
+  private startEcho(rank: number, plan: EchoPlan): Promise<Echo> {
+    const { command, args } = workerCommand();
+    const child = spawn('ip', ['netns', 'exec', this.namespaces[rank]!, command, ...args, 'link-echo'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    child.stdin.on('error', () => {});
+    child.stdin.write(`${JSON.stringify(plan)}\n`);
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    return new Promise<Echo>((resolve, reject) => {
+      const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`link probe: the echo in ${this.namespaces[rank]} did not start within 30 s`)); }, 30_000);
+      child.stdout.setEncoding('utf8').on('data', (c: string) => {
+        if (!c.includes('ready')) return;
+        clearTimeout(timer);
+        resolve({
+          stop: async () => {
+            child.stdin.end();
+            const late = setTimeout(() => child.kill('SIGKILL'), 5_000);
+            await exited;
+            clearTimeout(late);
+          },
+        });
+      });
+      child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`link probe: the echo in ${this.namespaces[rank]} exited (${code}): ${stderr.trim().split('\n').at(-1) ?? ''}`)); });
+    });
+  }
 
   /** Kills what runs inside, deletes the namespaces, veths and the bridge. Idempotent; never throws. */
   close(): void {
