@@ -159,6 +159,7 @@ export function buildProgram(): Command {
     .option('--steps <n>', 'steps per mode (default 12)', intArg('--steps'))
     .option('--epochs <n>', 'epochs per mode, instead of --steps', intArg('--epochs'))
     .option('--modes <list>', 'comma list of single, data, model', 'single,data,model')
+    .option('--link <list>', "comma list of links the cluster modes run over: 'loopback', or rates each worker's link is shaped to (e.g. 1gbit,200mbit: network namespaces and tc; needs root)", 'loopback')
     .option('--config <file>', 'cluster config', 'cluster.config.json')
     .option('--test-samples <n>', 'test images each mode is evaluated on', intArg('--test-samples'), 1000)
     .option('--seed <n>', 'the seed every mode shares', intOrZeroArg('--seed'), 1)

@@ -55,9 +55,9 @@ function losses(drift: number): number[] {
   return Array.from({ length: STEPS }, (_, i) => 2.3026 - 0.11 * i + 0.004 * Math.sin(i) + drift * i);
 }
 
-function mode(m: Omit<ModeMeasure, 'stepMs' | 'testAccuracy'>): ModeMeasure {
+function mode(m: Omit<ModeMeasure, 'stepMs' | 'testAccuracy' | 'link'>): ModeMeasure {
   const stepMs = Math.max(...m.workers.map((w) => w.stepMs.compute + w.stepMs.send + w.stepMs.wait + w.stepMs.optimizer));
-  return { ...m, stepMs, testAccuracy: 0.1875 };
+  return { ...m, link: 'loopback', stepMs, testAccuracy: 0.1875 };
 }
 
 function forecastPoint(workers: number, link: string, li: number, batch = BATCH): ForecastPoint {
@@ -102,6 +102,7 @@ function fixture(): CompareResult {
     date: '2025-03-14T09:26:53.589Z',
     config: { arch: 'alexnet', width: 0.25, resolution: 67, batch: BATCH, seed: 7, steps: STEPS, backend: 'wasm' },
     link: { latencyMs: 0.042, bandwidth: 2.35e9 },
+    links: [{ name: 'loopback', latencyMs: 0.042, bandwidth: 2.35e9 }],
     contention: [{ workers: 1, slowdown: 1 }, { workers: 2, slowdown: 1.6 }],
     layers: [
       { name: 'conv1', forwardMs: 4.1, backwardMs: 7.9, params: 34_944, outputFloats: 74_400 },
@@ -110,8 +111,8 @@ function fixture(): CompareResult {
     modes: [single, data, model],
     forecast,
     forecastCheck: [
-      { mode: 'data', workers: 2, oversubscribed: false, measuredMs: data.stepMs, predictedMs: 49, error: (49 - data.stepMs) / data.stepMs },
-      { mode: 'model', workers: 2, oversubscribed: true, measuredMs: model.stepMs, predictedMs: 58, error: (58 - model.stepMs) / model.stepMs },
+      { mode: 'data', link: 'loopback', workers: 2, oversubscribed: false, measuredMs: data.stepMs, predictedMs: 49, error: (49 - data.stepMs) / data.stepMs },
+      { mode: 'model', link: 'loopback', workers: 2, oversubscribed: true, measuredMs: model.stepMs, predictedMs: 58, error: (58 - model.stepMs) / model.stepMs },
     ],
   };
 }
@@ -289,7 +290,7 @@ describe('report.html in chromium', () => {
   it('shows a skipped mode as skipped, with no bar, and draws the rest', async () => {
     const result = fixture();
     result.modes[2] = {
-      mode: 'model', world: 0, skipped: 'model mode needs the two-tower net', imagesPerSec: 0, stepMs: 0, workers: [], losses: [],
+      mode: 'model', link: 'loopback', world: 0, skipped: 'model mode needs the two-tower net', imagesPerSec: 0, stepMs: 0, workers: [], losses: [],
       testAccuracy: 0, predicted: { bytesSentPerStep: 0, sentByLink: {}, stepMs: 0 },
     };
     const { page, charts, errors } = await openReport(result);

@@ -39,7 +39,8 @@ describe('splitnet compare', () => {
     expect(result.config).toMatchObject({ arch: 'original', width: 0.0625, resolution: 67, batch: 8, steps: 3 });
     expect(run.stdout).toMatch(/^mode +workers +img\/s +step ms +predicted +sent MiB +predicted +test acc % +last loss$/m);
     for (const m of ['single', 'data', 'model']) expect(run.stdout).toMatch(new RegExp(`^${m} +\\d`, 'm'));
-    expect(run.stdout).toMatch(/^step-time model, checked: .*worst error \d+%$/m);
+    expect(run.stdout).toMatch(/^step-time model +loopback: predicted \/ measured ms \(error\)$/m);
+    expect(run.stdout).toMatch(/^worst error where not oversubscribed: \d+%$/m);
   });
 
   it("the three modes' losses coincide step by step (relative 1e-5)", () => {
@@ -80,7 +81,7 @@ describe('splitnet compare', () => {
   });
 
   it("reports the step-time model's error at 1, 2 (data and model), 3 and 4 workers, and forecasts 2–16 workers on four links", () => {
-    expect(result.forecastCheck.map((c) => `${c.mode}×${c.workers}`)).toEqual(['data×1', 'data×2', 'model×2', 'data×3', 'data×4']);
+    expect(result.forecastCheck.map((c) => `${c.mode}×${c.workers}`)).toEqual(['single×1', 'data×2', 'model×2', 'data×3', 'data×4']);
     for (const c of result.forecastCheck) expect(Number.isFinite(c.error), `${c.mode}×${c.workers}`).toBe(true);
     const links = [...new Set(result.forecast.map((p) => p.link))];
     expect(links).toEqual(['loopback (measured)', '10 Gb/s', '100 Gb/s', 'NVLink-class']);

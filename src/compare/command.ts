@@ -11,7 +11,9 @@ import { UsageError } from '../errors.js';
 import { specOf } from '../model/alexnet.js';
 import type { Mode } from '../run/loop.js';
 import { formatCompareTable, writeCompareOutputs } from './output.js';
-import { runCompare } from './run-compare.js';
+import { LOOPBACK, runCompare } from './run-compare.js';
+import { parseLinkRate, whyNoShaping } from '../run/shaped-network.js';
+import { isLocal } from '../config/cluster.js';
 import { profileLayers } from './profile-layers.js';
 import { initBackend } from '../backend.js';
 import { adapterFor } from '../webgpu.js';
@@ -19,7 +21,7 @@ import { createInterface } from 'node:readline';
 
 export interface CompareFlags {
   arch: Arch; width: number; resolution?: number; batch: number; steps?: number; epochs?: number;
-  modes: string; config: string; testSamples: number; seed: number; out?: string; forecastCheck: boolean; progress: boolean;
+  modes: string; link: string; config: string; testSamples: number; seed: number; out?: string; forecastCheck: boolean; progress: boolean;
 }
 
 const MODES: readonly Mode[] = ['single', 'data', 'model'];
@@ -34,10 +36,28 @@ export function parseModes(text: string): Mode[] {
   return modes as Mode[];
 }
 
+/** '--link loopback,1gbit,200mbit' → the links, each once; each rate checked (shaped-network.ts). */
+export function parseLinks(text: string): string[] {
+  const links = text.split(',').map((l) => l.trim().toLowerCase()).filter((l) => l !== '');
+  if (links.length === 0) throw new UsageError(`--link: expected a comma list of ${LOOPBACK} and rates like 1gbit, got '${text}'`);
+  const names = links.map((l) => (l === LOOPBACK ? l : parseLinkRate(l).text));
+  const dup = names.find((l, i) => names.indexOf(l) !== i);
+  if (dup !== undefined) throw new UsageError(`--link: '${dup}' is given twice`);
+  return names;
+}
+
 export async function compareCommand(o: CompareFlags, backend: BackendChoice, adapter: string | undefined): Promise<void> {
   if (o.steps !== undefined && o.epochs !== undefined) throw new UsageError('--steps and --epochs: give one budget, not both');
   const modes = parseModes(o.modes);
+  const links = parseLinks(o.link);
   const cluster = loadClusterConfig(o.config);
+  if (links.some((l) => l !== LOOPBACK)) {
+    // Refused before anything runs: shaping needs root, ip and tc, and workers on this host.
+    const why = whyNoShaping();
+    if (why !== undefined) throw new UsageError(`--link ${o.link}: ${why}`);
+    const remote = cluster.workers.filter((w) => !isLocal(w.host)).map((w) => w.host);
+    if (remote.length > 0) throw new UsageError(`--link ${o.link}: shapes the links of workers on this host; ${[...new Set(remote)].join(', ')} in ${o.config} ${remote.length === 1 ? 'is' : 'are'} remote`);
+  }
   const steps = o.steps ?? (o.epochs === undefined ? 12 : undefined);
   const raw: TrainConfig = {
     ...CPU_DEFAULTS, arch: o.arch, width: o.width, batch: o.batch, seed: o.seed, backend, checkpointEvery: 0,
@@ -50,7 +70,7 @@ export async function compareCommand(o: CompareFlags, backend: BackendChoice, ad
   const config = parseTrainConfig(raw, 'flags');
   specOf(config); // the size is checked before anything runs
   const outDir = o.out ?? join('compare', new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19));
-  const result = await runCompare({ config, modes, cluster, outDir, checkForecast: o.forecastCheck, progress: o.progress, log: (l) => console.log(l) });
+  const result = await runCompare({ config, modes, links, cluster, outDir, checkForecast: o.forecastCheck, progress: o.progress, log: (l) => console.log(l) });
   console.log('');
   console.log(formatCompareTable(result));
   const files = writeCompareOutputs(result, outDir);

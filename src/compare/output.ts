@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { chromeTrace } from './chrome-trace.js';
 import { renderReport } from './report-html.js';
 import type { CompareResult, ModeMeasure } from './types.js';
+import { formatCheckGrid } from './check-grid.js';
 
 const MiB = 2 ** 20;
 const mb = (bytes: number): string => (bytes / MiB).toFixed(2);
@@ -16,9 +17,12 @@ function pad(cells: string[], widths: number[]): string {
   return cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
 }
 
+/** A mode's name with the link it ran over, where that was not loopback: 'data @ 1gbit'. */
+export const modeName = (m: ModeMeasure): string => (m.link === undefined || m.link === 'loopback' ? m.mode : `${m.mode} @ ${m.link}`);
+
 function modeRows(m: ModeMeasure): string[][] {
-  if (m.skipped !== undefined) return [[m.mode, '-', `skipped: ${m.skipped}`]];
-  const label = m.fallback !== undefined ? `${m.mode} (in one process)` : m.mode;
+  if (m.skipped !== undefined) return [[modeName(m), '-', `skipped: ${m.skipped}`]];
+  const label = m.fallback !== undefined ? `${modeName(m)} (in one process)` : modeName(m);
   const sent = m.workers.length ? m.workers.reduce((n, w) => n + w.bytesSentPerStep, 0) / m.workers.length : 0;
   const head = [
     label, String(m.world), m.imagesPerSec.toFixed(1), m.stepMs.toFixed(1), m.predicted.stepMs.toFixed(1),
@@ -44,14 +48,12 @@ export function formatCompareTable(r: CompareResult): string {
   // A skipped mode's reason runs across the columns: it does not set their widths.
   const widths = header.map((_, i) => Math.max(...rows.filter((row) => !skippedRow(row)).map((row) => (row[i] ?? '').length)));
   const lines = rows.map((row) => (skippedRow(row) ? `${row[0]!.padEnd(widths[0]!)}  ${row[2]}` : pad(row, widths)));
-  const check = r.forecastCheck.map((c) => `${c.mode} ×${c.workers}${c.oversubscribed ? ' (oversubscribed)' : ''}: measured ${c.measuredMs.toFixed(1)} ms, predicted ${c.predictedMs.toFixed(1)} ms (${(c.error * 100).toFixed(0)}%)`);
-  const worst = r.forecastCheck.length ? Math.max(...r.forecastCheck.map((c) => Math.abs(c.error))) : NaN;
   const wins = new Map<string, string[]>();
   for (const p of r.forecast.filter((f) => f.batch === r.config.batch)) wins.set(p.link, [...(wins.get(p.link) ?? []), `${p.workers}: ${p.best}`]);
   return [
     ...lines,
     '',
-    `step-time model, checked: ${check.join('; ')}${Number.isFinite(worst) ? `; worst error ${(worst * 100).toFixed(0)}%` : ''}`,
+    ...formatCheckGrid(r),
     `forecast at batch ${r.config.batch} (workers: fastest mode): ${[...wins].map(([link, w]) => `${link} ${w.join(', ')}`).join(' | ')}`,
   ].join('\n');
 }
@@ -66,7 +68,7 @@ export function writeCompareOutputs(r: CompareResult, dir: string): string[] {
   write(paths[1]!, renderReport(r));
   for (const m of r.modes) {
     if (m.skipped !== undefined) continue;
-    const p = join(dir, `trace-${m.mode}.json`);
+    const p = join(dir, `trace-${m.link === undefined || m.link === 'loopback' ? m.mode : `${m.mode}-${m.link}`}.json`);
     write(p, JSON.stringify(chromeTrace(m)));
     paths.push(p);
   }

@@ -13,6 +13,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type { CompareResult } from './types.js';
+import { checkGrid } from './check-grid.js';
 
 export function renderReport(result: CompareResult): string {
   return `<!doctype html>
@@ -99,16 +100,16 @@ function header(r: CompareResult): string {
     ['arch', c.arch], ['width', String(c.width)], ['resolution', String(c.resolution)], ['batch', String(c.batch)],
     ['seed', String(c.seed)], ['steps', String(c.steps)], ['backend', c.backend],
   ];
-  const link: Array<[string, string]> = [
-    ['latency', `${fmt(r.link.latencyMs, 3)} ms`],
-    ['bandwidth', `${fmtBytes(r.link.bandwidth)}/s (${fmt((r.link.bandwidth * 8) / 1e9, 2)} Gb/s)`],
-  ];
+  // Older compare.json files have the loopback probe only.
+  const probed = r.links ?? [{ name: 'loopback', ...r.link }];
+  const link: Array<[string, string]> = probed.map((l) => [l.name,
+    `${fmt(l.latencyMs, 3)} ms, ${fmtBytes(l.bandwidth)}/s (${fmt((l.bandwidth * 8) / 1e9, 2)} Gb/s)`]);
   return `<header>
 <h1>splitnet compare</h1>
 <p class="date">${esc(r.date)}</p>
 <div class="facts">
 ${factList('Config', config)}
-${factList('Measured link', link)}
+${factList('Measured links (latency, bandwidth)', link)}
 </div>
 ${modeNotes(r)}
 </header>`;
@@ -139,19 +140,21 @@ function chartSection(id: string, title: string, caption: string): string {
 }
 
 function forecastCheckSection(r: CompareResult): string {
-  const rows = r.forecastCheck.map((c) => `<tr><td>${esc(c.mode)}</td><td>${c.workers}</td><td>${c.oversubscribed ? 'yes' : 'no'}</td>`
-    + `<td>${fmt(c.measuredMs, 2)}</td><td>${fmt(c.predictedMs, 2)}</td><td>${fmtPercent(c.error)}</td></tr>`).join('\n');
-  const body = r.forecastCheck.length === 0
+  const { links, rows } = checkGrid(r);
+  const cells = (c: CompareResult['forecastCheck'][number] | undefined) => (c === undefined ? '<td>-</td><td>-</td><td>-</td>'
+    : `<td>${fmt(c.predictedMs, 2)}</td><td>${fmt(c.measuredMs, 2)}</td><td>${fmtPercent(c.error)}</td>`);
+  const body = rows.length === 0
     ? '<p class="caption">No configuration was measured against the forecast.</p>'
     : `<table id="forecast-check">
-<thead><tr><th>mode</th><th>workers</th><th>oversubscribed</th><th>measured ms</th><th>predicted ms</th><th>error</th></tr></thead>
+<thead><tr><th rowspan="2">mode</th><th rowspan="2">workers</th><th rowspan="2">oversubscribed</th>${links.map((l) => `<th colspan="3">${esc(l)}</th>`).join('')}</tr>
+<tr>${links.map(() => '<th>predicted ms</th><th>measured ms</th><th>error</th>').join('')}</tr></thead>
 <tbody>
-${rows}
+${rows.map((row) => `<tr><td>${esc(row.mode)}</td><td>${row.workers}</td><td>${row.oversubscribed ? 'yes' : 'no'}</td>${links.map((l) => cells(row.byLink.get(l))).join('')}</tr>`).join('\n')}
 </tbody>
 </table>`;
   return `<section class="check">
 <h2>Forecast check</h2>
-<p class="caption">The forecast model against every configuration measured: step time predicted before the run and measured. Oversubscribed: more workers than devices, so the measurement is not what the forecast describes.</p>
+<p class="caption">The forecast model against every configuration measured, on every link: step time predicted before the run and measured. Oversubscribed: more workers than cores or devices, so the measurement is not what the forecast describes. A shaped link emulates a rate only (tc tbf): its latency is the veth's.</p>
 ${body}
 </section>`;
 }
@@ -231,9 +234,10 @@ const PAGE_SCRIPT = `
   var ran = data.modes.filter(function (m) { return !m.skipped; });
 
   function modeLabel(m) {
-    if (m.skipped) return m.mode + ' (skipped)';
-    if (m.fallback) return m.mode + ' (1 process)';
-    return m.mode;
+    var name = m.link && m.link !== 'loopback' ? m.mode + ' @ ' + m.link : m.mode;
+    if (m.skipped) return name + ' (skipped)';
+    if (m.fallback) return name + ' (1 process)';
+    return name;
   }
 
   function sum(xs) {
@@ -294,7 +298,7 @@ const PAGE_SCRIPT = `
   function breakdown() {
     var bars = [];
     ran.forEach(function (m) {
-      m.workers.forEach(function (w) { bars.push({ label: m.mode + ' · worker ' + w.rank, worker: w }); });
+      m.workers.forEach(function (w) { bars.push({ label: modeLabel(m) + ' · worker ' + w.rank, worker: w }); });
     });
     return {
       type: 'bar',

@@ -21,7 +21,8 @@ import { adapterFor } from '../webgpu.js';
 import { planDevices } from '../run/launcher.js';
 import { train, type Mode, type TrainResult } from '../run/loop.js';
 import { freePorts } from '../wire/free-ports.js';
-import { probeLink } from '../wire/link-probe.js';
+import { probeLink, type LinkProbe } from '../wire/link-probe.js';
+import { parseLinkRate, shapeLinks, type LinkRate } from '../run/shaped-network.js';
 import { predictBytes } from './predict-bytes.js';
 import { forecast, predictStepMs, relativeError, type StepInputs } from './predict.js';
 import { measureContention } from './contention.js';
@@ -32,6 +33,8 @@ export interface CompareOptions {
   /** the config every mode trains: trainSamples = steps × batch, one epoch */
   config: TrainConfig;
   modes: Mode[];
+  /** each link the cluster modes run over: LOOPBACK, or a rate the workers' links are shaped to ('1gbit') */
+  links: string[];
   cluster: ClusterConfig;
   /** run directories go under here */
   outDir: string;
@@ -89,6 +92,18 @@ function stoppedCompare(r: TrainResult, what: string): Error {
 }
 
 const CHECK_SIZES = [3, 4];
+/** The name of the unshaped link (--link's default). */
+export const LOOPBACK = 'loopback';
+
+type Shaped = ReturnType<typeof shapeLinks>;
+
+/** The cluster's workers behind `rate`: all of them (data-parallel uses every one; the split the first two). */
+async function shapedFor(o: CompareOptions, rate: LinkRate, log: (line: string) => void): Promise<Shaped | undefined> {
+  const plan = planDevices(o.cluster);
+  if (plan.single !== undefined) return undefined; // one process: nothing to shape (the mode says so)
+  log(`link ${rate.text}: ${plan.workers.length} workers in network namespaces, each behind a ${rate.text} link`);
+  return shapeLinks(o.cluster, plan.workers, rate);
+}
 /** Steps of each check run (the first is not timed). */
 const CHECK_STEPS = 4;
 
@@ -150,21 +165,21 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     const c = contention.get(world) ?? 1;
     return ls.map((l) => ({ ...l, forwardMs: l.forwardMs * c, backwardMs: l.backwardMs * c }));
   };
-  const inputs = (world: number, batch: number, optimizerMsPerParam: number): StepInputs => ({
-    layers: slowed(layers, world), layersAtHalfBatch: slowed(layersAtHalfBatch, world), halfBatch, link, world, batch, measuredBatch: cfg.batch, spec,
+  const inputs = (world: number, batch: number, optimizerMsPerParam: number, over: LinkProbe = link): StepInputs => ({
+    layers: slowed(layers, world), layersAtHalfBatch: slowed(layersAtHalfBatch, world), halfBatch, link: over, world, batch, measuredBatch: cfg.batch, spec,
     bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam: optimizerMsPerParam * (contention.get(world) ?? 1),
   });
   const params = layers.reduce((n, l) => n + l.params, 0);
   const optimizerMsPerParam = optimizerMs / params;
 
-  const modes: ModeMeasure[] = [];
-  for (const [i, mode] of o.modes.entries()) {
-    log(`mode ${i + 1}/${o.modes.length}: ${mode}`);
+  /** One mode over one link: its run, measured, beside what the model predicted for it. */
+  const runMode = async (mode: Mode, linkName: string, shaped: Shaped | undefined, at: (world: number, batch: number) => StepInputs): Promise<ModeMeasure> => {
+    log(`mode: ${mode}${linkName === LOOPBACK ? '' : ` over ${linkName}`}`);
+    const link = linkName;
     if (mode === 'model' && spec.towers < 2) {
       const skipped = `the ${cfg.arch} net has one tower: the split needs --arch original`;
       log(`  skipped: ${skipped}`);
-      modes.push({ mode, world: 0, skipped, imagesPerSec: 0, stepMs: 0, workers: [], losses: [], testAccuracy: 0, predicted: { bytesSentPerStep: 0, sentByLink: {}, stepMs: 0 } });
-      continue;
+      return { mode, link, world: 0, skipped, imagesPerSec: 0, stepMs: 0, workers: [], losses: [], testAccuracy: 0, predicted: { bytesSentPerStep: 0, sentByLink: {}, stepMs: 0 } };
     }
     let runMode: Mode = mode;
     let fallback: string | undefined;
@@ -181,35 +196,51 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     }
     const world = runMode === 'single' ? 1 : workers.length;
     const predictedBytes = predictBytes(runMode, spec, world, cfg.batch, o.cluster.bucketBytes);
-    const predictedMs = predictStepMs(runMode, inputs(world, cfg.batch, optimizerMsPerParam));
+    const predictedMs = predictStepMs(runMode, at(world, cfg.batch));
+    // Over a shaped link the workers run in their namespaces (the veths never leave this host: plain TCP is as private as loopback).
+    const cluster = shaped !== undefined && runMode !== 'single' ? shaped.network.place({ ...o.cluster, workers }) : o.cluster;
     const r = await train({
-      config: cfg, outDir: join(o.outDir, 'runs', mode), mode: runMode, progress: o.progress, log: (l) => log(`  ${l}`),
-      ...(runMode === 'single' ? {} : { cluster: o.cluster, workers }),
+      config: cfg, outDir: join(o.outDir, 'runs', linkName === LOOPBACK ? mode : `${mode}-${linkName}`), mode: runMode, progress: o.progress, log: (l) => log(`  ${l}`),
+      ...(runMode === 'single' ? {} : { cluster, workers: cluster.workers }),
+      ...(shaped !== undefined && runMode !== 'single' ? { workerCommand: shaped.network.workerCommand, insecure: true } : {}),
     });
-    if (!r.finished) throw stoppedCompare(r, `the ${mode} run`);
-    const measured: ModeMeasure = {
-      mode, world: r.world, ...(fallback !== undefined ? { fallback } : {}),
+    if (!r.finished) throw stoppedCompare(r, `the ${mode} run${linkName === LOOPBACK ? '' : ` over ${linkName}`}`);
+    return {
+      mode, link, world: r.world, ...(fallback !== undefined ? { fallback } : {}),
       imagesPerSec: r.imagesPerSec, stepMs: mean(timed(r.stats).map((s) => s.wallMs)),
       workers: Array.from({ length: r.world }, (_, rank) => workerMeasure(r, rank)),
       losses: r.losses, testAccuracy: r.epochs.at(-1)?.accuracy ?? NaN,
       predicted: { ...predictedBytes, stepMs: predictedMs },
     };
-    modes.push(measured);
+  };
+
+  const modes: ModeMeasure[] = [];
+  const links: CompareResult['links'] = [{ name: LOOPBACK, ...link }];
+  const forecastCheck: CompareResult['forecastCheck'] = [];
+  for (const [li, linkName] of o.links.entries()) {
+    // Single runs once: one process has no link.
+    const todo = o.modes.filter((m) => m !== 'single' || li === 0);
+    const shaped = linkName === LOOPBACK ? undefined : await shapedFor(o, parseLinkRate(linkName), log);
+    try {
+      let linkHere = link;
+      if (shaped !== undefined) {
+        linkHere = await shaped.network.probe(0, secure);
+        links.push({ name: linkName, ...linkHere });
+        log(`link ${linkName}: ${linkHere.latencyMs.toFixed(3)} ms latency, ${(linkHere.bandwidth / 1e9).toFixed(3)} GB/s (workers in network namespaces, tc tbf)`);
+      }
+      for (const mode of todo) {
+        const m = await runMode(mode, linkName, shaped, (world, batch) => inputs(world, batch, optimizerMsPerParam, linkHere));
+        modes.push(m);
+        if (m.skipped !== undefined || m.fallback !== undefined) continue;
+        const predictedMs = m.predicted.stepMs;
+        forecastCheck.push({ mode: m.mode as 'single' | 'data' | 'model', link: linkName, workers: m.world, oversubscribed: m.world > cores, measuredMs: m.stepMs, predictedMs, error: relativeError(m.stepMs, predictedMs) });
+      }
+    } finally {
+      shaped?.network.close();
+    }
   }
 
   // The prediction against every size measurable here: 1 worker (the single run), 2, and 3 and 4 local ones.
-  const forecastCheck: CompareResult['forecastCheck'] = [];
-  for (const m of modes) {
-    if (m.skipped !== undefined || m.mode === 'single' || m.fallback !== undefined) continue;
-    const mode = m.mode as 'data' | 'model';
-    const predictedMs = predictStepMs(mode, inputs(m.world, cfg.batch, optimizerMsPerParam));
-    forecastCheck.push({ mode, workers: m.world, oversubscribed: m.world > cores, measuredMs: m.stepMs, predictedMs, error: relativeError(m.stepMs, predictedMs) });
-  }
-  const single = modes.find((m) => m.mode === 'single' && m.skipped === undefined);
-  if (single !== undefined) {
-    const predictedMs = predictStepMs('single', inputs(1, cfg.batch, optimizerMsPerParam));
-    forecastCheck.unshift({ mode: 'data', workers: 1, oversubscribed: false, measuredMs: single.stepMs, predictedMs, error: relativeError(single.stepMs, predictedMs) });
-  }
   for (const n of checkSizes) {
     const batch = cfg.batch - (cfg.batch % n); // equal shards
     const config = { ...cfg, batch, epochs: 1, trainSamples: CHECK_STEPS * batch, testSamples: batch };
@@ -219,7 +250,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     if (!r.finished) throw stoppedCompare(r, `the check at ${n} workers`);
     const measuredMs = mean(timed(r.stats).map((s) => s.wallMs));
     const predictedMs = predictStepMs('data', inputs(n, batch, optimizerMsPerParam));
-    forecastCheck.push({ mode: 'data', workers: n, oversubscribed: n > cores, measuredMs, predictedMs, error: relativeError(measuredMs, predictedMs) });
+    forecastCheck.push({ mode: 'data', link: LOOPBACK, workers: n, oversubscribed: n > cores, measuredMs, predictedMs, error: relativeError(measuredMs, predictedMs) });
   }
 
   const forecastPoints = forecast({ layers, layersAtHalfBatch, halfBatch, link, measuredBatch: cfg.batch, spec, bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam }, undefined, undefined,
@@ -230,6 +261,6 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
       arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, batch: cfg.batch, seed: cfg.seed,
       steps: Math.max(0, ...modes.map((m) => m.losses.length)), backend: cfg.backend,
     },
-    link, layers, contention: [...contention].map(([workers, slowdown]) => ({ workers, slowdown })), modes, forecast: forecastPoints, forecastCheck,
+    link, links, layers, contention: [...contention].map(([workers, slowdown]) => ({ workers, slowdown })), modes, forecast: forecastPoints, forecastCheck,
   };
 }

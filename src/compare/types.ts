@@ -45,6 +45,8 @@ export interface WorkerMeasure {
 
 export interface ModeMeasure {
   mode: Mode;
+  /** the link its workers talked over: 'loopback', or the rate their links were shaped to ('1gbit') */
+  link: string;
   /** processes that trained */
   world: number;
   /** set when the mode ran in one process for want of devices, with the reason */
@@ -94,12 +96,15 @@ export interface CompareResult {
   date: string;
   /** the train config every mode ran (arch, width, resolution, batch, seed, steps) */
   config: { arch: string; width: number; resolution: number; batch: number; seed: number; steps: number; backend: string };
+  /** loopback, as probed (the forecast's measured link) */
   link: LinkMeasure;
+  /** every link the modes ran over, as probed: loopback first, then each shaped one */
+  links: Array<LinkMeasure & { name: string }>;
   layers: LayerTiming[];
   /** compute slowdown with n processes computing at once on this machine (the prediction's input for n workers here) */
   contention: Array<{ workers: number; slowdown: number }>;
   modes: ModeMeasure[];
   forecast: ForecastPoint[];
   /** the forecast model against every configuration measured: relative error of the predicted step time */
-  forecastCheck: Array<{ mode: 'data' | 'model'; workers: number; oversubscribed: boolean; measuredMs: number; predictedMs: number; error: number }>;
+  forecastCheck: Array<{ mode: 'single' | 'data' | 'model'; link: string; workers: number; oversubscribed: boolean; measuredMs: number; predictedMs: number; error: number }>;
 }

@@ -1,0 +1,41 @@
+/**
+ * The forecast check as a grid: one row per configuration (mode × workers),
+ * one column group per link (predicted, measured, error), as the terminal
+ * table and report.html both show it.
+ */
+import type { CompareResult } from './types.js';
+
+type Check = CompareResult['forecastCheck'][number];
+
+export interface CheckGrid {
+  /** the links, in the order the comparison ran them */
+  links: string[];
+  rows: Array<{ mode: Check['mode']; workers: number; oversubscribed: boolean; byLink: Map<string, Check> }>;
+}
+
+export function checkGrid(r: CompareResult): CheckGrid {
+  const links = [...new Set(r.forecastCheck.map((c) => c.link))];
+  const rows: CheckGrid['rows'] = [];
+  for (const c of r.forecastCheck) {
+    let row = rows.find((x) => x.mode === c.mode && x.workers === c.workers);
+    if (row === undefined) {
+      row = { mode: c.mode, workers: c.workers, oversubscribed: c.oversubscribed, byLink: new Map() };
+      rows.push(row);
+    }
+    row.byLink.set(c.link, c);
+  }
+  return { links, rows };
+}
+
+/** The grid as aligned text: `mode ×n | link: predicted/measured ms (error) | …`. */
+export function formatCheckGrid(r: CompareResult): string[] {
+  const { links, rows } = checkGrid(r);
+  if (rows.length === 0) return ['step-time model: no configuration was measured against it'];
+  const cell = (c: Check | undefined) => (c === undefined ? '-' : `${c.predictedMs.toFixed(1)} / ${c.measuredMs.toFixed(1)} (${c.error >= 0 ? '+' : ''}${(c.error * 100).toFixed(0)}%)`);
+  const table = [['step-time model', ...links.map((l) => `${l}: predicted / measured ms (error)`)],
+    ...rows.map((row) => [`${row.mode} ×${row.workers}${row.oversubscribed ? ' (oversubscribed)' : ''}`, ...links.map((l) => cell(row.byLink.get(l)))])];
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((t) => t[i]!.length)));
+  const worst = Math.max(...r.forecastCheck.filter((c) => !c.oversubscribed).map((c) => Math.abs(c.error)));
+  return [...table.map((t) => t.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()),
+    ...(Number.isFinite(worst) ? [`worst error where not oversubscribed: ${(worst * 100).toFixed(0)}%`] : [])];
+}
