@@ -44,6 +44,7 @@ function worker(rank: number, split: StepSplit, bytesSent: number): WorkerMeasur
     bytesSentPerStep: bytesSent,
     bytesReceivedPerStep: bytesSent,
     sentByLink: bytesSent > 0 ? { 'bucket 0': bytesSent } : {},
+    cpuMsPerStep: stepMs * 1.1,
     peakRssBytes: 900e6 + rank * 1e6,
     peakBackendBytes: 310e6,
     spans: Array.from({ length: STEPS }, (_, i) => stepSpans(i + 1, 5.25 + i * (stepMs + 0.4), split)).flat(),

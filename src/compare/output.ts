@@ -34,7 +34,7 @@ function modeRows(m: ModeMeasure): string[][] {
     rows.push([
       `  worker ${w.rank}`, '', '', (s.compute + s.send + s.wait + s.optimizer).toFixed(1),
       `c ${s.compute.toFixed(1)} s ${s.send.toFixed(1)} w ${s.wait.toFixed(1)} o ${s.optimizer.toFixed(1)}`,
-      mb(w.bytesSentPerStep), `recv ${mb(w.bytesReceivedPerStep)}`, `rss ${mb(w.peakRssBytes)}`, `tensors ${mb(w.peakBackendBytes)}`,
+      mb(w.bytesSentPerStep), `recv ${mb(w.bytesReceivedPerStep)}`, `cpu ${(w.cpuMsPerStep ?? 0).toFixed(0)} ms`, `rss ${mb(w.peakRssBytes)}`, `tensors ${mb(w.peakBackendBytes)}`,
     ]);
   }
   return rows;

@@ -78,6 +78,7 @@ function workerMeasure(r: TrainResult, rank: number): WorkerMeasure {
     bytesSentPerStep: mean(steps.map((s) => s.bytesSent[rank]!)),
     bytesReceivedPerStep: mean(details.map((d) => d?.bytesReceived ?? 0)),
     sentByLink,
+    cpuMsPerStep: mean(details.map((d) => d?.cpuMs ?? 0)),
     peakRssBytes: Math.max(0, ...r.stats.map((s) => s.detail[rank]?.rssBytes ?? 0)),
     peakBackendBytes: Math.max(0, ...r.stats.map((s) => s.detail[rank]?.backendBytes ?? 0)),
     spans,

@@ -37,6 +37,8 @@ export interface WorkerMeasure {
   bytesReceivedPerStep: number;
   /** bytes sent per step by link ('conv3', 'fc6', ...) or bucket ('bucket 0', ...) */
   sentByLink: Record<string, number>;
+  /** CPU time of the worker's process per step, all threads (compute, libzmq's I/O threads, the backend's), ms; 0 where not reported */
+  cpuMsPerStep: number;
   peakRssBytes: number;
   /** the backend's own tensor memory at its peak (tf.memory().numBytes) */
   peakBackendBytes: number;

@@ -64,6 +64,14 @@ export interface StepDetail {
   rssBytes: number;
   /** the backend's tensor memory with the step's gradients alive (its peak), bytes */
   backendBytes: number;
+  /**
+   * CPU time the worker process used during the step, ms, all its threads
+   * together (the main thread's compute, libzmq's I/O threads encrypting and
+   * moving frames, the backend's own threads): beside the step's wall time
+   * it says how much of the machine a worker takes. Set by the worker
+   * process around the strategy's step.
+   */
+  cpuMs?: number;
   spans: StepSpan[];
 }
 

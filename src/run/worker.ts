@@ -143,7 +143,9 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
       const { msg, tensors } = await fromCoordinator.next(IDLE_MS, 'the next command');
       switch (msg.kind) {
         case 'step': {
+          const cpuBefore = process.cpuUsage();
           const r = await strategy.step(msg);
+          const cpu = process.cpuUsage(cpuBefore);
           // A loss that is not a number cannot travel (the protocol refuses it): say what it means here.
           if (!Number.isFinite(r.loss)) throw new WorkerFailure(`loss is ${r.loss} at epoch ${msg.epoch} step ${msg.step}: lower --lr`);
           await sendUp({
@@ -152,7 +154,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
             // Diagnostics must never fail a step: beyond what a report may carry, the first spans go and the per-link split is left out.
             ...(r.detail !== undefined ? {
               detail: {
-                ...r.detail, spans: r.detail.spans.slice(0, MAX_STEP_SPANS),
+                ...r.detail, cpuMs: (cpu.user + cpu.system) / 1000, spans: r.detail.spans.slice(0, MAX_STEP_SPANS),
                 sentByLink: Object.keys(r.detail.sentByLink).length <= MAX_STEP_LINKS ? r.detail.sentByLink : {},
               },
             } : {}),

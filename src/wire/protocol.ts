@@ -87,6 +87,7 @@ const StepDetail = z.strictObject({
   sentByLink: z.record(z.string().min(1).max(64), Count).refine((r) => Object.keys(r).length <= MAX_STEP_LINKS, { message: `more than ${MAX_STEP_LINKS} links or buckets` }),
   rssBytes: Count,
   backendBytes: Count,
+  cpuMs: Ms.optional(),
   spans: z.array(z.strictObject({
     cat: z.enum(['compute', 'send', 'wait', 'optimizer']), name: z.string().min(1).max(200), startMs: z.number().finite(), durMs: Ms,
   })).max(MAX_STEP_SPANS),
