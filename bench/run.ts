@@ -8,6 +8,7 @@ import { loopBench } from './loop.js';
 import { clusterBench } from './cluster.js';
 import { splitBench } from './split.js';
 import { webGpuKernelBench } from './webgpu-kernels.js';
+import { linksBench } from './links.js';
 
 const program = new Command('bench').description('splitnet benchmarks').showHelpAfterError();
 
@@ -50,6 +51,14 @@ sized('split', 'the 2012 two-tower split over 2 workers vs the two towers in one
   .addOption(num('--micro <m>', 'micro-batches for the second split variant', 4))
   .addOption(dataOption())
   .action(async (o: Sized & { warmup: number; passes: number; micro: number; data: Data }) => splitBench(o));
+
+sized('links', 'each mode over a shaped link vs loopback: overlap, micro-batches (and the wire type) where the network costs (root: namespaces and tc)', { resolution: 96, batch: 64, steps: 4 })
+  .option('--link <rate>', 'the rate each worker\'s link is shaped to', '1gbit')
+  .addOption(num('--warmup <n>', 'untimed steps first', 2))
+  .addOption(num('--passes <n>', 'times each variant runs, in turn', 1))
+  .addOption(num('--micro <m>', 'micro-batches for the second split variant', 4))
+  .addOption(dataOption())
+  .action(async (o: Sized & { link: string; warmup: number; passes: number; micro: number; data: Data }) => linksBench(o));
 
 sized('webgpu-kernels', "WebGPU's convolution gradients per layer: tfjs's naive filter gradient vs ours as matmuls; direct vs matmul input gradient", { resolution: 224, batch: 32, steps: 2 })
   .option('--adapter <which>', "'software' (llvmpipe: the proxy) or 'hardware'", 'software')
