@@ -53,7 +53,7 @@ async function linkPair(keyed: boolean, transport: 'tcp' | 'ipc' = 'tcp') {
 
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-describe('CURVE between workers', () => {
+describe('between workers: CURVE, and plain over loopback TCP or private ipc', () => {
   it("a peer link admits only its peer's key: a stranger with the server's public key is refused at ZAP, counted, and the link goes on", async () => {
     const { a, b, keys, portA } = await linkPair(true);
     const own = zmq.curveKeyPair();
