@@ -7,6 +7,7 @@ import { computeBench } from './compute.js';
 import { loopBench } from './loop.js';
 import { clusterBench } from './cluster.js';
 import { splitBench } from './split.js';
+import { transportBench } from './transport.js';
 import { webGpuKernelBench } from './webgpu-kernels.js';
 import { linksBench } from './links.js';
 
@@ -59,6 +60,13 @@ sized('links', 'each mode over a shaped link vs loopback: overlap, micro-batches
   .addOption(num('--micro <m>', 'micro-batches for the second split variant', 4))
   .addOption(dataOption())
   .action(async (o: Sized & { link: string; warmup: number; passes: number; micro: number; data: Data }) => linksBench(o));
+
+sized('transport', 'local workers: tcp vs ipc in a private directory, each with and without CURVE: raw throughput and a 2-worker data-parallel step', { resolution: 67, batch: 16, steps: 4 })
+  .addOption(num('--warmup <n>', 'untimed steps first', 2))
+  .addOption(num('--passes <n>', 'times each variant runs, in turn', 2))
+  .addOption(num('--mib <n>', 'MiB per message of the throughput test', 4))
+  .addOption(num('--messages <n>', 'messages per throughput test', 32))
+  .action(async (o: Sized & { warmup: number; passes: number; mib: number; messages: number }) => transportBench(o));
 
 sized('webgpu-kernels', "WebGPU's convolution gradients per layer: tfjs's naive filter gradient vs ours as matmuls; direct vs matmul input gradient", { resolution: 224, batch: 32, steps: 2 })
   .option('--adapter <which>', "'software' (llvmpipe: the proxy) or 'hardware'", 'software')

@@ -27,6 +27,11 @@
  * is the point; each mode must reach 10,000 of these alone), and raw TCP
  * connections, writes and bytes the kernel took, per target.
  *
+ * The same garbage goes to a run over ipc in its private directory (the
+ * local default, without CURVE): from a process of the run's own user, the
+ * only one the directory lets in (test/private-ipc.test.ts shows another user
+ * cannot connect); the raw connections are then Unix-socket ones.
+ *
  * With "security": "none" (loopback only) only garbage is sent: raw bytes,
  * port scans and frames that do not decode (each checked with the decoder
  * before it goes; random bytes may pass for ZMTP/1.0, which libzmq still
@@ -45,6 +50,7 @@
  * (workers report what they refused when they leave, after it).
  */
 import { connect, type Socket as NetSocket } from 'node:net';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import * as zmq from 'zeromq';
@@ -54,6 +60,7 @@ import { train, type TrainResult } from '../src/run/loop.js';
 import type { RunKeys } from '../src/wire/curve.js';
 import { writeRunKeys } from '../src/wire/key-file.js';
 import { decodeToCoordinator, decodeToPeer, encodeToCoordinator, encodeToPeer } from '../src/wire/protocol.js';
+import { endpoint } from '../src/wire/transport.js';
 import { alive, localCluster, Spawned } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';
 
@@ -276,9 +283,16 @@ function rawPayload(r: Rand, kind: Target['kind'], secure: boolean): Buffer[] {
 
 // ---- the strangers ------------------------------------------------------------------------
 
+/** Where a target listens, as the run names it (wire/transport.ts endpoint). */
+const zmqAddress = (t: Target): string => endpoint(t.ipcDir ? 'ipc' : 'tcp', '127.0.0.1', t.port, t.ipcDir?.());
+const rawAddress = (t: Target): { path: string } | { host: string; port: number } =>
+  t.ipcDir ? { path: zmqAddress(t).slice('ipc://'.length) } : { host: '127.0.0.1', port: t.port };
+
 interface Target {
   name: string;
   port: number;
+  /** transport ipc: the run's private socket directory (known once the run has started); the port names the socket in it */
+  ipcDir?: () => string;
   kind: 'coordinator' | 'peer';
   /** the CURVE server key of the socket on that port */
   serverKey?: string;
@@ -376,7 +390,7 @@ class Fuzzer {
     const tally = this.tallies.get(t.name)!;
     const scanHard = chunks.length === 0 && this.r.int(2) === 0;
     return new Promise((resolve) => {
-      const s = connect({ host: '127.0.0.1', port: t.port });
+      const s = connect(rawAddress(t));
       let connected = false;
       this.conns.add(s);
       s.on('error', () => {
@@ -422,7 +436,7 @@ class Fuzzer {
     }
     this.zsockets.add(s);
     this.tallies.get(t.name)!.sockets++;
-    s.connect(`tcp://127.0.0.1:${t.port}`);
+    s.connect(zmqAddress(t));
     return s;
   }
 
@@ -478,18 +492,48 @@ interface Fuzzed {
   peerWindowMs: number;
 }
 
+/**
+ * The run's private ipc directory, found where it is made: TMPDIR points at
+ * a fresh directory of the test's for the run, so the one splitnet-* in it is the run's.
+ */
+function privateDirOf(tmp: string): () => string {
+  return () => {
+    const dirs = readdirSync(tmp).filter((n) => n.startsWith('splitnet-'));
+    if (dirs.length !== 1) throw new Error(`expected the run's one private ipc directory in ${tmp}, found [${dirs.join(', ')}]`);
+    return join(tmp, dirs[0]!);
+  };
+}
+
 async function run(mode: 'data' | 'model', clusterOverrides: Record<string, unknown>, fuzz?: { fuzzer: Fuzzer; keys?: RunKeys }): Promise<Fuzzed> {
   const cluster = await localCluster(2, clusterOverrides);
+  const ipc = cluster.transport === 'ipc';
+  const outDir = tempDir();
+  const savedTmp = process.env.TMPDIR;
+  const tmp = tempDir();
+  if (ipc) process.env.TMPDIR = tmp;
+  try {
+    return await runOn(mode, cluster, outDir, ipc ? privateDirOf(tmp) : undefined, fuzz);
+  } finally {
+    if (ipc) {
+      if (savedTmp === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = savedTmp;
+      // (the workers' tsx keeps its cache there too: not the run's)
+      expect(readdirSync(tmp).filter((n) => n.startsWith('splitnet-')), 'the private directory, after the run').toEqual([]);
+    }
+  }
+}
+
+async function runOn(mode: 'data' | 'model', cluster: Awaited<ReturnType<typeof localCluster>>, outDir: string, ipcDir: (() => string) | undefined, fuzz?: { fuzzer: Fuzzer; keys?: RunKeys }): Promise<Fuzzed> {
   const lines: string[] = [];
   let started = 0;
   let firstStep = 0;
   let lastStep = 0;
   const targets: Target[] = [
-    { name: 'coordinator', port: cluster.coordinator.port, kind: 'coordinator', ...(fuzz?.keys ? { serverKey: fuzz.keys.coordinator.publicKey } : {}) },
-    ...cluster.workers.map((w, i): Target => ({ name: `worker ${i} peer port`, port: w.port, kind: 'peer', ...(fuzz?.keys ? { serverKey: fuzz.keys.workers[i]!.publicKey } : {}) })),
+    { name: 'coordinator', port: cluster.coordinator.port, kind: 'coordinator', ...(fuzz?.keys ? { serverKey: fuzz.keys.coordinator.publicKey } : {}), ...(ipcDir ? { ipcDir } : {}) },
+    ...cluster.workers.map((w, i): Target => ({ name: `worker ${i} peer port`, port: w.port, kind: 'peer', ...(fuzz?.keys ? { serverKey: fuzz.keys.workers[i]!.publicKey } : {}), ...(ipcDir ? { ipcDir } : {}) })),
   ];
   const result = await train({
-    config: mode === 'data' ? DATA : MODEL, outDir: tempDir(), mode, cluster, workers: cluster.workers, progress: false,
+    config: mode === 'data' ? DATA : MODEL, outDir, mode, cluster, workers: cluster.workers, progress: false,
     log: (l) => lines.push(l),
     onEvent: spawned.watch((e) => {
       if (e.type === 'started') {
@@ -576,6 +620,36 @@ async function fuzzedWithCurve(mode: 'data' | 'model', seed: number) {
   for (const pid of spawned.pids) expect(alive(pid), `worker pid ${pid}`).toBe(false);
 }
 
+/** A run without CURVE, fuzzed with garbage only (a forgery would be taken for the peer's own: see the top). */
+async function fuzzedPlain(overrides: Record<string, unknown>, seed: number, title: string) {
+  const plain = await run('data', overrides);
+  const fuzzer = new Fuzzer(new Rand(seed), false, framesPerLoop(plain, false));
+  fuzzers.push(fuzzer);
+  const fuzzed = await run('data', overrides, { fuzzer });
+  await fuzzer.stop();
+  const refusals = parseRefusals(fuzzed.lines);
+  report(`fuzz data-parallel, ${title} (seed ${seed})`, fuzzer, refusals, plain, fuzzed);
+
+  expectSameRun(fuzzed.result, plain.result);
+  expect(parseRefusals(plain.lines)).toEqual([]);
+  expect(fuzzer.total('plainFrames')).toBeGreaterThanOrEqual(MIN_FRAMES);
+  // Messages under ids not the workers' are dropped at the coordinator; no more than were sent there.
+  const unknownIds = sum(refusals, 'coordinator', /^message from unknown peer id/);
+  expect(unknownIds).toBeGreaterThan(0);
+  // (raw garbage may pass for ZMTP/1.0, which a socket without ZAP still speaks: at most one message per 2 bytes)
+  const atCoordinator = fuzzer.tallies.get('coordinator')!;
+  expect(unknownIds).toBeLessThanOrEqual(atCoordinator.messages + atCoordinator.rawBytes / 2);
+  // Messages that do not decode are dropped by the workers, counted by reason.
+  const undecodable = sum(refusals, 'workers') - sum(refusals, 'workers', /^handshake /);
+  expect(undecodable).toBeGreaterThan(0);
+  // A reason is the decoder's words, not the stranger's (what it quoted is left out): printable ASCII.
+  for (const x of refusals) expect(x.reason).toMatch(/^[\x20-\x7e…]*$/);
+  // Port scans and garbage are handshake failures.
+  expect(sum(refusals, 'coordinator', /^handshake /)).toBeGreaterThan(0);
+  expect(sum(refusals, 'workers', /^handshake /)).toBeGreaterThan(0);
+  for (const pid of spawned.pids) expect(alive(pid), `worker pid ${pid}`).toBe(false);
+}
+
 describe('fuzzing live runs', () => {
   it('data-parallel over 2 workers, CURVE: ≥ 10,000 random and mutated frames, every stranger refused by reason, the same losses and weights', async () => {
     await fuzzedWithCurve('data', 0x5eed);
@@ -585,33 +659,11 @@ describe('fuzzing live runs', () => {
     await fuzzedWithCurve('model', 0x70e5);
   });
 
-  it('data-parallel without CURVE ("security": "none", loopback): garbage and port scans are dropped and counted, the same losses and weights', async () => {
-    const seed = 0xbad;
-    const plain = await run('data', { security: 'none' });
-    const fuzzer = new Fuzzer(new Rand(seed), false, framesPerLoop(plain, false));
-    fuzzers.push(fuzzer);
-    const fuzzed = await run('data', { security: 'none' }, { fuzzer });
-    await fuzzer.stop();
-    const refusals = parseRefusals(fuzzed.lines);
-    report(`fuzz data-parallel, "security": "none" (seed ${seed})`, fuzzer, refusals, plain, fuzzed);
+  it('data-parallel without CURVE ("security": "none", loopback TCP): garbage and port scans are dropped and counted, the same losses and weights', async () => {
+    await fuzzedPlain({ security: 'none' }, 0xbad, '"security": "none"');
+  });
 
-    expectSameRun(fuzzed.result, plain.result);
-    expect(parseRefusals(plain.lines)).toEqual([]);
-    expect(fuzzer.total('plainFrames')).toBeGreaterThanOrEqual(MIN_FRAMES);
-    // Messages under ids not the workers' are dropped at the coordinator; no more than were sent there.
-    const unknownIds = sum(refusals, 'coordinator', /^message from unknown peer id/);
-    expect(unknownIds).toBeGreaterThan(0);
-    // (raw garbage may pass for ZMTP/1.0, which a socket without ZAP still speaks: at most one message per 2 bytes)
-    const atCoordinator = fuzzer.tallies.get('coordinator')!;
-    expect(unknownIds).toBeLessThanOrEqual(atCoordinator.messages + atCoordinator.rawBytes / 2);
-    // Messages that do not decode are dropped by the workers, counted by reason.
-    const undecodable = sum(refusals, 'workers') - sum(refusals, 'workers', /^handshake /);
-    expect(undecodable).toBeGreaterThan(0);
-    // A reason is the decoder's words, not the stranger's (what it quoted is left out): printable ASCII.
-    for (const x of refusals) expect(x.reason).toMatch(/^[\x20-\x7e…]*$/);
-    // Port scans and garbage are handshake failures.
-    expect(sum(refusals, 'coordinator', /^handshake /)).toBeGreaterThan(0);
-    expect(sum(refusals, 'workers', /^handshake /)).toBeGreaterThan(0);
-    for (const pid of spawned.pids) expect(alive(pid), `worker pid ${pid}`).toBe(false);
+  it('data-parallel over ipc in the private directory (the local default: no CURVE): garbage and scans from a process of the same user are dropped and counted, the same losses and weights, nothing left behind', async () => {
+    await fuzzedPlain({ transport: 'ipc' }, 0x1bc, 'ipc in a private directory');
   });
 });

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { checkSecurity } from '../src/config/cluster.js';
+import { checkSecurity, parseClusterConfig } from '../src/config/cluster.js';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train } from '../src/run/loop.js';
 import { readWorkerStdin } from '../src/run/worker-secrets.js';
@@ -18,6 +18,8 @@ import { checkHelloProof, helloProof, ZapGate } from '../src/wire/curve.js';
 import { readRunKeys, writeRunKeys } from '../src/wire/key-file.js';
 import { freePorts } from '../src/wire/free-ports.js';
 import { PeerLink } from '../src/wire/peer-link.js';
+import { createPrivateDir, removePrivateDir } from '../src/wire/private-dir.js';
+import { endpoint } from '../src/wire/transport.js';
 import { encodeToPeer } from '../src/wire/protocol.js';
 import { alive, localCluster, Spawned } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';
@@ -27,26 +29,31 @@ const HB = { intervalMs: 500, timeoutMs: 5_000 };
 const open: Array<{ close(): void }> = [];
 const spawned = new Spawned();
 afterEach(() => {
-  for (const s of open.splice(0)) s.close();
+  for (const s of open.splice(0).reverse()) s.close(); // links before the directory they sit in
   ZapGate.running()?.close();
   spawned.reap();
 });
 
-/** Two ends of a tower link in this process; with `keyed`, each end's CURVE keys from a fresh key file. */
-async function linkPair(keyed: boolean) {
+/**
+ * Two ends of a tower link in this process; with `keyed`, each end's CURVE keys from a fresh key file;
+ * over `transport` (ipc: in a fresh private directory, removed after the test).
+ */
+async function linkPair(keyed: boolean, transport: 'tcp' | 'ipc' = 'tcp') {
   const [pa, pb] = await freePorts(2);
   const keys = keyed ? writeRunKeys(join(tempDir(), 'keys.json'), 2) : undefined;
-  const ep = (p: number) => `tcp://127.0.0.1:${p}`;
+  const dir = transport === 'ipc' ? createPrivateDir() : undefined;
+  if (dir !== undefined) open.push({ close: () => removePrivateDir(dir) });
+  const ep = (p: number) => endpoint(transport, '127.0.0.1', p, dir);
   const common = { maxMessageBytes: 2 ** 24, heartbeat: HB, waitMs: 5_000 };
   const a = await PeerLink.open({ bind: ep(pa!), connect: ep(pb!), peerRank: 1, ...common, ...(keys ? { keys: { own: keys.workers[0]!, peer: keys.workers[1]!.publicKey } } : {}) });
   const b = await PeerLink.open({ bind: ep(pb!), connect: ep(pa!), peerRank: 0, ...common, ...(keys ? { keys: { own: keys.workers[1]!, peer: keys.workers[0]!.publicKey } } : {}) });
   open.push(a, b);
-  return { a, b, keys, portA: pa!, portB: pb! };
+  return { a, b, keys, portA: pa!, portB: pb!, endpointA: ep(pa!) };
 }
 
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-describe('CURVE between workers', () => {
+describe('between workers: CURVE, and plain over loopback TCP or private ipc', () => {
   it("a peer link admits only its peer's key: a stranger with the server's public key is refused at ZAP, counted, and the link goes on", async () => {
     const { a, b, keys, portA } = await linkPair(true);
     const own = zmq.curveKeyPair();
@@ -66,18 +73,54 @@ describe('CURVE between workers', () => {
     await expect(a.receive('0/0/fc6/fwd', 3)).rejects.toThrow(/worker 1 sent a non-finite '0\/0\/fc6\/fwd' \(NaN at float 1\): its training diverged/);
   });
 
-  it('without CURVE, frames that do not decode are dropped and counted, and the real messages still arrive', async () => {
-    const { a, b, portA } = await linkPair(false);
-    const garbage = new zmq.Push({ linger: 0 });
-    open.push(garbage);
-    garbage.connect(`tcp://127.0.0.1:${portA}`);
-    for (let i = 0; i < 20; i++) await garbage.send([Buffer.from([0xc1, i]), Buffer.alloc(3)]);
+  for (const transport of ['tcp', 'ipc'] as const) {
+    it(`without CURVE over ${transport === 'tcp' ? 'loopback TCP' : 'ipc in the private directory (the local default)'}, frames that do not decode are dropped and counted, and the real messages still arrive`, async () => {
+      const { a, b, endpointA } = await linkPair(false, transport);
+      const garbage = new zmq.Push({ linger: 0 });
+      open.push(garbage);
+      garbage.connect(endpointA);
+      for (let i = 0; i < 20; i++) await garbage.send([Buffer.from([0xc1, i]), Buffer.alloc(3)]);
+      await pause(300);
+      b.send('0/0/conv3/fwd', new Float32Array([4, 5]));
+      expect([...(await a.receive('0/0/conv3/fwd', 2))]).toEqual([4, 5]);
+      const total = [...a.dropped.values()].reduce((x, y) => x + y, 0);
+      expect(total).toBe(20);
+      expect([...a.dropped.keys()][0]).toMatch(/header frame is not msgpack/);
+    });
+  }
+
+  it('over ipc in the private directory without CURVE, a non-finite activation still fails the receive, naming the peer', async () => {
+    const { a, b } = await linkPair(false, 'ipc');
+    b.send('0/0/fc6/fwd', new Float32Array([1, Number.POSITIVE_INFINITY]));
+    await expect(a.receive('0/0/fc6/fwd', 2)).rejects.toThrow(/worker 1 sent a non-finite '0\/0\/fc6\/fwd' \(Infinity at float 1\)/);
+  });
+
+  it('ipc + CURVE, when the config asks for it: a stranger with its own key is refused at ZAP, the link goes on', async () => {
+    const { a, b, keys, endpointA } = await linkPair(true, 'ipc');
+    const own = zmq.curveKeyPair();
+    const stranger = new zmq.Push({ linger: 0, curveServerKey: keys!.workers[0]!.publicKey, curvePublicKey: own.publicKey, curveSecretKey: own.secretKey });
+    open.push(stranger);
+    stranger.connect(endpointA);
+    void stranger.send(encodeToPeer({ kind: 'xfer', key: '0/0/conv3/fwd' }, [new Float32Array([666])])).catch(() => {});
     await pause(300);
-    b.send('0/0/conv3/fwd', new Float32Array([4, 5]));
-    expect([...(await a.receive('0/0/conv3/fwd', 2))]).toEqual([4, 5]);
-    const total = [...a.dropped.values()].reduce((x, y) => x + y, 0);
-    expect(total).toBe(20);
-    expect([...a.dropped.keys()][0]).toMatch(/header frame is not msgpack/);
+    b.send('0/0/conv3/fwd', new Float32Array([1, 2, 3]));
+    expect([...(await a.receive('0/0/conv3/fwd', 3))]).toEqual([1, 2, 3]);
+    expect(ZapGate.running()!.refused.get("unknown key on 'peer'")).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe('which security a local transport gets', () => {
+  const base = { coordinator: { host: '127.0.0.1', port: 5550 }, workers: [{ host: '127.0.0.1', device: 'cpu', port: 5560 }] };
+  it('tcp defaults to CURVE; ipc (a private directory) to none; either may say otherwise', () => {
+    expect(parseClusterConfig({ ...base, transport: 'tcp' }).security).toBe('curve');
+    expect(parseClusterConfig({ ...base, transport: 'ipc' }).security).toBe('none');
+    expect(parseClusterConfig({ ...base, transport: 'ipc', security: 'curve' }).security).toBe('curve');
+    expect(parseClusterConfig({ ...base, transport: 'tcp', security: 'none' }).security).toBe('none');
+  });
+
+  it('ipc with a host that is not this one is refused, naming it', () => {
+    expect(() => parseClusterConfig({ ...base, transport: 'ipc', workers: [{ host: '10.0.0.7', device: 'cpu', port: 5560 }] }, 'cfg'))
+      .toThrow('cfg: transport: "ipc" needs every process on this host, and 10.0.0.7 is not local: use "tcp"');
   });
 });
 

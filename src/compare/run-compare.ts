@@ -117,7 +117,7 @@ async function localCluster(base: ClusterConfig, n: number): Promise<ClusterConf
   const [coord, ...ports] = await freePorts(n + 1);
   const device = base.workers[0]!.device;
   return parseClusterConfig({
-    coordinator: { host: '127.0.0.1', port: coord }, transport: base.transport,
+    coordinator: { host: '127.0.0.1', port: coord }, transport: base.transport, security: base.security,
     workers: ports.map((port) => ({ host: '127.0.0.1', device, ...(device === 'cpu' ? {} : { shared: true }), port })),
     timeouts: base.timeouts, heartbeat: base.heartbeat, bucketBytes: base.bucketBytes,
   }, `a local cluster of ${n} workers`);

@@ -68,21 +68,29 @@ export const ClusterConfigSchema = z.strictObject({
   /**
    * 'curve': every socket authenticated and encrypted (CurveZMQ), fresh keys
    * per run unless `keys` names a file from `splitnet keys`; 'none': plain
-   * TCP, which a run with a non-loopback host refuses unless --insecure
+   * TCP, which a run with a non-loopback host refuses unless --insecure.
+   * Default: 'curve' over tcp; 'none' over ipc, whose sockets sit in a
+   * directory only the run's user can enter (wire/private-dir.ts; the README
+   * says why, and what CURVE would add)
    */
-  security: z.enum(['curve', 'none']).default('curve'),
+  security: z.enum(['curve', 'none']).optional(),
   /** a key file from `splitnet keys` (for workers not started by the launcher, e.g. under srun); default: fresh keys per run */
   keys: z.string().min(1).optional(),
 });
 
-export type ClusterConfig = z.infer<typeof ClusterConfigSchema>;
+export type ClusterConfig = Omit<z.infer<typeof ClusterConfigSchema>, 'security'> & { security: 'curve' | 'none' };
 export type WorkerSpec = z.infer<typeof WorkerSchema>;
 
 /** Validates a parsed config: schema, then duplicate ports, and devices claimed twice without "shared". */
 export function parseClusterConfig(raw: unknown, where = 'cluster config'): ClusterConfig {
   const r = ClusterConfigSchema.safeParse(raw);
   if (!r.success) throw new UsageError(describeIssue(where, r.error.issues[0]!));
-  const cfg = r.data;
+  // Measured (bench/transport.ts): CURVE halves a link's throughput; the private ipc directory keeps other users out without it.
+  const cfg: ClusterConfig = { ...r.data, security: r.data.security ?? (r.data.transport === 'ipc' ? 'none' : 'curve') };
+  if (cfg.transport === 'ipc') {
+    const remote = [cfg.coordinator.host, ...cfg.workers.map((w) => w.host)].filter((h) => !isLocal(h));
+    if (remote.length > 0) throw new UsageError(`${where}: transport: "ipc" needs every process on this host, and ${[...new Set(remote)].join(', ')} is not local: use "tcp"`);
+  }
   const seenPorts = new Map<string, string>();
   const claim = (host: string, port: number, key: string) => {
     const k = `${host}:${port}`;

@@ -13,6 +13,11 @@
  *
  * Every place a step waits on the network is one of those awaits. Nothing
  * here reads a tensor back synchronously.
+ *
+ * With `layerSpans` each layer's forward and backward is recorded as a span
+ * on performance.now()'s clock (the one the sockets' send and wait spans
+ * use), without the awaits on the other tower: a cross link's wait is its
+ * own span, not the layer's.
  */
 import * as tf from '@tensorflow/tfjs';
 import { paramName, type Model } from './build.js';
@@ -49,7 +54,25 @@ export interface PassOptions {
    * dz [B, out] (and owns both) to compute xᵀ·dz once over all micro-batches.
    */
   onDeferredDense?: (layer: string, tower: number, x: tf.Tensor, dz: tf.Tensor) => void;
+  /** filled with one span per layer and phase, in the order they ran (the step's trace) */
+  layerSpans?: LayerSpan[];
 }
+
+/**
+ * A layer's forward or backward, from when the engine began handing its ops
+ * to the backend to when it had handed over the last one (performance.now(), ms).
+ *
+ * This is dispatch time, not completion, and deliberately so. On the
+ * backends the workers run (wasm, cpu, tfjs-node) an op has run when its
+ * call returns, so the two are the same. On WebGPU ops are queued: knowing
+ * when a layer really finished takes a wait on the device's queue after
+ * every layer, which would cost a sync per layer on every step and remove
+ * the very overlap of kernels and transfers the trace is there to show.
+ * Where the engine does wait on the device anyway (a cross link reads the
+ * layer's output back, a gradient is copied to the host), the spans after
+ * that point start from completed work.
+ */
+export interface LayerSpan { layer: string; phase: 'forward' | 'backward'; startMs: number; endMs: number }
 
 /** What forward kept, per layer and per local tower. */
 export interface Tape {
@@ -105,9 +128,11 @@ export async function forward(model: Model, x: tf.Tensor4D, opts: PassOptions, k
     for (const layer of spec.layers) {
       const cross = !first && spec.towers > 1 && isWeighted(layer) && layer.link === 'cross';
       let inputs = acts;
+      let start = performance.now();
       if (cross) {
         const axis = acts[0]!.rank - 1; // channels (NHWC) or features
         const all = own(split ? await opts.links!.gather(layer.name, acts[0]!, axis) : tf.concat(acts, axis));
+        if (split) start = performance.now(); // the wait on the other tower is the link's span, not the layer's
         release(acts);
         inputs = local.map(() => all);
       }
@@ -118,6 +143,7 @@ export async function forward(model: Model, x: tf.Tensor4D, opts: PassOptions, k
       else { release([...new Set(inputs)]); release(outs.flatMap((o) => (o.mask ? [o.mask] : []))); }
       acts = outs.map((o) => o.y);
       if (isWeighted(layer)) first = false;
+      opts.layerSpans?.push({ layer: layer.name, phase: 'forward', startMs: start, endMs: performance.now() });
       if (opts.onLayer) await opts.onLayer(layer.name, 'forward'); // no await otherwise: a microtask per layer on the training path
     }
     // Every process computes the loss from all logits [B, classes].
@@ -146,6 +172,8 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
   try {
     for (let i = tape.layers.length - 1; i >= firstWeighted; i--) {
       const { layer, cross, saved } = tape.layers[i]!;
+      const start = performance.now();
+      const span = () => opts.layerSpans?.push({ layer: layer.name, phase: 'backward', startMs: start, endMs: performance.now() });
       const needDx = i > firstWeighted; // the first weighted layer's input is the image
       const defer = opts.onDeferredDense !== undefined && layer.kind === 'dense';
       const outs = saved.map((s, j) => layerBackward(layer, s, dys[j]!, layerParams(model, layer, local[j]!), needDx, defer));
@@ -163,15 +191,18 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
         }
       }
       if (!needDx) {
+        span();
         if (opts.onLayer) await opts.onLayer(layer.name, 'backward');
         break;
       }
       const dxs = outs.map((o) => o.dx!);
       if (!cross) {
         dys = dxs;
+        span();
       } else {
         const axis = dxs[0]!.rank - 1;
         if (split) {
+          span(); // before the await: the exchange with the other tower is the link's span
           try {
             dys = [await opts.links!.scatter(layer.name, dxs[0]!, axis, false)];
           } finally {
@@ -183,6 +214,7 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
           dys = local.map((_, t) => tf.tidy(() => parts.slice(1).reduce((acc, p) => tf.add(acc, p[t]!), parts[0]![t]!)));
           tf.dispose(parts.flat());
           tf.dispose(dxs);
+          span();
         }
       }
       if (opts.onLayer) await opts.onLayer(layer.name, 'backward');

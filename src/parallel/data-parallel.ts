@@ -38,7 +38,8 @@ import { sgdUpdateRange, type SgdOptions } from '../model/sgd.js';
 import { chunkRange, ownedChunk, planBuckets, type Bucket, type RingAllReduce } from '../wire/ring-allreduce.js';
 import type { RingLink } from '../wire/ring-link.js';
 import { evaluate } from './evaluate.js';
-import { checksumOf, trafficSpans, type Combine, type EvalResult, type StepInput, type StepResult, type StepSpan, type Strategy } from './strategy.js';
+import { StepTimeline } from './step-timing.js';
+import { checksumOf, type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
 
 /** Lets socket events in between layers of backward (a macrotask turn of the event loop). */
 const yieldToSockets = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -49,10 +50,9 @@ export class DataParallelReplica implements Strategy {
   private readonly sgd: SgdOptions;
   private readonly batches: TrainBatches;
   private readonly where = new Map<string, { bucket: number; offset: number; size: number }>();
-  /** this step's optimizer time and spans (the chunk updates run inside the bucket reductions) */
+  /** this step's optimizer time and timeline (the chunk updates run inside the bucket reductions) */
   private optimizerMs = 0;
-  private optimizerSpans: StepSpan[] = [];
-  private stepStart = 0;
+  private timeline = new StepTimeline();
   /** all weights, flat per bucket */
   private readonly weights: Float32Array[];
   /**
@@ -100,7 +100,8 @@ export class DataParallelReplica implements Strategy {
   }
 
   async step(s: StepInput): Promise<StepResult> {
-    const t0 = performance.now();
+    const timeline = new StepTimeline();
+    const { t0 } = timeline;
     const shard = this.cfg.batch / this.world;
     const { x, y } = this.batches.batch(s.epoch, s.step, this.rank * shard, shard);
     const grads = this.gradBuffers;
@@ -113,8 +114,7 @@ export class DataParallelReplica implements Strategy {
     // between ring rounds after backward are work, not waiting (as in model-parallel).
     const loopBefore = performance.eventLoopUtilization();
     this.optimizerMs = 0;
-    this.optimizerSpans = [];
-    this.stepStart = t0;
+    this.timeline = timeline;
     const lr = s.lr;
     const overlap = s.overlap !== false;
     this.ring.begin(this.seq++);
@@ -134,6 +134,7 @@ export class DataParallelReplica implements Strategy {
           if (overlap && filled[at.bucket] === this.buckets[at.bucket]!.size) startBucket(at.bucket);
         },
         afterLayer: yieldToSockets,
+        layerSpans: timeline.layers(),
       });
       const backwardEnd = performance.now();
       const backendBytes = tf.memory().numBytes;
@@ -151,22 +152,18 @@ export class DataParallelReplica implements Strategy {
       const loaded = performance.now();
       const waitMs = performance.eventLoopUtilization(loopBefore).idle;
       const traffic = this.ring.traffic.take();
+      timeline.span('compute', 'forward + backward', t0, backwardEnd);
+      // the ring after backward: its idle share is waitMs, the chunk updates and sends inside it are drawn too
+      timeline.span('wait', 'all-reduce after backward', backwardEnd, reduced);
+      timeline.span('optimizer', 'weights into the model', reduced, loaded);
+      timeline.traffic({ sends: traffic.sends, waits: [] }); // the ring's waits are inside 'all-reduce after backward'
       return {
         loss: value, samples: shard, computeMs: performance.now() - t0 - waitMs, waitMs, bytesSent: this.ring.bytesSent - sentBefore,
         tensors: tf.memory().numTensors,
         ...(s.checksum ? { checksum: checksumOf(this.weights) } : {}),
-        detail: {
-          sendMs: traffic.sendMs, optimizerMs: this.optimizerMs + (loaded - reduced), bytesReceived: traffic.receivedBytes, sentByLink: traffic.sentBy,
-          rssBytes: process.memoryUsage().rss, backendBytes,
-          spans: [
-            { cat: 'compute', name: 'forward + backward', startMs: 0, durMs: backwardEnd - t0 },
-            // the ring after backward: its idle share is waitMs, the chunk updates and sends inside it are drawn too
-            { cat: 'wait', name: 'all-reduce after backward', startMs: backwardEnd - t0, durMs: reduced - backwardEnd },
-            ...this.optimizerSpans,
-            { cat: 'optimizer', name: 'weights into the model', startMs: reduced - t0, durMs: loaded - reduced },
-            ...trafficSpans('send', traffic.sends, t0),
-          ],
-        },
+        detail: timeline.detail({
+          sendMs: traffic.sendMs, optimizerMs: this.optimizerMs + (loaded - reduced), bytesReceived: traffic.receivedBytes, sentByLink: traffic.sentBy, backendBytes,
+        }),
       };
     } finally {
       tf.dispose([x, y]);
@@ -181,7 +178,7 @@ export class DataParallelReplica implements Strategy {
     sgdUpdateRange({ ...this.sgd, lr }, this.weights[b]!, this.momentum?.[b], grads, lo, hi, 1 / this.world);
     const u1 = performance.now();
     this.optimizerMs += u1 - u0;
-    this.optimizerSpans.push({ cat: 'optimizer', name: `sgd bucket ${b}`, startMs: u0 - this.stepStart, durMs: u1 - u0 });
+    this.timeline.span('optimizer', `sgd bucket ${b}`, u0, u1);
     await this.ring.allGather(b, this.weights[b]!);
   }
 

@@ -34,7 +34,8 @@ import { lossAndGrads, type CrossLinks } from '../model/engine.js';
 import { Sgd } from '../model/sgd.js';
 import type { PeerLink } from '../wire/peer-link.js';
 import { evaluate } from './evaluate.js';
-import { trafficSpans, type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
+import { StepTimeline } from './step-timing.js';
+import { type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
 
 /** A micro-batch's dense layers, by kernel name: input x [b, in] and dL/d(pre-activation) dz [b, out]. */
 type Deferred = Map<string, { x: tf.Tensor; dz: tf.Tensor }>;
@@ -89,7 +90,8 @@ export class ModelParallelTower implements Strategy {
   }
 
   async step(s: StepInput): Promise<StepResult> {
-    const t0 = performance.now();
+    const timeline = new StepTimeline();
+    const { t0 } = timeline;
     const { link, cfg } = this;
     // Time this process sat idle, awaiting the other tower: with pipelined
     // micro-batches the waits overlap each other and other micro-batches' compute,
@@ -98,7 +100,7 @@ export class ModelParallelTower implements Strategy {
     const sentBefore = link.bytesSent;
     link.traffic.take(); // evaluation's exchanges are not this step's
     link.forgetSeen();
-    const { micro, deferred } = await this.runMicroBatches(s);
+    const { micro, deferred } = await this.runMicroBatches(s, timeline);
     const backendBytes = tf.memory().numBytes;
     const g0 = performance.now();
     const grads = this.averageGradients(micro.map((r) => r.grads), deferred);
@@ -112,21 +114,15 @@ export class ModelParallelTower implements Strategy {
     tf.dispose(micro.map((r) => r.loss));
     const waitMs = performance.eventLoopUtilization(loopBefore).idle;
     const traffic = link.traffic.take();
+    // The micro-batches' compute and their waits on the other tower interleave: one span around them, each layer's inside it.
+    timeline.span('compute', `forward + backward (${this.microBatches} micro-batch${this.microBatches > 1 ? 'es' : ''}, waits inside)`, t0, g0);
+    timeline.span('compute', 'average gradients', g0, u0);
+    timeline.span('optimizer', 'sgd', u0, u1);
+    timeline.traffic(traffic);
     return {
       loss: lossSum / micro.length, samples: cfg.batch, computeMs: Math.max(0, performance.now() - t0 - waitMs), waitMs,
       bytesSent: link.bytesSent - sentBefore, tensors: tf.memory().numTensors,
-      detail: {
-        sendMs: traffic.sendMs, optimizerMs: u1 - u0, bytesReceived: traffic.receivedBytes, sentByLink: traffic.sentBy,
-        rssBytes: process.memoryUsage().rss, backendBytes,
-        spans: [
-          // The micro-batches' compute and their waits on the other tower interleave: one span, its idle share in waitMs.
-          { cat: 'compute', name: `forward + backward (${this.microBatches} micro-batch${this.microBatches > 1 ? 'es' : ''}, waits inside)`, startMs: 0, durMs: g0 - t0 },
-          { cat: 'compute', name: 'average gradients', startMs: g0 - t0, durMs: u0 - g0 },
-          { cat: 'optimizer', name: 'sgd', startMs: u0 - t0, durMs: u1 - u0 },
-          ...trafficSpans('send', traffic.sends, t0),
-          ...trafficSpans('wait', traffic.waits, t0),
-        ],
-      },
+      detail: timeline.detail({ sendMs: traffic.sendMs, optimizerMs: u1 - u0, bytesReceived: traffic.receivedBytes, sentByLink: traffic.sentBy, backendBytes }),
     };
   }
 
@@ -136,7 +132,7 @@ export class ModelParallelTower implements Strategy {
    * micro-batches (their x and dz come back in `deferred`): one xᵀ·dz over the
    * whole batch instead of m weight-sized products and their sum.
    */
-  private async runMicroBatches(s: StepInput): Promise<{ micro: Array<Awaited<ReturnType<typeof lossAndGrads>>>; deferred: Deferred[] }> {
+  private async runMicroBatches(s: StepInput, timeline: StepTimeline): Promise<{ micro: Array<Awaited<ReturnType<typeof lossAndGrads>>>; deferred: Deferred[] }> {
     const { link, cfg } = this;
     const m = this.microBatches;
     const size = cfg.batch / m;
@@ -147,6 +143,7 @@ export class ModelParallelTower implements Strategy {
         return await lossAndGrads(this.model, x, y, {
           dropout: { seed: cfg.seed, step: s.globalStep, firstSample: i * size },
           links: crossLinks(link, this.rank, `${s.globalStep}/${i}`),
+          layerSpans: timeline.layers(m > 1 ? `micro-batch ${i}` : ''),
           ...(m > 1 ? { onDeferredDense: (layer: string, tower: number, xs: tf.Tensor, dz: tf.Tensor) => deferred[i]!.set(paramName(this.model.spec, layer, tower, 'kernel'), { x: xs, dz }) } : {}),
         });
       } catch (err) {

@@ -16,6 +16,7 @@ import { buildModel, disposeModel, type Model } from '../model/build.js';
 import { lossAndGrads, type PassOptions } from '../model/engine.js';
 import { Sgd } from '../model/sgd.js';
 import { evaluate } from './evaluate.js';
+import { StepTimeline } from './step-timing.js';
 import type { EvalResult, StepInput, StepResult, Strategy } from './strategy.js';
 
 /** Where a step's time went: filled by trainStep when given. */
@@ -46,23 +47,21 @@ export class SingleStrategy implements Strategy {
   }
 
   async step(s: StepInput): Promise<StepResult> {
-    const t0 = performance.now();
+    const timeline = new StepTimeline();
+    const { t0 } = timeline;
     const { x, y } = this.batches.batch(s.epoch, s.step);
     try {
       // Dropout is keyed by the global step: a resumed run draws the same masks.
       this.opt.opts.lr = s.lr;
       const times: StepTimes = { backwardEndMs: t0, optimizerMs: 0, backendBytes: 0 };
-      const loss = await trainStep(this.model, this.opt, x, y, { dropout: { seed: this.cfg.seed, step: s.globalStep, firstSample: 0 } }, times);
+      const pass: PassOptions = { dropout: { seed: this.cfg.seed, step: s.globalStep, firstSample: 0 }, layerSpans: timeline.layers() };
+      const loss = await trainStep(this.model, this.opt, x, y, pass, times);
       const wall = performance.now() - t0;
+      timeline.span('compute', 'forward + backward', t0, times.backwardEndMs);
+      timeline.span('optimizer', 'sgd', times.backwardEndMs, times.backwardEndMs + times.optimizerMs);
       return {
         loss, samples: this.cfg.batch, computeMs: wall, waitMs: 0, bytesSent: 0, tensors: tf.memory().numTensors,
-        detail: {
-          sendMs: 0, optimizerMs: times.optimizerMs, bytesReceived: 0, sentByLink: {}, rssBytes: process.memoryUsage().rss, backendBytes: times.backendBytes,
-          spans: [
-            { cat: 'compute', name: 'forward + backward', startMs: 0, durMs: times.backwardEndMs - t0 },
-            { cat: 'optimizer', name: 'sgd', startMs: times.backwardEndMs - t0, durMs: times.optimizerMs },
-          ],
-        },
+        detail: timeline.detail({ sendMs: 0, optimizerMs: times.optimizerMs, bytesReceived: 0, sentByLink: {}, backendBytes: times.backendBytes }),
       };
     } finally {
       tf.dispose([x, y]);

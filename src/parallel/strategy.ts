@@ -45,7 +45,7 @@ export interface StepResult {
   detail?: StepDetail;
 }
 
-/** A stretch of a step on one process's timeline, in ms from the step's start. */
+/** A stretch of a step on one process's timeline, in ms from the step's start ('conv3 forward', 'send bucket 0', 'sgd'; see step-timing.ts). */
 export interface StepSpan { cat: 'compute' | 'send' | 'wait' | 'optimizer'; name: string; startMs: number; durMs: number }
 
 /**
@@ -73,11 +73,6 @@ export interface StepDetail {
    */
   cpuMs?: number;
   spans: StepSpan[];
-}
-
-/** Spans of one kind from a step's traffic, moved to the step's own clock (t0: the step's start). */
-export function trafficSpans(cat: 'send' | 'wait', spans: Array<{ name: string; startMs: number; durMs: number }>, t0: number): StepSpan[] {
-  return spans.map((s) => ({ cat, name: s.name, startMs: s.startMs - t0, durMs: s.durMs }));
 }
 
 export interface EvalResult {

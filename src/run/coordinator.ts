@@ -22,6 +22,7 @@ import type { Combine, EvalResult, StepInput, StepResult, Strategy } from '../pa
 import { decodeToCoordinator, encodeToWorker, type Decoded, type ToCoordinator } from '../wire/protocol.js';
 import { checkHelloProof, curveServer, generateRunKeys, workerKeys, ZapGate, type RunKeys } from '../wire/curve.js';
 import { readRunKeys } from '../wire/key-file.js';
+import { createPrivateDir, removePrivateDir } from '../wire/private-dir.js';
 import { Refusals } from '../wire/refusals.js';
 import { bindAddress, countRefusedHandshakes, endpoint, Inbox, receiveLoop, socketOptions } from '../wire/transport.js';
 import { startWorker, stopWorkers, type LaunchedWorker, type WorkerCommandOverride } from './launcher.js';
@@ -80,6 +81,9 @@ export class Cluster implements Strategy {
   private readonly stepMsSeen: number[] = [];
   private failure: ClusterError | undefined;
   private closing = false;
+  /** transport ipc: the run's private socket directory, removed by close() (or, failing that, as the process exits) */
+  private ipcDir: string | undefined;
+  private readonly removeIpcDir = () => { if (this.ipcDir !== undefined) removePrivateDir(this.ipcDir); };
   /** where the run stands, for messages */
   where = 'start-up';
 
@@ -163,8 +167,16 @@ export class Cluster implements Strategy {
   private async launch(): Promise<void> {
     const { cluster, config: cfg, mode, log } = this.opts;
     const world = this.world;
-    const coordinatorEp = endpoint(cluster.transport, cluster.coordinator.host, cluster.coordinator.port);
-    const peers = this.opts.workers.map((w) => endpoint(cluster.transport, w.host, w.port));
+    if (cluster.transport === 'ipc') {
+      try {
+        this.ipcDir = createPrivateDir();
+      } catch (err) {
+        throw this.fail(new ClusterError(`transport ipc: cannot make the run's private socket directory: ${(err as Error).message}`));
+      }
+      process.once('exit', this.removeIpcDir);
+    }
+    const coordinatorEp = endpoint(cluster.transport, cluster.coordinator.host, cluster.coordinator.port, this.ipcDir);
+    const peers = this.opts.workers.map((w) => endpoint(cluster.transport, w.host, w.port, this.ipcDir));
     if (this.keys) {
       // The run's worker keys only; which key may be which worker is the hello's proof (below).
       this.gate = await ZapGate.admit(this.zapDomain, new Set(this.keys.workers.map((k) => k.publicKey)));
@@ -343,6 +355,9 @@ export class Cluster implements Strategy {
     if (refused.size > 0) this.opts.log(`  refused from strangers: ${refused.line()}`);
     this.router.close();
     this.gate?.release(this.zapDomain);
+    // the workers are gone: nothing is bound in the directory any more
+    this.removeIpcDir();
+    process.off('exit', this.removeIpcDir);
   }
 
   /** Marks the run failed (the loop's own errors), so close() aborts rather than shuts down. */

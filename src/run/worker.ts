@@ -23,6 +23,7 @@ import { curveClient, helloProof, ZapGate, type WorkerKeys } from '../wire/curve
 import { decodeToWorker, encodeToCoordinator, MAX_STEP_LINKS, MAX_STEP_SPANS, type ToWorker } from '../wire/protocol.js';
 import { Refusals } from '../wire/refusals.js';
 import { openRing } from '../wire/ring-link.js';
+import { checkEndpoint } from '../wire/private-dir.js';
 import { Inbox, receiveLoop, socketOptions, watchOutgoing, type Heartbeat } from '../wire/transport.js';
 
 export interface WorkerArgs {
@@ -114,7 +115,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
   try {
     // The coordinator is gone (it exited, crashed or was killed, or its heartbeats stopped).
     watchOutgoing(dealer, `coordinator ${args.coordinator}`, (why) => orphaned(why));
-    dealer.connect(args.coordinator);
+    dealer.connect(checkEndpoint(args.coordinator)); // ipc: only inside the run's private directory
     receiveLoop(dealer, (frames) => {
       try {
         fromCoordinator.push(decodeToWorker(frames, maxBytes));

@@ -22,6 +22,7 @@ import * as zmq from 'zeromq';
 import { curveClient, curveServer, ZapGate, type KeyPair } from './curve.js';
 import { ToCoordinator, ToPeer, ToWorker } from './protocol.js';
 import { Refusals } from './refusals.js';
+import { checkEndpoint } from './private-dir.js';
 import { bindAddress, countRefusedHandshakes, receiveLoop, socketOptions, watchOutgoing, type Heartbeat } from './transport.js';
 
 export interface PeerSocketOptions {
@@ -72,6 +73,9 @@ export class PeerSockets {
   private constructor(private readonly push: zmq.Push, private readonly pull: zmq.Pull, private readonly release: () => void) {}
 
   static async open(opts: PeerSocketOptions, on: PeerSocketEvents): Promise<PeerSockets> {
+    // ipc: both ends in the run's private directory, checked before any socket exists
+    checkEndpoint(opts.bind);
+    checkEndpoint(opts.connect);
     const base = socketOptions(opts.heartbeat, opts.maxMessageBytes);
     // A domain per bound socket: each admits its own peer (one per process in a run; tests hold several).
     const domain = `peer@${opts.bind}`;

@@ -6,10 +6,10 @@
  * TCP connection (the peer sees 'disconnect' ~0.1 s later), and every wait
  * has a deadline.
  */
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as zmq from 'zeromq';
 import { isLocal } from '../config/cluster.js';
+import { checkEndpoint } from './private-dir.js';
 
 export interface Heartbeat {
   intervalMs: number;
@@ -58,18 +58,23 @@ export function countRefusedHandshakes(socket: zmq.Socket, count: (why: string) 
   socket.events.on('handshake:error:other', (e) => count(`handshake failed: ${e.error.message}`));
 }
 
-/** The address a socket on `host:port` is reached at. ipc needs every process on one host. */
-export function endpoint(transport: 'tcp' | 'ipc', host: string, port: number): string {
+/**
+ * The address a socket on `host:port` is reached at. ipc needs every process
+ * on one host, and `dir`: the run's private directory (private-dir.ts), where
+ * the port only names the socket.
+ */
+export function endpoint(transport: 'tcp' | 'ipc', host: string, port: number, dir?: string): string {
   if (transport === 'ipc') {
     if (!isLocal(host)) throw new Error(`transport ipc needs every process on this host; ${host} is not local`);
-    return `ipc://${join(tmpdir(), `splitnet-${port}.ipc`)}`;
+    if (dir === undefined) throw new Error('transport ipc: expected the run\'s private directory for the sockets, got none');
+    return checkEndpoint(`ipc://${join(dir, `${port}.ipc`)}`);
   }
   return `tcp://${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
 /** What a process binds for an endpoint it owns: a remote host's worker listens on all interfaces. */
 export function bindAddress(ep: string): string {
-  if (ep.startsWith('ipc://')) return ep;
+  if (ep.startsWith('ipc://')) return checkEndpoint(ep);
   const m = /^tcp:\/\/(\[[^\]]+\]|[^:]+):(\d+)$/.exec(ep);
   if (m === null) throw new Error(`not a tcp endpoint: ${ep}`);
   const host = m[1]!.replace(/^\[|\]$/g, '');
