@@ -143,8 +143,9 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     `${cfg.trainSamples / cfg.batch} steps per mode; modes ${o.modes.join(', ')}`);
 
   const secure = o.cluster.security === 'curve';
-  log(`  probing the link (loopback TCP through zeromq${secure ? ', CURVE-encrypted as the run\'s links' : ''}) and timing every layer in one process`);
-  const link = await probeLink({ secure });
+  const transport = o.cluster.transport;
+  log(`  probing the link (${transport === 'ipc' ? 'ipc in a private directory' : 'loopback TCP'} through zeromq${secure ? ', CURVE-encrypted as the run\'s links' : ''}) and timing every layer in one process`);
+  const link = await probeLink({ secure, transport });
   // The layers are timed where the workers compute: the config's device, this backend.
   const device = String(o.cluster.workers[0]!.device);
   await initBackend(cfg.backend, adapterFor(device, cfg.adapter));
@@ -225,7 +226,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     try {
       let linkHere = link;
       if (shaped !== undefined) {
-        linkHere = await shaped.network.probe(0, secure);
+        linkHere = await shaped.network.probe(0, shaped.cluster.security === 'curve');
         links.push({ name: linkName, ...linkHere });
         log(`link ${linkName}: ${linkHere.latencyMs.toFixed(3)} ms latency, ${(linkHere.bandwidth / 1e9).toFixed(3)} GB/s (workers in network namespaces, tc tbf)`);
       }

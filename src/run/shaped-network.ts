@@ -198,13 +198,16 @@ export class ShapedNetwork {
    * The cluster with its local workers moved into the namespaces: each
    * worker's host becomes its namespace's address (ports stay: each
    * namespace has ports of its own), the coordinator listens on the bridge,
-   * over TCP (ipc does not cross namespaces). Security is the config's.
+   * over TCP (ipc does not cross namespaces), bound to those addresses only.
+   * Security is the config's, except that a config on ipc gets CURVE.
    */
   place(cluster: ClusterConfig): ClusterConfig {
-    if (cluster.workers.length !== this.workers) throw new Error(`shaped network: built for ${this.workers} workers, the cluster has ${cluster.workers.length}`);
+    if (cluster.workers.length > this.workers) throw new Error(`shaped network: built for ${this.workers} workers, the cluster has ${cluster.workers.length}`);
     return {
       ...cluster,
       transport: 'tcp',
+      // ipc's protection is its private directory (no CURVE by default); TCP has none: it gets CURVE.
+      security: cluster.transport === 'ipc' ? 'curve' : cluster.security,
       coordinator: { ...cluster.coordinator, host: this.coordinatorHost },
       workers: cluster.workers.map((w, k) => ({ ...w, host: this.hosts[k]! })),
     };

@@ -12,6 +12,8 @@ import { describeIssue } from '../config/describe-issue.js';
 import { UsageError } from '../errors.js';
 import { curveClient, curveServer, generateRunKeys, ZapGate, type KeyPair } from './curve.js';
 import { freePorts } from './free-ports.js';
+import { createPrivateDir, removePrivateDir } from './private-dir.js';
+import { join } from 'node:path';
 
 /** Round trips timed for the latency (the median is kept): enough to ride out a scheduler hiccup. */
 const ROUND_TRIPS = 200;
@@ -34,9 +36,9 @@ export interface LinkProbe {
 
 /** What an echo needs: where it listens, where it answers, and (CURVE) its keys and the prober's public key. */
 export interface EchoPlan {
-  /** tcp endpoint the echo binds its PULL on */
+  /** endpoint the echo binds its PULL on (tcp, or ipc in this process) */
   listen: string;
-  /** tcp endpoint of the prober's PULL, which the echo's PUSH connects to */
+  /** endpoint of the prober's PULL, which the echo's PUSH connects to */
   answer: string;
   curve?: { own: KeyPair; prober: string };
 }
@@ -87,6 +89,8 @@ export interface ProbeOptions {
   secure?: boolean;
   /** how the echo is started (default: in this process) */
   startEcho?: StartEcho;
+  /** 'ipc': both ends in a fresh private directory of this process (the local workers' transport), not TCP */
+  transport?: 'tcp' | 'ipc';
 }
 
 const tcp = (host: string, port: number) => `tcp://${host.includes(':') ? `[${host}]` : host}:${port}`;
@@ -102,8 +106,9 @@ export async function probeLink(o: ProbeOptions = {}): Promise<LinkProbe> {
   const secure = o.secure ?? true;
   const [pEcho, pBack] = await freePorts(2);
   const [mine, theirs] = secure ? generateRunKeys(2).workers : [];
-  const listen = tcp(echoHost, pEcho!);
-  const answer = tcp(host, pBack!);
+  const dir = o.transport === 'ipc' ? createPrivateDir() : undefined;
+  const listen = dir !== undefined ? `ipc://${join(dir, 'echo.ipc')}` : tcp(echoHost, pEcho!);
+  const answer = dir !== undefined ? `ipc://${join(dir, 'back.ipc')}` : tcp(host, pBack!);
   const domain = `probe@${answer}`;
   const gate = secure ? await ZapGate.admit(domain, new Set([theirs!.publicKey])) : undefined;
   const back = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveServer(mine!, domain) : {}) });
@@ -136,6 +141,7 @@ export async function probeLink(o: ProbeOptions = {}): Promise<LinkProbe> {
     back.close();
     await echo?.stop();
     gate?.release(domain);
+    if (dir !== undefined) removePrivateDir(dir);
   }
 }
 
@@ -146,8 +152,8 @@ function median(xs: number[]): number {
 
 const Key = z.string().length(40);
 const EchoPlanSchema = z.strictObject({
-  listen: z.string().regex(/^tcp:\/\/.+:\d+$/),
-  answer: z.string().regex(/^tcp:\/\/.+:\d+$/),
+  listen: z.string().regex(/^tcp:\/\/.+:\d+$/, 'expected tcp://host:port'),
+  answer: z.string().regex(/^tcp:\/\/.+:\d+$/, 'expected tcp://host:port'),
   curve: z.strictObject({ own: z.strictObject({ publicKey: Key, secretKey: Key }), prober: Key }).optional(),
 });
 

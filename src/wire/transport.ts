@@ -6,6 +6,7 @@
  * TCP connection (the peer sees 'disconnect' ~0.1 s later), and every wait
  * has a deadline.
  */
+import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import * as zmq from 'zeromq';
 import { isLocal } from '../config/cluster.js';
@@ -72,13 +73,24 @@ export function endpoint(transport: 'tcp' | 'ipc', host: string, port: number, d
   return `tcp://${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
-/** What a process binds for an endpoint it owns: a remote host's worker listens on all interfaces. */
+/**
+ * What a process binds for an endpoint it owns: a loopback name, or an
+ * address one of this machine's interfaces has, exactly (a worker in a
+ * network namespace, the coordinator on a shaped network's bridge: nothing
+ * else reaches the port); any other name (a host name, an address behind
+ * NAT) on all interfaces.
+ */
 export function bindAddress(ep: string): string {
   if (ep.startsWith('ipc://')) return checkEndpoint(ep);
   const m = /^tcp:\/\/(\[[^\]]+\]|[^:]+):(\d+)$/.exec(ep);
   if (m === null) throw new Error(`not a tcp endpoint: ${ep}`);
   const host = m[1]!.replace(/^\[|\]$/g, '');
-  return isLocal(host) ? ep : `tcp://0.0.0.0:${m[2]}`;
+  return isLocal(host) || ownAddress(host) ? ep : `tcp://0.0.0.0:${m[2]}`;
+}
+
+/** Whether `host` is an address of one of this process's network interfaces (its namespace's). */
+function ownAddress(host: string): boolean {
+  return Object.values(networkInterfaces()).some((list) => list?.some((a) => a.address === host));
 }
 
 /** A deadline passed; the text says what was awaited and for how long. */
