@@ -5,7 +5,7 @@
  *   - a 1-worker cluster                                (the runtime's own cost)
  *   - 2 workers, all-reduce overlapped with backward    (scaling)
  *   - 2 workers, all-reduce after backward              (what overlap hides)
- *   - 2 workers, overlapped, plain TCP                  (what CURVE costs)
+ *   - 2 workers, overlapped, TCP with CURVE             (what TCP and CURVE cost over the local default)
  * and the bytes each worker sends per step against 2(N-1)/N × parameter bytes.
  * Writes bench/results/cluster.json.
  */
@@ -30,10 +30,11 @@ const median = (xs: number[]) => {
 };
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
-async function cluster(world: number, security: 'curve' | 'none') {
+/** The local default (ipc in a private directory, no CURVE), or TCP with CURVE (how remote workers talk). */
+async function cluster(world: number, transport: 'ipc' | 'tcp') {
   const [coord, ...peers] = await freePorts(world + 1);
   return parseClusterConfig({
-    coordinator: { host: '127.0.0.1', port: coord }, transport: 'tcp', security,
+    coordinator: { host: '127.0.0.1', port: coord }, transport, security: transport === 'ipc' ? 'none' : 'curve',
     workers: peers.map((port) => ({ host: '127.0.0.1', device: 'cpu', port })),
   });
 }
@@ -51,8 +52,8 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
   // The machine's speed drifts by tens of percent over minutes: the four
   // variants run in turn, `passes` times, and each figure is a median over all
   // its passes' timed steps.
-  const runCluster = async (world: number, overlap: boolean, security: 'curve' | 'none' = 'curve'): Promise<ClusterResult> => {
-    const c = await cluster(world, security);
+  const runCluster = async (world: number, overlap: boolean, transport: 'ipc' | 'tcp' = 'ipc'): Promise<ClusterResult> => {
+    const c = await cluster(world, transport);
     return train({ cluster: c, workers: c.workers, config: cfg, outDir: mkdtempSync(join(tmpdir(), 'splitnet-bench-')), overlap, ...quiet });
   };
   const timed = (r: ClusterResult) => r.stats.slice(o.warmup);
@@ -60,7 +61,7 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
   const oneStats: ClusterResult['stats'] = [];
   const twoStats: ClusterResult['stats'] = [];
   const afterStats: ClusterResult['stats'] = [];
-  const plainStats: ClusterResult['stats'] = [];
+  const curveStats: ClusterResult['stats'] = [];
   let paramBytes = 0;
   for (let pass = 0; pass < o.passes; pass++) {
     const outDir = mkdtempSync(join(tmpdir(), 'splitnet-bench-'));
@@ -72,7 +73,7 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
     twoStats.push(...timed(two));
     paramBytes = [...two.params.values()].reduce((n, p) => n + p.byteLength, 0);
     afterStats.push(...timed(await runCluster(2, false)));
-    plainStats.push(...timed(await runCluster(2, true, 'none')));
+    curveStats.push(...timed(await runCluster(2, true, 'tcp')));
     console.log(`  pass ${pass + 1}/${o.passes} done`);
   }
   const stepMs = (stats: ClusterResult['stats']) => median(stats.map((s) => s.wallMs));
@@ -82,7 +83,7 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
   const c1 = stepMs(oneStats);
   const c2 = stepMs(twoStats);
   const c2after = stepMs(afterStats);
-  const c2plain = stepMs(plainStats);
+  const c2curve = stepMs(curveStats);
   const expectedBytes = ((2 * (2 - 1)) / 2) * paramBytes;
   const sent = twoStats.flatMap((s) => s.bytesSent);
   // The slower worker's wait is the all-reduce itself; the faster one's adds the skew between them.
@@ -97,7 +98,7 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
   line('1-worker cluster', c1, `  ${Math.abs((c1 / single - 1) * 100).toFixed(1)}% ${c1 > single ? 'slower' : 'faster'} than the loop`);
   line('2 workers, all-reduce overlapped', c2, `  ${(c1 / c2).toFixed(2)}× the 1-worker cluster, ${(single / c2).toFixed(2)}× the loop`);
   line('2 workers, all-reduce after backward', c2after);
-  line('2 workers, overlapped, plain TCP', c2plain, `  CURVE costs ${((c2 / c2plain - 1) * 100).toFixed(1)}% per step`);
+  line('2 workers, overlapped, TCP + CURVE', c2curve, `  ${((c2curve / c2 - 1) * 100).toFixed(1)}% per step over the local default (ipc, private directory)`);
   // ZeRO-1: a reduce-scatter of the gradients, (N-1)/N of them, then an all-gather of the updated weights, (N-1)/N again.
   console.log(`  bytes sent per worker per step          ${(mean(sent) / 2 ** 20).toFixed(2)} MiB vs (N-1)/N gradients (reduce-scatter) + (N-1)/N weights (all-gather) ` +
     `= 2(N-1)/N × ${(paramBytes / 2 ** 20).toFixed(2)} MiB = ${(expectedBytes / 2 ** 20).toFixed(2)} MiB (${((mean(sent) / expectedBytes - 1) * 100).toFixed(2)}%)`);
@@ -106,17 +107,28 @@ export async function clusterBench(o: ClusterBenchOptions): Promise<void> {
     `(${twoStats[0]!.tensors.join(', ')})`);
   console.log(`  all-reduce time left after backward     ${waitOverlap.toFixed(1)} ms overlapped vs ${waitAfter.toFixed(1)} ms after (slower worker, median): ${(hidden * 100).toFixed(0)}% hidden behind backward`);
   console.log(`  compute skew between the two workers    ${skew.toFixed(0)} ms per step (median): the faster one waits that long`);
+  // Where a worker's step goes, 1 worker against 2: its compute (main thread), its wait, and the CPU its process used (all threads).
+  const split = (stats: ClusterResult['stats']) => ({
+    computeMs: median(stats.flatMap((s) => s.computeMs)), waitMs: median(stats.flatMap((s) => s.waitMs)),
+    cpuMs: median(stats.flatMap((s) => s.detail.map((d) => d?.cpuMs ?? NaN))),
+  });
+  const one = split(oneStats);
+  const two = split(twoStats);
+  console.log(`  per worker per step, 1 worker vs 2      compute ${one.computeMs.toFixed(0)} vs ${two.computeMs.toFixed(0)} ms (on half the samples), ` +
+    `wait ${one.waitMs.toFixed(0)} vs ${two.waitMs.toFixed(0)} ms, process CPU ${one.cpuMs.toFixed(0)} vs ${two.cpuMs.toFixed(0)} ms`);
 
   const out = join(here, 'results', 'cluster.json');
   await mkdir(dirname(out), { recursive: true });
   await writeFile(out, JSON.stringify({
     bench: 'cluster', date: new Date().toISOString(), options: o,
-    stepMs: { single, oneWorker: c1, twoWorkers: c2, twoWorkersNoOverlap: c2after, twoWorkersPlainTcp: c2plain },
-    imagesPerSec: { single: ips(single), oneWorker: ips(c1), twoWorkers: ips(c2), twoWorkersNoOverlap: ips(c2after), twoWorkersPlainTcp: ips(c2plain) },
-    curveCost: c2 / c2plain - 1,
+    transport: 'ipc in a private directory, no CURVE (the local default); the TCP variant with CURVE',
+    stepMs: { single, oneWorker: c1, twoWorkers: c2, twoWorkersNoOverlap: c2after, twoWorkersTcpCurve: c2curve },
+    imagesPerSec: { single: ips(single), oneWorker: ips(c1), twoWorkers: ips(c2), twoWorkersNoOverlap: ips(c2after), twoWorkersTcpCurve: ips(c2curve) },
+    tcpCurveCost: c2curve / c2 - 1,
     scaling2vs1: c1 / c2, scaling2vsLoop: single / c2, oneWorkerOverhead: c1 / single - 1,
+    perWorker: { oneWorker: one, twoWorkers: two },
     bytesPerWorkerPerStep: mean(sent), expectedBytes, allreduceWaitMs: { overlap: waitOverlap, after: waitAfter }, hiddenShare: hidden, skewMs: skew,
-    raw: { singleMs, one: oneStats, twoOverlap: twoStats, twoAfter: afterStats, twoPlainTcp: plainStats },
+    raw: { singleMs, one: oneStats, twoOverlap: twoStats, twoAfter: afterStats, twoTcpCurve: curveStats },
   }, null, 2) + '\n');
   console.log(`  wrote ${out}`);
 }
