@@ -9,7 +9,7 @@ import {
   crossLinkFloatsPerSample as benchCrossLinkFloats,
 } from '../bench/split.js';
 import {
-  crossLinkFloatsPerSample, dataParallelBytes, FLOAT_BYTES, gradientBuckets, hybridBytes, modelParallelBytes, predictBytes,
+  crossLinkFloatsPerSample, dataParallelBytes, FLOAT_BYTES, gradientBuckets, hybridBytes, modelExchanges, modelParallelBytes, predictBytes,
 } from '../src/compare/predict-bytes.js';
 import {
   forecast, forecastLinks, LINK_10_GBIT_S, LINK_100_GBIT_S, predictStepMs, relativeError, transferMs,
@@ -140,6 +140,18 @@ describe('predicted step time', () => {
   it('single: the timed layers scaled linearly with the batch, plus the update of every parameter', () => {
     const i = inputs({ batch: 3 * MEASURED_BATCH, optimizerMsPerParam: 1e-6 });
     expect(predictStepMs('single', i)).toBeCloseTo(3 * computeMs(i.layers) + 1e-6 * paramCount(ORIGINAL), 9);
+  });
+
+  it("adds a step's host work: the batch (fixed + per sample) to every mode, each cross link's floats to the split, every parameter's host side to data", () => {
+    const overheads = { inputMs: 10, inputMsAtHalfBatch: 6, moveMsPerFloat: 1e-5, ringMsPerParam: 1e-6 };
+    const bare = inputs({ link: INFINITE_LINK });
+    const withHost = inputs({ link: INFINITE_LINK, overheads });
+    // t(B) = 10, t(B/2) = 6: 2 ms fixed, 8 ms per measured batch
+    expect(predictStepMs('single', withHost) - predictStepMs('single', bare)).toBeCloseTo(10, 9);
+    expect(predictStepMs('data', withHost) - predictStepMs('data', bare)).toBeCloseTo(2 + 8 / 2 + 1e-6 * paramCount(ORIGINAL), 9);
+    // every gathered tensor, the logits included: [B, floats per sample of all towers]
+    const floats = modelExchanges(ORIGINAL).reduce((n, x) => n + x.floatsPerSample, 0) * MEASURED_BATCH;
+    expect(predictStepMs('model', withHost) - predictStepMs('model', bare)).toBeCloseTo(10 + floats * 1e-5, 9);
   });
 
   it('data is never faster than one replica computing its B/N samples', () => {

@@ -104,6 +104,7 @@ function fixture(): CompareResult {
     config: { arch: 'alexnet', width: 0.25, resolution: 67, batch: BATCH, seed: 7, steps: STEPS, backend: 'wasm' },
     link: { latencyMs: 0.042, bandwidth: 2.35e9 },
     links: [{ name: 'loopback', latencyMs: 0.042, bandwidth: 2.35e9 }],
+    overheads: { inputMs: 9.5, inputMsAtHalfBatch: 5.25, moveMsPerFloat: 2e-6, ringMsPerParam: 4e-6 },
     contention: [{ workers: 1, slowdown: 1 }, { workers: 2, slowdown: 1.6 }],
     layers: [
       { name: 'conv1', forwardMs: 4.1, backwardMs: 7.9, params: 34_944, outputFloats: 74_400 },

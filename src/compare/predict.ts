@@ -30,6 +30,7 @@ import {
   nonNegative, positive, positiveInteger, product, sum, type Exchange, type PredictMode,
 } from './predict-bytes.js';
 import type { ForecastPoint, LayerTiming, LinkMeasure } from './types.js';
+import type { StepOverheads } from './profile-overheads.js';
 
 const MS_PER_S = 1000;
 
@@ -56,6 +57,8 @@ export interface StepInputs {
   bucketBytes: number;
   /** the SGD update's cost per parameter it updates, ms (default 0: the update is left out) */
   optimizerMsPerParam?: number;
+  /** a step's host work besides its layers (profile-overheads.ts), already slowed like the layers; default: none */
+  overheads?: StepOverheads;
 }
 
 /**
@@ -197,10 +200,25 @@ function splitLayersMs(
   return t;
 }
 
-/** single: Σ (forward + backward) × B/B₀, plus the update of every parameter. */
+/**
+ * Building a batch of `samples`: a fixed part and a per-sample part, from
+ * the pipeline timed at the measured batch and at half of it.
+ */
+function inputMs(i: Required<StepInputs>, samples: number): number {
+  const o = i.overheads;
+  const fixed = fixedPart(o.inputMs, o.inputMsAtHalfBatch, i.measuredBatch, i.halfBatch);
+  return fixed + (o.inputMs - fixed) * (samples / i.measuredBatch);
+}
+
+/** The split's host work at its cross links: every float of each gathered tensor read out or made a tensor, both ways. */
+function moveMs(exchanges: Exchange[], batch: number, i: Required<StepInputs>): number {
+  return sum(exchanges.map((x) => x.floatsPerSample * batch)) * i.overheads.moveMsPerFloat;
+}
+
+/** single: the batch, then Σ (forward + backward) × B/B₀, plus the update of every parameter. */
 function singleMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   const scale = i.batch / i.measuredBatch;
-  return sum(layers.map((l) => fwd(l, scale) + bwd(l, scale))) + i.optimizerMsPerParam * totalParams(i.spec);
+  return inputMs(i, i.batch) + sum(layers.map((l) => fwd(l, scale) + bwd(l, scale))) + i.optimizerMsPerParam * totalParams(i.spec);
 }
 
 /**
@@ -213,8 +231,9 @@ function singleMs(layers: TimedLayer[], i: Required<StepInputs>): number {
  */
 function dataMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   const scale = i.batch / i.world / i.measuredBatch;
-  const forwardMs = sum(layers.map((l) => fwd(l, scale)));
-  return backwardWithRing(layers, forwardMs, scale, gradientBuckets(i.spec, i.bucketBytes), i.world, i.link, i.optimizerMsPerParam);
+  const forwardMs = inputMs(i, i.batch / i.world) + sum(layers.map((l) => fwd(l, scale)));
+  return backwardWithRing(layers, forwardMs, scale, gradientBuckets(i.spec, i.bucketBytes), i.world, i.link, i.optimizerMsPerParam) +
+    i.overheads.ringMsPerParam * totalParams(i.spec);
 }
 
 /**
@@ -226,7 +245,8 @@ function dataMs(layers: TimedLayer[], i: Required<StepInputs>): number {
 function modelMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   const scale = i.batch / i.measuredBatch / i.world;
   const indexed = layers.map((l, index) => ({ ...l, index }));
-  return splitLayersMs(indexed, modelExchanges(i.spec), scale, i.world, i.batch, i.link) +
+  const exchanges = modelExchanges(i.spec);
+  return inputMs(i, i.batch) + splitLayersMs(indexed, exchanges, scale, i.world, i.batch, i.link) + moveMs(exchanges, i.batch, i) +
     i.optimizerMsPerParam * totalParams(i.spec) / i.world;
 }
 
@@ -252,14 +272,16 @@ function hybridMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   // conv: B/N samples through the whole layer; fc: all B samples through 1/N
   // of its units. Both are B/(N·B₀) of the timed layer.
   const scale = i.batch / i.world / i.measuredBatch;
-  const convForwardMs = sum(conv.map((l) => fwd(l, scale)));
-  const fcMs = splitLayersMs(fc, hybridExchanges(i.spec), scale, i.world, i.batch, i.link);
+  const convForwardMs = inputMs(i, i.batch / i.world) + sum(conv.map((l) => fwd(l, scale)));
+  const fcMs = splitLayersMs(fc, hybridExchanges(i.spec), scale, i.world, i.batch, i.link) + moveMs(hybridExchanges(i.spec), i.batch, i);
   const convNames = convLayerNames(i.spec);
   const buckets = gradientBuckets(i.spec, i.bucketBytes, (l) => convNames.has(l));
   const endMs = backwardWithRing(conv, convForwardMs + fcMs, scale, buckets, i.world, i.link, i.optimizerMsPerParam);
   const fcParams = sum([...parameterShapes(i.spec)].filter(([n]) => !convNames.has(layerOfParam(n))).map(([, s]) => product(s)));
-  return endMs + i.optimizerMsPerParam * fcParams / i.world;
+  return endMs + i.optimizerMsPerParam * fcParams / i.world + i.overheads.ringMsPerParam * (totalParams(i.spec) - fcParams);
 }
+
+const NO_OVERHEADS: StepOverheads = { inputMs: 0, inputMsAtHalfBatch: 0, moveMsPerFloat: 0, ringMsPerParam: 0 };
 
 function checkInputs(i: StepInputs): Required<StepInputs> {
   positiveInteger('world', i.world);
@@ -271,7 +293,9 @@ function checkInputs(i: StepInputs): Required<StepInputs> {
   nonNegative('optimizerMsPerParam', optimizerMsPerParam);
   const halfBatch = i.halfBatch ?? i.measuredBatch / 2;
   positive('halfBatch', halfBatch);
-  return { ...i, optimizerMsPerParam, layersAtHalfBatch: i.layersAtHalfBatch ?? [], halfBatch };
+  const overheads = i.overheads ?? NO_OVERHEADS;
+  for (const [k, v] of Object.entries(overheads)) nonNegative(`overheads ${k}`, v);
+  return { ...i, optimizerMsPerParam, layersAtHalfBatch: i.layersAtHalfBatch ?? [], halfBatch, overheads };
 }
 
 /**

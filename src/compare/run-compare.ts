@@ -27,6 +27,7 @@ import { predictBytes } from './predict-bytes.js';
 import { forecast, predictStepMs, relativeError, type StepInputs } from './predict.js';
 import { measureContention } from './contention.js';
 import { profileLayers } from './profile-layers.js';
+import { profileOverheads, type StepOverheads } from './profile-overheads.js';
 import type { CompareResult, LayerTiming, ModeMeasure, Span, StepSplit, WorkerMeasure } from './types.js';
 
 export interface CompareOptions {
@@ -93,6 +94,10 @@ function stoppedCompare(r: TrainResult, what: string): Error {
 }
 
 const CHECK_SIZES = [3, 4];
+
+/** Host work on a machine where `slowdown` processes' worth of compute contend: slowed as the layers are. */
+const slowedOverheads = (o: StepOverheads, slowdown: number): StepOverheads =>
+  ({ inputMs: o.inputMs * slowdown, inputMsAtHalfBatch: o.inputMsAtHalfBatch * slowdown, moveMsPerFloat: o.moveMsPerFloat * slowdown, ringMsPerParam: o.ringMsPerParam * slowdown });
 /** The name of the unshaped link (--link's default). */
 export const LOOPBACK = 'loopback';
 
@@ -153,8 +158,10 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
   // At half the batch too: what each layer costs regardless of the samples (a worker's shard is smaller).
   const halfBatch = Math.max(1, Math.floor(cfg.batch / 2));
   const { layers: layersAtHalfBatch } = await profileLayers(cfg, halfBatch);
+  const overheads = await profileOverheads(cfg, cfg.batch, halfBatch);
   const computeMs = layers.reduce((n, l) => n + l.forwardMs + l.backwardMs, 0);
-  log(`  link: ${link.latencyMs.toFixed(3)} ms latency, ${(link.bandwidth / 1e9).toFixed(2)} GB/s; one step's layers: ${computeMs.toFixed(1)} ms`);
+  log(`  link: ${link.latencyMs.toFixed(3)} ms latency, ${(link.bandwidth / 1e9).toFixed(2)} GB/s; one step's layers: ${computeMs.toFixed(1)} ms; ` +
+    `its batch ${overheads.inputMs.toFixed(1)} ms; host work ${(overheads.moveMsPerFloat * 1e6).toFixed(2)} ms per Mfloat moved, ${(overheads.ringMsPerParam * 1e6).toFixed(2)} ms per Mparam reduced`);
 
   // Workers on this machine compute at once and slow each other down: measured, not assumed.
   const checkSizes = o.checkForecast ? CHECK_SIZES.filter((n) => cfg.batch >= n) : [];
@@ -170,6 +177,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
   const inputs = (world: number, batch: number, optimizerMsPerParam: number, over: LinkProbe = link): StepInputs => ({
     layers: slowed(layers, world), layersAtHalfBatch: slowed(layersAtHalfBatch, world), halfBatch, link: over, world, batch, measuredBatch: cfg.batch, spec,
     bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam: optimizerMsPerParam * (contention.get(world) ?? 1),
+    overheads: slowedOverheads(overheads, contention.get(world) ?? 1),
   });
   const params = layers.reduce((n, l) => n + l.params, 0);
   const optimizerMsPerParam = optimizerMs / params;
@@ -255,7 +263,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     forecastCheck.push({ mode: 'data', link: LOOPBACK, workers: n, oversubscribed: n > cores, measuredMs, predictedMs, error: relativeError(measuredMs, predictedMs) });
   }
 
-  const forecastPoints = forecast({ layers, layersAtHalfBatch, halfBatch, link, measuredBatch: cfg.batch, spec, bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam }, undefined, undefined,
+  const forecastPoints = forecast({ layers, layersAtHalfBatch, halfBatch, link, measuredBatch: cfg.batch, spec, bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam, overheads }, undefined, undefined,
     [...new Set([cfg.batch, cfg.batch * 2, cfg.batch * 8])]);
   return {
     date: new Date().toISOString(),
@@ -263,6 +271,6 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
       arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, batch: cfg.batch, seed: cfg.seed,
       steps: Math.max(0, ...modes.map((m) => m.losses.length)), backend: cfg.backend,
     },
-    link, links, layers, contention: [...contention].map(([workers, slowdown]) => ({ workers, slowdown })), modes, forecast: forecastPoints, forecastCheck,
+    link, links, layers, overheads, contention: [...contention].map(([workers, slowdown]) => ({ workers, slowdown })), modes, forecast: forecastPoints, forecastCheck,
   };
 }

@@ -4,6 +4,7 @@
  * this one object.
  */
 import type { Mode } from '../run/loop.js';
+import type { StepOverheads } from './profile-overheads.js';
 
 /** Milliseconds of one step, split by what the process was doing (means over the timed steps). */
 export interface StepSplit {
@@ -103,6 +104,8 @@ export interface CompareResult {
   /** every link the modes ran over, as probed: loopback first, then each shaped one */
   links: Array<LinkMeasure & { name: string }>;
   layers: LayerTiming[];
+  /** a step's host work besides its layers, timed in one process (profile-overheads.ts) */
+  overheads: StepOverheads;
   /** compute slowdown with n processes computing at once on this machine (the prediction's input for n workers here) */
   contention: Array<{ workers: number; slowdown: number }>;
   modes: ModeMeasure[];

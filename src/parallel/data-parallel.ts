@@ -104,6 +104,7 @@ export class DataParallelReplica implements Strategy {
     const { t0 } = timeline;
     const shard = this.cfg.batch / this.world;
     const { x, y } = this.batches.batch(s.epoch, s.step, this.rank * shard, shard);
+    timeline.span('compute', 'input batch', t0, performance.now());
     const grads = this.gradBuffers;
     const filled = this.buckets.map(() => 0);
     const copies: Array<Array<Promise<void>>> = this.buckets.map(() => []);

@@ -138,7 +138,9 @@ export class ModelParallelTower implements Strategy {
     const size = cfg.batch / m;
     const deferred: Deferred[] = Array.from({ length: m }, () => new Map());
     const settled = await Promise.allSettled(Array.from({ length: m }, async (_, i) => {
+      const b0 = performance.now();
       const { x, y } = this.batches.batch(s.epoch, s.step, i * size, size);
+      timeline.span('compute', `input batch${m > 1 ? ` (micro-batch ${i})` : ''}`, b0, performance.now());
       try {
         return await lossAndGrads(this.model, x, y, {
           dropout: { seed: cfg.seed, step: s.globalStep, firstSample: i * size },

@@ -50,6 +50,7 @@ export class SingleStrategy implements Strategy {
     const timeline = new StepTimeline();
     const { t0 } = timeline;
     const { x, y } = this.batches.batch(s.epoch, s.step);
+    timeline.span('compute', 'input batch', t0, performance.now());
     try {
       // Dropout is keyed by the global step: a resumed run draws the same masks.
       this.opt.opts.lr = s.lr;
