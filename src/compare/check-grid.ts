@@ -13,6 +13,22 @@ export interface CheckGrid {
   rows: Array<{ mode: Check['mode']; workers: number; oversubscribed: boolean; byLink: Map<string, Check> }>;
 }
 
+/**
+ * On each link, the fastest of the cluster modes measured there (at the
+ * config's worker count), as predicted and as measured: the forecast is only
+ * useful if it picks the same one.
+ */
+export function winners(r: CompareResult): Array<{ link: string; predicted: string; measured: string }> {
+  const out: Array<{ link: string; predicted: string; measured: string }> = [];
+  for (const link of [...new Set(r.forecastCheck.map((c) => c.link))]) {
+    const here = r.forecastCheck.filter((c) => c.link === link && c.mode !== 'single' && c.workers === 2 && !c.oversubscribed);
+    if (here.length < 2) continue;
+    const by = (k: 'predictedMs' | 'measuredMs') => here.reduce((a, b) => (b[k] < a[k] ? b : a)).mode;
+    out.push({ link, predicted: by('predictedMs'), measured: by('measuredMs') });
+  }
+  return out;
+}
+
 export function checkGrid(r: CompareResult): CheckGrid {
   const links = [...new Set(r.forecastCheck.map((c) => c.link))];
   const rows: CheckGrid['rows'] = [];
@@ -36,6 +52,8 @@ export function formatCheckGrid(r: CompareResult): string[] {
     ...rows.map((row) => [`${row.mode} ×${row.workers}${row.oversubscribed ? ' (oversubscribed)' : ''}`, ...links.map((l) => cell(row.byLink.get(l)))])];
   const widths = table[0]!.map((_, i) => Math.max(...table.map((t) => t[i]!.length)));
   const worst = Math.max(...r.forecastCheck.filter((c) => !c.oversubscribed).map((c) => Math.abs(c.error)));
+  const picks = winners(r);
   return [...table.map((t) => t.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()),
-    ...(Number.isFinite(worst) ? [`worst error where not oversubscribed: ${(worst * 100).toFixed(0)}%`] : [])];
+    ...(Number.isFinite(worst) ? [`worst error where not oversubscribed: ${(worst * 100).toFixed(0)}%`] : []),
+    ...(picks.length > 0 ? [`fastest at 2 workers, predicted / measured: ${picks.map((p) => `${p.link} ${p.predicted} / ${p.measured}${p.predicted === p.measured ? '' : ' (MISSED)'}`).join(', ')}`] : [])];
 }

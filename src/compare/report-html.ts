@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type { CompareResult } from './types.js';
-import { checkGrid } from './check-grid.js';
+import { checkGrid, winners } from './check-grid.js';
 
 export function renderReport(result: CompareResult): string {
   return `<!doctype html>
@@ -152,10 +152,14 @@ function forecastCheckSection(r: CompareResult): string {
 ${rows.map((row) => `<tr><td>${esc(row.mode)}</td><td>${row.workers}</td><td>${row.oversubscribed ? 'yes' : 'no'}</td>${links.map((l) => cells(row.byLink.get(l))).join('')}</tr>`).join('\n')}
 </tbody>
 </table>`;
+  const picks = winners(r);
+  const pickLine = picks.length === 0 ? '' : `<p class="caption" id="forecast-winners">Fastest at 2 workers, predicted / measured: ${picks.map((p) =>
+    `${esc(p.link)} ${esc(p.predicted)} / ${esc(p.measured)}${p.predicted === p.measured ? '' : ' <b>(missed)</b>'}`).join(', ')}</p>`;
   return `<section class="check">
 <h2>Forecast check</h2>
 <p class="caption">The forecast model against every configuration measured, on every link: step time predicted before the run and measured. Oversubscribed: more workers than cores or devices, so the measurement is not what the forecast describes. A shaped link emulates a rate only (tc tbf): its latency is the veth's.</p>
 ${body}
+${pickLine}
 </section>`;
 }
 
