@@ -98,6 +98,9 @@ export function addBf16Into(dst: Float32Array, offset: number, src: Uint16Array)
   for (let i = 0; i < n; i++) dst[offset + i]! += DECODE[src[i]!]!;
 }
 
+/** Value i of a wire array, as a number (for messages). */
+export const valueAt = (a: WireArray, i: number): number => (a instanceof Uint16Array ? fromBf16(a.subarray(i, i + 1))[0]! : a[i]!);
+
 /** Index of the first bf16 value that is NaN or ±Inf (exponent all ones), or −1. */
 export function firstNonFiniteBf16(a: Uint16Array): number {
   for (let i = 0; i < a.length; i++) if ((a[i]! & 0x7f80) === 0x7f80) return i;
