@@ -24,6 +24,29 @@
  * load are collectives too: `state` all-gathers the momentum shards, so every
  * replica can answer with the whole optimizer state; `load` keeps this
  * replica's shard.
+ *
+ * bf16 on the wire (cfg.wire). Invariant: every replica ends every step with
+ * bit-identical weights. A value that travels as bf16 is rounded, so whoever
+ * sends it must use the rounded value too. Per bucket of L floats, chunk
+ * [lo, hi) owned by this replica:
+ *   gradients  reduce-scatter in bf16, each hop adding into float32
+ *              (ring-allreduce.ts); the owner's summed chunk [hi−lo] is float32
+ *              and used by the owner alone, so it need not agree with anyone.
+ *   master     [hi−lo] float32 weights of the owned chunk, with momentum
+ *              [hi−lo] float32: the SGD step runs on these, never on rounded
+ *              values (an update smaller than half a bf16 step of its weight,
+ *              lr·g < 2^-9·|w|, would otherwise be lost every time).
+ *   working    `weights` [L]: what forward and backward use, on every replica
+ *              the bf16 rounding of the masters. The owner copies its updated
+ *              master into its chunk and the all-gather rounds it in place as
+ *              it sends it (the owner included), the other chunks arrive as
+ *              bf16: identical bits everywhere, and the checksums say so.
+ *   start, load  every replica rounds the whole initial (or loaded) weights
+ *              itself, the same way, and keeps its chunk's masters unrounded.
+ *   state      the masters are all-gathered as float32 (a collective of its
+ *              own, as the momentum's), so a checkpoint is exact and a resumed
+ *              run is the run that never stopped.
+ * With fp32 the owned chunk of `weights` is the master itself: no copies.
  */
 import * as tf from '@tensorflow/tfjs';
 import { performance } from 'node:perf_hooks';
@@ -36,6 +59,7 @@ import { buildModel, disposeModel, type Model } from '../model/build.js';
 import { lossAndGrads } from '../model/engine.js';
 import { sgdUpdateRange, type SgdOptions } from '../model/sgd.js';
 import { chunkRange, ownedChunk, planBuckets, type Bucket, type RingAllReduce } from '../wire/ring-allreduce.js';
+import { roundToBf16InPlace } from '../wire/bf16.js';
 import type { RingLink } from '../wire/ring-link.js';
 import { evaluate } from './evaluate.js';
 import { checksumOf, trafficSpans, type Combine, type EvalResult, type StepInput, type StepResult, type StepSpan, type Strategy } from './strategy.js';
@@ -53,8 +77,10 @@ export class DataParallelReplica implements Strategy {
   private optimizerMs = 0;
   private optimizerSpans: StepSpan[] = [];
   private stepStart = 0;
-  /** all weights, flat per bucket */
+  /** all weights, flat per bucket: the working weights (bf16 values with a bf16 wire) */
   private readonly weights: Float32Array[];
+  /** bf16 wire only: float32 master weights of this replica's chunk of each bucket, [hi − lo] */
+  private readonly master: Float32Array[] | undefined;
   /**
    * one gradient buffer per bucket. Its chunks go out zero-copy; reusing it
    * next step is safe because the coordinator starts a step only once every
@@ -86,6 +112,7 @@ export class DataParallelReplica implements Strategy {
     this.gradBuffers = this.buckets.map((b) => new Float32Array(b.size));
     this.owned = this.buckets.map((b) => chunkRange(b.size, world, ownedChunk(rank, world)));
     this.momentum = cfg.momentum === 0 ? undefined : this.owned.map(([lo, hi]) => new Float32Array(hi - lo));
+    this.master = cfg.wire === 'bf16' ? this.owned.map(([lo, hi]) => new Float32Array(hi - lo)) : undefined;
     this.ring.configure(this.buckets.map((b) => b.size));
   }
 
@@ -96,7 +123,19 @@ export class DataParallelReplica implements Strategy {
       const at = r.where.get(name)!;
       r.weights[at.bucket]!.set(await readFloats(v), at.offset);
     }
+    if (r.master) {
+      r.roundWorkingWeights();
+      r.loadWeightsIntoModel();
+    }
     return r;
+  }
+
+  /** bf16 wire: the masters of this replica's chunks from `weights`, then `weights` rounded (each replica the same way). */
+  private roundWorkingWeights(): void {
+    this.owned.forEach(([lo, hi], b) => {
+      this.master![b]!.set(this.weights[b]!.subarray(lo, hi));
+      roundToBf16InPlace(this.weights[b]!);
+    });
   }
 
   async step(s: StepInput): Promise<StepResult> {
@@ -117,7 +156,7 @@ export class DataParallelReplica implements Strategy {
     this.stepStart = t0;
     const lr = s.lr;
     const overlap = s.overlap !== false;
-    this.ring.begin(this.seq++);
+    this.ring.begin(this.seq++, this.cfg.wire);
     const startBucket = (b: number) => {
       const r = this.reduceBucket(b, grads[b]!, copies[b]!, lr);
       r.catch(() => {}); // awaited below; a failure while backward still runs must not go unhandled meanwhile
@@ -178,7 +217,14 @@ export class DataParallelReplica implements Strategy {
     await Promise.all(copies);
     const [lo, hi] = await this.ring.reduceScatter(b, grads);
     const u0 = performance.now();
-    sgdUpdateRange({ ...this.sgd, lr }, this.weights[b]!, this.momentum?.[b], grads, lo, hi, 1 / this.world);
+    const master = this.master?.[b];
+    if (master) {
+      // Step the float32 master [hi − lo]; the all-gather rounds the copy in `weights` as it sends it.
+      sgdUpdateRange({ ...this.sgd, lr }, master, this.momentum?.[b], grads.subarray(lo, hi), 0, hi - lo, 1 / this.world);
+      this.weights[b]!.set(master, lo);
+    } else {
+      sgdUpdateRange({ ...this.sgd, lr }, this.weights[b]!, this.momentum?.[b], grads, lo, hi, 1 / this.world);
+    }
     const u1 = performance.now();
     this.optimizerMs += u1 - u0;
     this.optimizerSpans.push({ cat: 'optimizer', name: `sgd bucket ${b}`, startMs: u0 - this.stepStart, durMs: u1 - u0 });
@@ -204,29 +250,37 @@ export class DataParallelReplica implements Strategy {
     return evaluate(this.model, part, { resolution: this.cfg.resolution, channels: this.cfg.channels, resize: this.cfg.resize, batch: this.cfg.evalBatch });
   }
 
-  /** Every parameter and (gathered from all replicas: a collective) every momentum buffer. */
+  /**
+   * Every parameter and (gathered from all replicas: a collective) every
+   * momentum buffer; with a bf16 wire the parameters are the float32 masters,
+   * gathered the same way.
+   */
   async state(): Promise<TrainState> {
     const params: PlainTensor[] = [];
     const momentum: PlainTensor[] = [];
-    let full: Float32Array[] | undefined;
-    if (this.momentum) {
-      this.ring.begin(this.seq++);
-      full = this.buckets.map((b, i) => {
-        const f = new Float32Array(b.size);
-        f.set(this.momentum![i]!, this.owned[i]![0]);
-        return f;
-      });
-      await Promise.all(full.map((f, i) => this.ring.allGather(i, f)));
-    }
+    const full = this.momentum ? await this.gatherShards(this.momentum) : undefined;
+    const weights = this.master ? await this.gatherShards(this.master) : this.weights;
     for (const [name, v] of this.model.params) {
       const at = this.where.get(name)!;
-      params.push({ name, shape: v.shape, data: this.weights[at.bucket]!.slice(at.offset, at.offset + at.size) });
+      params.push({ name, shape: v.shape, data: weights[at.bucket]!.slice(at.offset, at.offset + at.size) });
       if (full) momentum.push({ name, shape: v.shape, data: full[at.bucket]!.slice(at.offset, at.offset + at.size) });
     }
     return { params, momentum };
   }
 
-  /** Every replica is given the whole state and keeps its momentum shard. */
+  /** Every replica's shard [hi − lo] of each bucket, all-gathered as float32 into whole buckets [L] (one collective). */
+  private async gatherShards(shards: Float32Array[]): Promise<Float32Array[]> {
+    this.ring.begin(this.seq++, 'fp32');
+    const full = this.buckets.map((b, i) => {
+      const f = new Float32Array(b.size);
+      f.set(shards[i]!, this.owned[i]![0]);
+      return f;
+    });
+    await Promise.all(full.map((f, i) => this.ring.allGather(i, f)));
+    return full;
+  }
+
+  /** Every replica is given the whole state and keeps its momentum shard (and with a bf16 wire its masters). */
   async load(state: TrainState): Promise<void> {
     const byName = new Map(state.params.map((p) => [p.name, p]));
     for (const name of this.model.params.keys()) {
@@ -236,6 +290,7 @@ export class DataParallelReplica implements Strategy {
       if (p.data.length !== at.size) throw new Error(`state: ${name} has ${p.data.length} values, the model ${at.size}`);
       this.weights[at.bucket]!.set(p.data, at.offset);
     }
+    if (this.master) this.roundWorkingWeights();
     this.loadWeightsIntoModel();
     if (!this.momentum) return;
     const flat = this.buckets.map((b) => new Float32Array(b.size)); // absent buffers are zeros, as a fresh optimizer's
