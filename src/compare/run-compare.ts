@@ -152,7 +152,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
   };
   const inputs = (world: number, batch: number, optimizerMsPerParam: number): StepInputs => ({
     layers: slowed(layers, world), layersAtHalfBatch: slowed(layersAtHalfBatch, world), halfBatch, link, world, batch, measuredBatch: cfg.batch, spec,
-    bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam: optimizerMsPerParam * (contention.get(world) ?? 1),
+    bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam: optimizerMsPerParam * (contention.get(world) ?? 1), wire: cfg.wire,
   });
   const params = layers.reduce((n, l) => n + l.params, 0);
   const optimizerMsPerParam = optimizerMs / params;
@@ -180,7 +180,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
       }
     }
     const world = runMode === 'single' ? 1 : workers.length;
-    const predictedBytes = predictBytes(runMode, spec, world, cfg.batch, o.cluster.bucketBytes);
+    const predictedBytes = predictBytes(runMode, spec, world, cfg.batch, o.cluster.bucketBytes, cfg.wire);
     const predictedMs = predictStepMs(runMode, inputs(world, cfg.batch, optimizerMsPerParam));
     const r = await train({
       config: cfg, outDir: join(o.outDir, 'runs', mode), mode: runMode, progress: o.progress, log: (l) => log(`  ${l}`),
