@@ -26,27 +26,31 @@
  * replica's shard.
  *
  * bf16 on the wire (cfg.wire). Invariant: every replica ends every step with
- * bit-identical weights. A value that travels as bf16 is rounded, so whoever
- * sends it must use the rounded value too. Per bucket of L floats, chunk
- * [lo, hi) owned by this replica:
+ * bit-identical weights (the checksums compare them). A value that travels
+ * as bf16 is rounded, so whoever sends it must use the rounded value too.
+ * Per bucket of L floats, chunk [lo, hi) owned by this replica:
  *   gradients  reduce-scatter in bf16, each hop adding into float32
- *              (ring-allreduce.ts); the owner's summed chunk [hi−lo] is float32
- *              and used by the owner alone, so it need not agree with anyone.
- *   master     [hi−lo] float32 weights of the owned chunk, with momentum
- *              [hi−lo] float32: the SGD step runs on these, never on rounded
- *              values (an update smaller than half a bf16 step of its weight,
- *              lr·g < 2^-9·|w|, would otherwise be lost every time).
- *   working    `weights` [L]: what forward and backward use, on every replica
- *              the bf16 rounding of the masters. The owner copies its updated
- *              master into its chunk and the all-gather rounds it in place as
- *              it sends it (the owner included), the other chunks arrive as
- *              bf16: identical bits everywhere, and the checksums say so.
- *   start, load  every replica rounds the whole initial (or loaded) weights
- *              itself, the same way, and keeps its chunk's masters unrounded.
- *   state      the masters are all-gathered as float32 (a collective of its
- *              own, as the momentum's), so a checkpoint is exact and a resumed
- *              run is the run that never stopped.
- * With fp32 the owned chunk of `weights` is the master itself: no copies.
+ *              (ring-allreduce.ts); the owner's summed chunk [hi − lo] is
+ *              float32 and used by the owner alone: no one need agree with it.
+ *   update     the owner takes the SGD step on float32 (weights and momentum
+ *              [hi − lo], never rounded) into a scratch copy, and writes the
+ *              step Δ = w_new − w into its chunk of the gradient buffer [L]
+ *              (free now: bf16 frames go out of the ring's own buffers).
+ *   all-gather of Δ in bf16: the ring rounds the owner's chunk of Δ in place
+ *              as it sends it, so after it every replica, the owner included,
+ *              holds the same bf16 values of every chunk's Δ, and adds them
+ *              into its float32 weights: w ← w + Δ̃, the same float32 sum of
+ *              the same inputs everywhere.
+ * Why the update, not the weights: weights sent as bf16 would make the
+ * working weights bf16 values (relative error 2^-9 of |w| each step, a
+ * step smaller than half a bf16 ulp of its weight lost), and forward on
+ * rounded weights moves the gradients at initialization by up to 25%
+ * (measured on the test net: fc6, where the batch's terms cancel). Rounding
+ * Δ instead costs 2^-9 of |Δ| (≈ lr·|g|, orders below |w|), keeps the
+ * weights float32 everywhere (so they are the master weights, and a
+ * checkpoint is exact with no extra gather), and sends the same bytes.
+ * With fp32 the owner steps its chunk of the weights in place and the
+ * all-gather sends the weights themselves.
  */
 import * as tf from '@tensorflow/tfjs';
 import { performance } from 'node:perf_hooks';
@@ -59,7 +63,7 @@ import { buildModel, disposeModel, type Model } from '../model/build.js';
 import { lossAndGrads } from '../model/engine.js';
 import { sgdUpdateRange, type SgdOptions } from '../model/sgd.js';
 import { chunkRange, ownedChunk, planBuckets, type Bucket, type RingAllReduce } from '../wire/ring-allreduce.js';
-import { roundToBf16InPlace } from '../wire/bf16.js';
+import { addInto } from '../wire/bf16.js';
 import type { RingLink } from '../wire/ring-link.js';
 import { evaluate } from './evaluate.js';
 import { checksumOf, trafficSpans, type Combine, type EvalResult, type StepInput, type StepResult, type StepSpan, type Strategy } from './strategy.js';
@@ -77,10 +81,8 @@ export class DataParallelReplica implements Strategy {
   private optimizerMs = 0;
   private optimizerSpans: StepSpan[] = [];
   private stepStart = 0;
-  /** all weights, flat per bucket: the working weights (bf16 values with a bf16 wire) */
+  /** all weights, flat per bucket */
   private readonly weights: Float32Array[];
-  /** bf16 wire only: float32 master weights of this replica's chunk of each bucket, [hi − lo] */
-  private readonly master: Float32Array[] | undefined;
   /**
    * one gradient buffer per bucket. Its chunks go out zero-copy; reusing it
    * next step is safe because the coordinator starts a step only once every
@@ -91,6 +93,8 @@ export class DataParallelReplica implements Strategy {
   private readonly momentum: Float32Array[] | undefined;
   /** [begin, end) of this replica's chunk of each bucket */
   private readonly owned: Array<[number, number]>;
+  /** bf16 wire: the SGD step's result for one owned chunk, [max(hi − lo)], reused bucket after bucket (the step is synchronous) */
+  private readonly stepped: Float32Array | undefined;
   /** collective sequence: the same count on every replica */
   private seq = 0;
 
@@ -112,7 +116,7 @@ export class DataParallelReplica implements Strategy {
     this.gradBuffers = this.buckets.map((b) => new Float32Array(b.size));
     this.owned = this.buckets.map((b) => chunkRange(b.size, world, ownedChunk(rank, world)));
     this.momentum = cfg.momentum === 0 ? undefined : this.owned.map(([lo, hi]) => new Float32Array(hi - lo));
-    this.master = cfg.wire === 'bf16' ? this.owned.map(([lo, hi]) => new Float32Array(hi - lo)) : undefined;
+    this.stepped = cfg.wire === 'bf16' ? new Float32Array(Math.max(0, ...this.owned.map(([lo, hi]) => hi - lo))) : undefined;
     this.ring.configure(this.buckets.map((b) => b.size));
   }
 
@@ -123,19 +127,7 @@ export class DataParallelReplica implements Strategy {
       const at = r.where.get(name)!;
       r.weights[at.bucket]!.set(await readFloats(v), at.offset);
     }
-    if (r.master) {
-      r.roundWorkingWeights();
-      r.loadWeightsIntoModel();
-    }
     return r;
-  }
-
-  /** bf16 wire: the masters of this replica's chunks from `weights`, then `weights` rounded (each replica the same way). */
-  private roundWorkingWeights(): void {
-    this.owned.forEach(([lo, hi], b) => {
-      this.master![b]!.set(this.weights[b]!.subarray(lo, hi));
-      roundToBf16InPlace(this.weights[b]!);
-    });
   }
 
   async step(s: StepInput): Promise<StepResult> {
@@ -212,23 +204,30 @@ export class DataParallelReplica implements Strategy {
     }
   }
 
-  /** Reduce-scatter a bucket's gradients, step this replica's chunk, all-gather the weights. */
+  /**
+   * Reduce-scatter a bucket's gradients, step this replica's chunk, all-gather
+   * the weights (fp32) or the steps, added into every replica's weights (bf16).
+   */
   private async reduceBucket(b: number, grads: Float32Array, copies: Array<Promise<void>>, lr: number): Promise<void> {
     await Promise.all(copies);
     const [lo, hi] = await this.ring.reduceScatter(b, grads);
     const u0 = performance.now();
-    const master = this.master?.[b];
-    if (master) {
-      // Step the float32 master [hi − lo]; the all-gather rounds the copy in `weights` as it sends it.
-      sgdUpdateRange({ ...this.sgd, lr }, master, this.momentum?.[b], grads.subarray(lo, hi), 0, hi - lo, 1 / this.world);
-      this.weights[b]!.set(master, lo);
+    const weights = this.weights[b]!;
+    if (this.stepped) {
+      // The step into scratch, then Δ = w_new − w into the gradient chunk the step has used up (see the header).
+      const w = this.stepped.subarray(0, hi - lo);
+      w.set(weights.subarray(lo, hi));
+      sgdUpdateRange({ ...this.sgd, lr }, w, this.momentum?.[b], grads.subarray(lo, hi), 0, hi - lo, 1 / this.world);
+      for (let i = 0; i < hi - lo; i++) grads[lo + i] = w[i]! - weights[lo + i]!;
     } else {
-      sgdUpdateRange({ ...this.sgd, lr }, this.weights[b]!, this.momentum?.[b], grads, lo, hi, 1 / this.world);
+      sgdUpdateRange({ ...this.sgd, lr }, weights, this.momentum?.[b], grads, lo, hi, 1 / this.world);
     }
     const u1 = performance.now();
     this.optimizerMs += u1 - u0;
     this.optimizerSpans.push({ cat: 'optimizer', name: `sgd bucket ${b}`, startMs: u0 - this.stepStart, durMs: u1 - u0 });
-    await this.ring.allGather(b, this.weights[b]!);
+    if (!this.stepped) return this.ring.allGather(b, weights);
+    await this.ring.allGather(b, grads); // every chunk's Δ as the bf16 values every replica holds
+    addInto(weights, 0, grads);
   }
 
   private loadWeightsIntoModel(): void {
@@ -250,37 +249,29 @@ export class DataParallelReplica implements Strategy {
     return evaluate(this.model, part, { resolution: this.cfg.resolution, channels: this.cfg.channels, resize: this.cfg.resize, batch: this.cfg.evalBatch });
   }
 
-  /**
-   * Every parameter and (gathered from all replicas: a collective) every
-   * momentum buffer; with a bf16 wire the parameters are the float32 masters,
-   * gathered the same way.
-   */
+  /** Every parameter and (gathered from all replicas: a collective) every momentum buffer. */
   async state(): Promise<TrainState> {
     const params: PlainTensor[] = [];
     const momentum: PlainTensor[] = [];
-    const full = this.momentum ? await this.gatherShards(this.momentum) : undefined;
-    const weights = this.master ? await this.gatherShards(this.master) : this.weights;
+    let full: Float32Array[] | undefined;
+    if (this.momentum) {
+      this.ring.begin(this.seq++);
+      full = this.buckets.map((b, i) => {
+        const f = new Float32Array(b.size);
+        f.set(this.momentum![i]!, this.owned[i]![0]);
+        return f;
+      });
+      await Promise.all(full.map((f, i) => this.ring.allGather(i, f)));
+    }
     for (const [name, v] of this.model.params) {
       const at = this.where.get(name)!;
-      params.push({ name, shape: v.shape, data: weights[at.bucket]!.slice(at.offset, at.offset + at.size) });
+      params.push({ name, shape: v.shape, data: this.weights[at.bucket]!.slice(at.offset, at.offset + at.size) });
       if (full) momentum.push({ name, shape: v.shape, data: full[at.bucket]!.slice(at.offset, at.offset + at.size) });
     }
     return { params, momentum };
   }
 
-  /** Every replica's shard [hi − lo] of each bucket, all-gathered as float32 into whole buckets [L] (one collective). */
-  private async gatherShards(shards: Float32Array[]): Promise<Float32Array[]> {
-    this.ring.begin(this.seq++, 'fp32');
-    const full = this.buckets.map((b, i) => {
-      const f = new Float32Array(b.size);
-      f.set(shards[i]!, this.owned[i]![0]);
-      return f;
-    });
-    await Promise.all(full.map((f, i) => this.ring.allGather(i, f)));
-    return full;
-  }
-
-  /** Every replica is given the whole state and keeps its momentum shard (and with a bf16 wire its masters). */
+  /** Every replica is given the whole state and keeps its momentum shard. */
   async load(state: TrainState): Promise<void> {
     const byName = new Map(state.params.map((p) => [p.name, p]));
     for (const name of this.model.params.keys()) {
@@ -290,7 +281,6 @@ export class DataParallelReplica implements Strategy {
       if (p.data.length !== at.size) throw new Error(`state: ${name} has ${p.data.length} values, the model ${at.size}`);
       this.weights[at.bucket]!.set(p.data, at.offset);
     }
-    if (this.master) this.roundWorkingWeights();
     this.loadWeightsIntoModel();
     if (!this.momentum) return;
     const flat = this.buckets.map((b) => new Float32Array(b.size)); // absent buffers are zeros, as a fresh optimizer's

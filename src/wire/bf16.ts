@@ -98,6 +98,16 @@ export function addBf16Into(dst: Float32Array, offset: number, src: Uint16Array)
   for (let i = 0; i < n; i++) dst[offset + i]! += DECODE[src[i]!]!;
 }
 
+/**
+ * dst[offset + i] += src[i], float32. A small function of its own so V8
+ * optimizes it once for every bucket (inlined in the async ring loop it ran
+ * ~6x slower).
+ */
+export function addInto(dst: Float32Array, offset: number, src: Float32Array): void {
+  const n = src.length;
+  for (let i = 0; i < n; i++) dst[offset + i]! += src[i]!;
+}
+
 /** Value i of a wire array, as a number (for messages). */
 export const valueAt = (a: WireArray, i: number): number => (a instanceof Uint16Array ? fromBf16(a.subarray(i, i + 1))[0]! : a[i]!);
 

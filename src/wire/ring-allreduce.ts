@@ -34,7 +34,7 @@
  *   A piece of the other type than the collective's is refused.
  */
 import type { WireType } from '../config/choices.js';
-import { addBf16Into, fromBf16, roundToBf16InPlace, toBf16, wireTypeOf, type WireArray } from './bf16.js';
+import { addBf16Into, addInto, fromBf16, roundToBf16InPlace, toBf16, wireTypeOf, type WireArray } from './bf16.js';
 import { ProtocolError, type PeerHeader } from './protocol.js';
 import { Inbox } from './transport.js';
 import { Traffic } from './traffic.js';
@@ -74,15 +74,6 @@ const mod = (a: number, n: number) => ((a % n) + n) % n;
  * ~0.3 s a step in page faults alone. Pieces of 4 MiB come from reused heap.
  */
 export const PIECE_FLOATS = 2 ** 20;
-
-/**
- * dst[offset + i] += src[i]. A small function of its own so V8 optimizes it
- * once for every bucket (inlined in the async ring loop it ran ~6x slower).
- */
-function addInto(dst: Float32Array, offset: number, src: Float32Array): void {
-  const n = src.length;
-  for (let i = 0; i < n; i++) dst[offset + i]! += src[i]!;
-}
 
 function scale(data: Float32Array, begin: number, end: number, factor: number): void {
   for (let i = begin; i < end; i++) data[i]! *= factor;
