@@ -291,7 +291,7 @@ function checkInputs(i: StepInputs): Required<StepInputs> {
 export function predictStepMs(mode: PredictMode, inputs: StepInputs): number {
   const checked = checkInputs(inputs);
   // The same values in half the bytes take as long as on a link of twice the bandwidth, same latency
-  // (the encode and decode passes, ~1 ns a value, are left out).
+  // (the encode and decode passes, ~2 ns a value on one core, are left out).
   const i = checked.wire === 'bf16' ? { ...checked, link: { ...checked.link, bandwidth: checked.link.bandwidth * (FLOAT_BYTES / WIRE_BYTES.bf16) } } : checked;
   const layers = timedLayers(i.spec, i.layers, i.layersAtHalfBatch, i.measuredBatch, i.halfBatch);
   switch (mode) {
