@@ -24,8 +24,8 @@
  *         rounds the chunk it sends *in its own bucket* to the bf16 values
  *         it sends, so after an all-gather every worker holds the same bits
  *         (chunks forwarded in later rounds arrived as bf16: rounding them
- *         again changes nothing). A replica that needs its unrounded chunk
- *         (ZeRO-1's master weights) keeps it elsewhere.
+ *         again changes nothing). So all-gather only what may be rounded:
+ *         data-parallel.ts gathers each owner's SGD step, never its weights.
  *   The encoded pieces live in two buffers per bucket (reduce-scatter and
  *   all-gather, L bf16 values each, allocated on first use): within one
  *   phase every round sends a different chunk, but for N ≥ 3 a chunk sent in
