@@ -14,6 +14,7 @@ import { formatSummary, summarize } from './model/summary.js';
 import { fetchFashionMnist } from './data/fetch.js';
 import { findDataDir, loadSplit } from './data/fashion-mnist.js';
 import { CPU_DEFAULTS, type TrainConfig } from './config/train.js';
+import { WIRE_TYPES, type WireType } from './config/choices.js';
 import { commandLineConfig, newRunConfig, type RecipeName } from './config/train-flags.js';
 import { train, type Mode } from './run/loop.js';
 import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './config/cluster.js';
@@ -163,6 +164,7 @@ export function buildProgram(): Command {
     .option('--config <file>', 'cluster config', 'cluster.config.json')
     .option('--test-samples <n>', 'test images each mode is evaluated on', intArg('--test-samples'), 1000)
     .option('--seed <n>', 'the seed every mode shares', intOrZeroArg('--seed'), 1)
+    .addOption(new Option('--wire <type>', WIRE_HELP).choices(WIRE_TYPES).default('fp32'))
     .option('--out <dir>', 'where compare.json, report.html and the traces go (default: compare/<time>)')
     .option('--no-forecast-check', 'skip the extra data-parallel runs at 3 and 4 workers that check the step-time model')
     .option('--no-progress', 'no progress bars')
@@ -251,6 +253,8 @@ function heartbeatArg(v: string): Heartbeat {
   return { intervalMs: Number(m[1]), timeoutMs: Number(m[2]) };
 }
 
+const WIRE_HELP = 'how tensors travel between workers: bf16 halves the bytes (gradients, weights, activations; master weights and momentum stay float32)';
+
 function addTrainFlags(cmd: Command): Command {
   return cmd
     .addOption(new Option('--recipe <name>', "preset: 'd2l' is the seed's full recipe (224×224, batch 128, lr 0.01, plain SGD, 10 epochs), for a GPU box").choices(['cpu', 'd2l']).default('cpu'))
@@ -274,6 +278,7 @@ function addTrainFlags(cmd: Command): Command {
     .option('--synthetic', 'train on generated images instead (benchmarks)')
     .option('--checkpoint-every <steps>', 'write a checkpoint every n steps (0: only at the end)', intOrZeroArg('--checkpoint-every'))
     .option('--eval-batch <n>', 'batch size for evaluation', intArg('--eval-batch'))
+    .addOption(new Option('--wire <type>', `${WIRE_HELP} (default fp32)`).choices(WIRE_TYPES))
     .option('--out <dir>', 'run directory for metrics.jsonl and the checkpoint (default runs/<time>)')
     .option('--resume <dir>', 'continue the run in <dir> from its checkpoint, with its saved config')
     .option('--no-progress', 'no progress bar');
@@ -342,7 +347,7 @@ interface TrainFlags {
   mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: RecipeName; recipeGiven: boolean; arch?: Arch; init?: 'paper-normal' | 'xavier-uniform'; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
   epochs?: number; lr?: number; momentum?: number; weightDecay?: number; lrDecayEpochs?: number[]; lrDecay?: number;
   seed?: number; augment?: boolean; trainSamples?: number; testSamples?: number; data?: string; synthetic?: boolean;
-  checkpointEvery?: number; evalBatch?: number; out?: string; resume?: string; progress: boolean; insecure?: boolean; link?: string;
+  checkpointEvery?: number; evalBatch?: number; wire?: WireType; out?: string; resume?: string; progress: boolean; insecure?: boolean; link?: string;
 }
 
 /** The config keys the flags name (undefined where a flag was not given). */
@@ -351,7 +356,7 @@ function flagsConfig(o: TrainFlags, g: GlobalFlags): Partial<TrainConfig> {
     arch: o.arch, init: o.init, width: o.width, resolution: o.resolution, channels: o.channels, batch: o.batch, epochs: o.epochs,
     lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay, lrDecayEpochs: o.lrDecayEpochs, lrDecay: o.lrDecay, seed: o.seed,
     augment: o.augment, trainSamples: o.trainSamples, testSamples: o.testSamples, dataDir: o.data,
-    checkpointEvery: o.checkpointEvery, evalBatch: o.evalBatch,
+    checkpointEvery: o.checkpointEvery, evalBatch: o.evalBatch, wire: o.wire,
     ...(o.synthetic ? { data: 'synthetic' as const } : {}),
     // --backend has a default ('auto'): a new run takes it; a resumed one only when it was given.
     ...(g.backendGiven || o.resume === undefined ? { backend: g.backend } : {}),

@@ -28,6 +28,8 @@ describe('splitnet model summary', () => {
     ['a fractional resolution', ['model', 'summary', '--resolution', '99.5'], /^splitnet: --resolution: expected a positive integer, got '99.5'\n$/],
     ['an unknown command', ['frobnicate'], /^splitnet: unknown command 'frobnicate'\n$/],
     ['an unknown backend', ['--backend', 'tpu', 'backend'], /^splitnet: option '--backend <name>' argument 'tpu' is invalid/],
+    ['an unknown wire type on train', ['train', '--wire', 'fp16'], /^splitnet: option '--wire <type>' argument 'fp16' is invalid. Allowed choices are fp32, bf16.\n$/],
+    ['an unknown wire type on compare', ['compare', '--wire', 'int8'], /^splitnet: option '--wire <type>' argument 'int8' is invalid. Allowed choices are fp32, bf16.\n$/],
     ['zero micro-batches (before any worker starts)', ['launch', '--mode', 'model', '--micro-batches', '0'], /^splitnet: --micro-batches: expected a positive integer, got '0'\n$/],
     ['more micro-batches than a step may have', ['launch', '--mode', 'model', '--batch', '512', '--micro-batches', '512', '--synthetic'], /^splitnet: --micro-batches: expected an integer in 1\.\.256, got 512\n$/],
   ];

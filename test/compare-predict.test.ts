@@ -51,11 +51,13 @@ function inputs(over: Partial<StepInputs> = {}): StepInputs {
   return { layers: madeUpTimings(ORIGINAL), link: LINK_10_GBIT_S, world: 2, batch: MEASURED_BATCH, measuredBatch: MEASURED_BATCH, spec: ORIGINAL, bucketBytes: BUCKET_BYTES, ...over };
 }
 
-/** N rings wired in memory (as in ring-allreduce.test.ts), delivering on a later turn. */
-function wire(world: number): RingAllReduce[] {
+/** N rings wired in memory (as in ring-allreduce.test.ts), delivering on a later turn; `sent[r]` counts worker r's bytes by bucket. */
+function wire(world: number, sent: Array<Record<string, number>> = []): RingAllReduce[] {
   const rings: RingAllReduce[] = [];
   for (let r = 0; r < world; r++) {
+    sent[r] = {};
     rings.push(new RingAllReduce(r, world, (msg, data) => {
+      sent[r]![`bucket ${msg.bucket}`] = (sent[r]![`bucket ${msg.bucket}`] ?? 0) + data.byteLength;
       setImmediate(() => rings[(r + 1) % world]!.deliver(msg as Extract<ToPeer, { kind: 'ring' }>, data));
     }, 5_000));
   }
@@ -95,6 +97,28 @@ describe('predicted bytes: data-parallel', () => {
     for (let r = 0; r < world; r++) expect(dataParallelBytes(spec, world, bucketBytes, r).bytesSentPerStep, `rank ${r}`).toBe(rings[r]!.bytesSent);
   });
 
+  it('on a bf16 wire: matches the bytes RingAllReduce sends, to the byte, by bucket, for every rank of a 3-worker ring, half of fp32 in each', async () => {
+    const spec = alexnet({ arch: 'original', width: 1 / 16, resolution: 67, classes: 10 });
+    const bucketBytes = 8 * 1024;
+    const sizes = gradientBuckets(spec, bucketBytes).map((b) => b.size);
+    const world = 3;
+    const sent: Array<Record<string, number>> = [];
+    const rings = wire(world, sent);
+    rings.forEach((ring) => { ring.configure(sizes); ring.begin(0, 'bf16'); });
+    await Promise.all(rings.flatMap((ring) => sizes.map(async (s, b) => {
+      const data = new Float32Array(s).fill(1);
+      await ring.reduceScatter(b, data);
+      await ring.allGather(b, data);
+    })));
+    for (let r = 0; r < world; r++) {
+      const bf16 = dataParallelBytes(spec, world, bucketBytes, r, 'bf16');
+      const fp32 = dataParallelBytes(spec, world, bucketBytes, r);
+      expect(bf16.sentByLink, `rank ${r}`).toEqual(sent[r]);
+      expect(bf16.bytesSentPerStep, `rank ${r}`).toBe(rings[r]!.bytesSent);
+      for (const [bucket, bytes] of Object.entries(fp32.sentByLink)) expect(bf16.sentByLink[bucket], `rank ${r} ${bucket}`).toBe(bytes / 2);
+    }
+  });
+
   it('the mean over ranks is 2·(N−1)/N × paramBytes for N = 3, 4, 5', () => {
     for (const world of [3, 4, 5]) {
       let total = 0;
@@ -119,6 +143,18 @@ describe('predicted bytes: model-parallel', () => {
   it("the 2012 net at 227: 2 × a tower's pool2 (128·13·13), pool5 (128·6·6), fc6 and fc7 (2048) floats per sample, and 5 logits", () => {
     const links = Object.fromEntries(crossLinkFloatsPerSample(ORIGINAL).links.map((l) => [l.link, l.floats]));
     expect(links).toEqual({ conv3: 2 * 128 * 13 * 13, fc6: 2 * 128 * 6 * 6, fc7: 2 * 2048, fc8: 2 * 2048, logits: 5 });
+  });
+
+  it('on a bf16 wire every bucket and every link of every mode is exactly half of fp32', () => {
+    for (const mode of ['data', 'model', 'hybrid'] as const) {
+      for (const world of [2, 3, 4]) {
+        const fp32 = predictBytes(mode, ORIGINAL, world, 128, BUCKET_BYTES);
+        const bf16 = predictBytes(mode, ORIGINAL, world, 128, BUCKET_BYTES, 'bf16');
+        expect(Object.keys(bf16.sentByLink), `${mode} ×${world}`).toEqual(Object.keys(fp32.sentByLink));
+        for (const [link, bytes] of Object.entries(fp32.sentByLink)) expect(bf16.sentByLink[link], `${mode} ×${world} ${link}`).toBe(bytes / 2);
+        expect(bf16.bytesSentPerStep).toBe(fp32.bytesSentPerStep / 2);
+      }
+    }
   });
 
   it('bench/split.ts uses the same definition', () => {
@@ -209,6 +245,14 @@ describe('predicted step time', () => {
         else expect(steps[k], `${mode} at ${latencies[k]} ms`).toBeGreaterThan(steps[k - 1]!);
       }
       expect(steps.at(-1), `${mode}: 10 ms latency must show`).toBeGreaterThan(steps[0]!);
+    }
+  });
+
+  it('a bf16 wire takes as long as fp32 on a link of twice the bandwidth, same latency', () => {
+    for (const mode of ['data', 'model', 'hybrid'] as const) {
+      const fast = { ...SLOW_LINK, bandwidth: 2 * SLOW_LINK.bandwidth };
+      expect(predictStepMs(mode, inputs({ link: SLOW_LINK, wire: 'bf16' })), mode).toBe(predictStepMs(mode, inputs({ link: fast })));
+      expect(predictStepMs(mode, inputs({ link: SLOW_LINK, wire: 'bf16' })), mode).toBeLessThan(predictStepMs(mode, inputs({ link: SLOW_LINK })));
     }
   });
 

@@ -29,7 +29,7 @@ describe('protocol', () => {
     ['a header that is not msgpack', [Buffer.from([0x92, 0x01])], 'header frame is not msgpack (Unexpected end of MessagePack data)'],
     ['a header that is not a map', [header([1, 2])], 'header is an array, expected a map'],
     ['a header that is a string', [header('hello')], 'header is string, expected a map'],
-    ['another protocol version', [header({ v: 1, kind: 'shutdown' })], 'protocol version 1, expected 3'],
+    ['another protocol version', [header({ v: 1, kind: 'shutdown' })], `protocol version 1, expected ${PROTOCOL_VERSION}`],
     ['an unknown kind', [header({ v: PROTOCOL_VERSION, kind: 'reboot' })], "bad 'reboot' message: kind: Invalid discriminator value. Expected 'setup' | 'step' | 'evaluate' | 'load' | 'getState' | 'shutdown' | 'abort'"],
     ['a missing field', [header({ v: PROTOCOL_VERSION, kind: 'step', globalStep: 1 })], "bad 'step' message: epoch: Invalid input: expected number, received undefined"],
     ['an extra field', [header({ v: PROTOCOL_VERSION, kind: 'shutdown', now: true })], "bad 'shutdown' message: (header): unknown key 'now'"],
@@ -55,7 +55,7 @@ describe('protocol', () => {
   });
 
   it('peer messages: a ring message is tagged by its collective (seq), a cross-link key must name step, micro-batch, link and direction', () => {
-    const ring = { v: PROTOCOL_VERSION, kind: 'ring', bucket: 0, phase: 'rs', round: 0, chunk: 0, offset: 0 };
+    const ring = { v: PROTOCOL_VERSION, kind: 'ring', bucket: 0, phase: 'rs', round: 0, chunk: 0, offset: 0, wire: 'fp32', count: 1 };
     const data = Buffer.alloc(4);
     expect(decodeToPeer([header({ ...ring, seq: 3 }), data], MAX).msg).toMatchObject({ kind: 'ring', seq: 3 });
     expect(() => decodeToPeer([header({ ...ring, step: 3 }), data], MAX)).toThrow("bad 'ring' message: seq: Invalid input: expected number, received undefined");
@@ -63,8 +63,42 @@ describe('protocol', () => {
       expect(decodeToPeer(encodeToPeer({ kind: 'xfer', key }, [Float32Array.from([1])]), MAX).msg).toMatchObject({ kind: 'xfer', key });
     }
     for (const key of ['7/conv3/fwd', '7/0/conv3/up', 'eval0/3/fc6', '../../etc/passwd']) {
-      expect(() => decodeToPeer([header({ v: PROTOCOL_VERSION, kind: 'xfer', key }), data], MAX), key)
+      expect(() => decodeToPeer([header({ v: PROTOCOL_VERSION, kind: 'xfer', key, wire: 'fp32', count: 1 }), data], MAX), key)
         .toThrow("bad 'xfer' message: key: expected '<step>/<micro>/<link>/<fwd|bwd>' or 'eval<epoch>/<batch>/<link>/fwd'");
+    }
+  });
+
+  describe('peer tensor frames say their wire type and count', () => {
+    const ring = { kind: 'ring', seq: 0, bucket: 0, phase: 'rs', round: 0, chunk: 0, offset: 0 } as const;
+
+    it('a bf16 tensor [3] travels as 6 bytes of bit patterns, announced as bf16 × 3, and arrives as the same bits', () => {
+      const bits = Uint16Array.from([0x3f80, 0xc000, 0x7f80]);
+      const frames = encodeToPeer(ring, [bits]);
+      expect(frames[1]!.byteLength).toBe(6);
+      const d = decodeToPeer(frames, MAX);
+      expect(d.msg).toMatchObject({ wire: 'bf16', count: 3 });
+      expect(d.tensors[0]).toBeInstanceOf(Uint16Array);
+      expect(Array.from(d.tensors[0]!)).toEqual([0x3f80, 0xc000, 0x7f80]);
+      expect(decodeToPeer(encodeToPeer(ring, [Float32Array.from([1, 2])]), MAX).msg).toMatchObject({ wire: 'fp32', count: 2 });
+    });
+
+    it('copies a misaligned bf16 frame instead of failing', () => {
+      const frames = encodeToPeer({ kind: 'xfer', key: '0/0/fc6/fwd' }, [Uint16Array.from([0x4040, 0x3f80])]);
+      const shifted = Buffer.alloc(5).subarray(1);
+      frames[1]!.copy(shifted);
+      expect(Array.from(decodeToPeer([frames[0]!, shifted], MAX).tensors[0]!)).toEqual([0x4040, 0x3f80]);
+    });
+
+    const bad: Array<[string, object, number, string]> = [
+      ['bf16 × 3 in a 12-byte frame (the float32 size)', { wire: 'bf16', count: 3 }, 12, "'ring' tensor: 3 bf16 values need 6 bytes, frame has 12"],
+      ['fp32 × 3 in a 6-byte frame (the bf16 size)', { wire: 'fp32', count: 3 }, 6, "'ring' tensor: 3 fp32 values need 12 bytes, frame has 6"],
+      ['an unknown wire type', { wire: 'fp16', count: 1 }, 2, "bad 'ring' message: wire: Invalid option: expected one of \"fp32\"|\"bf16\""],
+      ['no count', { wire: 'bf16' }, 2, "bad 'ring' message: count: Invalid input: expected number, received undefined"],
+    ];
+    for (const [what, fields, bytes, reason] of bad) {
+      it(`refuses ${what}, naming the type and the size`, () => {
+        expect(() => decodeToPeer([header({ v: PROTOCOL_VERSION, ...ring, ...fields }), Buffer.alloc(bytes)], MAX)).toThrow(reason);
+      });
     }
   });
 });

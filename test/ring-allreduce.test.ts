@@ -7,6 +7,10 @@ import { describe, expect, it } from 'vitest';
 import { chunkRange, ownedChunk, PIECE_FLOATS, planBuckets, RingAllReduce } from '../src/wire/ring-allreduce.js';
 import { PROTOCOL_VERSION, type ToPeer } from '../src/wire/protocol.js';
 import { pseudoRandom } from './helpers/backends.js';
+import { fromBf16, toBf16 } from '../src/wire/bf16.js';
+
+/** x rounded to bf16 and back: what a receiver of x as bf16 holds. */
+const viaBf16 = (x: number): number => fromBf16(toBf16(Float32Array.of(x)))[0]!;
 
 function wire(world: number): RingAllReduce[] {
   const rings: RingAllReduce[] = [];
@@ -99,7 +103,7 @@ describe('ring all-reduce', () => {
     const ring = new RingAllReduce(1, 3, () => {}, 1000);
     ring.configure([30, 30]);
     ring.begin(5);
-    const ok: Extract<ToPeer, { kind: 'ring' }> = { kind: 'ring', v: PROTOCOL_VERSION, seq: 5, bucket: 1, phase: 'rs', round: 0, chunk: 0, offset: 0 };
+    const ok: Extract<ToPeer, { kind: 'ring' }> = { kind: 'ring', v: PROTOCOL_VERSION, seq: 5, bucket: 1, phase: 'rs', round: 0, chunk: 0, offset: 0, wire: 'fp32', count: 10 };
     expect(() => ring.deliver(ok, new Float32Array(10))).not.toThrow();
     expect(() => ring.deliver({ ...ok, seq: 4 }, new Float32Array(10))).toThrow('ring message for collective 4 during collective 5');
     expect(() => ring.deliver({ ...ok, seq: 6 }, new Float32Array(10))).not.toThrow(); // the next collective may start early
@@ -125,6 +129,68 @@ describe('ring all-reduce', () => {
     for (const ring of rings) expect(ring.bytesSent).toBe(size * 4);
     for (const d of data) expect(d.reduce((m, v, i) => Math.max(m, Math.abs(v - expected[i]!)), 0)).toBeLessThan(1e-6);
     expect(data[0]!.every((v, i) => v === data[1]![i])).toBe(true);
+  });
+
+  describe('on a bf16 wire', () => {
+    it('reduce-scatter over 3 workers: each hop adds the decoded partial sum into float32, exactly as the hop-by-hop reference', async () => {
+      // Chunk c starts at worker c, which sends bf16(x_c); worker c+1 sends bf16(decoded + x_{c+1});
+      // the owner c+2 = c−1 keeps decoded + x_{c+2} in float32.
+      const world = 3;
+      const size = 301;
+      const rings = wire(world);
+      rings.forEach((ring) => { ring.configure([size]); ring.begin(0, 'bf16'); });
+      const x = rings.map((_, r) => pseudoRandom(size, 40 + r));
+      const data = x.map((d) => d.slice());
+      const owned = await Promise.all(rings.map((ring, r) => ring.reduceScatter(0, data[r]!)));
+      for (let r = 0; r < world; r++) {
+        const [lo, hi] = owned[r]!;
+        const c = ownedChunk(r, world);
+        for (let i = lo; i < hi; i++) {
+          let partial = viaBf16(x[c]![i]!);
+          partial = viaBf16(Math.fround(partial + x[(c + 1) % world]![i]!));
+          const want = Math.fround(partial + x[(c + 2) % world]![i]!);
+          if (data[r]![i] !== want) throw new Error(`worker ${r} [${i}]: ${data[r]![i]}, expected ${want}`);
+        }
+      }
+      // 2 of 3 chunks sent, 2 bytes a value
+      const chunkLength = (c: number) => chunkRange(size, world, c)[1] - chunkRange(size, world, c)[0];
+      for (const [r, ring] of rings.entries()) expect(ring.bytesSent, `worker ${r}`).toBe(2 * (chunkLength(r) + chunkLength((r + 2) % world)));
+    });
+
+    for (const world of [2, 3, 4]) {
+      it(`all-reduce of ${world} workers: every worker ends with the same bits, the average within bf16's rounding, in half the bytes of float32`, async () => {
+        const bucketSizes = [1, 7, 1000];
+        const run = async (w: 'fp32' | 'bf16') => {
+          const rings = wire(world);
+          rings.forEach((ring) => { ring.configure(bucketSizes); ring.begin(0, w); });
+          const data = rings.map((_, r) => bucketSizes.map((s, b) => pseudoRandom(s, 100 * r + b + 1)));
+          await Promise.all(rings.flatMap((ring, r) => bucketSizes.map((_, b) => ring.allReduce(b, data[r]![b]!))));
+          return { data, sent: rings.map((ring) => ring.bytesSent) };
+        };
+        const exact = await run('fp32');
+        const half = await run('bf16');
+        expect(half.sent).toEqual(exact.sent.map((n) => n / 2));
+        for (let b = 0; b < bucketSizes.length; b++) {
+          for (let r = 0; r < world; r++) {
+            expect(Array.from(half.data[r]![b]!), `worker ${r} bucket ${b}`).toEqual(Array.from(half.data[0]![b]!));
+            // values in [−1, 1): N−1 roundings of partial sums |s| < N (each ≤ 2^-9·|s|), divided by N, and the average's own: < 2^-9·N
+            const bound = 2 ** -9 * world;
+            const err = Math.max(...half.data[r]![b]!.map((v, i) => Math.abs(v - exact.data[0]![b]![i]!)));
+            expect(err, `worker ${r} bucket ${b}`).toBeLessThanOrEqual(bound);
+          }
+          // the result is made of bf16 values: rounding it again changes nothing
+          expect(Array.from(fromBf16(toBf16(half.data[0]![b]!)))).toEqual(Array.from(half.data[0]![b]!));
+        }
+      });
+    }
+
+    it('refuses a float32 piece in a collective sent as bf16', async () => {
+      const ring = new RingAllReduce(0, 2, () => {}, 1000);
+      ring.configure([4]);
+      ring.begin(0, 'bf16');
+      ring.deliver({ kind: 'ring', seq: 0, bucket: 0, phase: 'rs', round: 0, chunk: 1, offset: 0 }, new Float32Array(2));
+      await expect(ring.reduceScatter(0, new Float32Array(4))).rejects.toThrow('ring reduce-scatter bucket 0 round 0 from worker 1: a fp32 piece in a collective sent as bf16');
+    });
   });
 
   it('plans buckets in the given order, at most bucketBytes each', () => {

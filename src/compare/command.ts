@@ -5,7 +5,7 @@
 import { join } from 'node:path';
 import { loadClusterConfig } from '../config/cluster.js';
 import { CPU_DEFAULTS, parseTrainConfig, type TrainConfig } from '../config/train.js';
-import type { BackendChoice } from '../config/choices.js';
+import type { BackendChoice, WireType } from '../config/choices.js';
 import type { Arch } from '../config/choices.js';
 import { UsageError } from '../errors.js';
 import { specOf } from '../model/alexnet.js';
@@ -21,7 +21,7 @@ import { createInterface } from 'node:readline';
 
 export interface CompareFlags {
   arch: Arch; width: number; resolution?: number; batch: number; steps?: number; epochs?: number;
-  modes: string; link: string; config: string; testSamples: number; seed: number; out?: string; forecastCheck: boolean; progress: boolean;
+  modes: string; link: string; config: string; testSamples: number; seed: number; wire: WireType; out?: string; forecastCheck: boolean; progress: boolean;
 }
 
 const MODES: readonly Mode[] = ['single', 'data', 'model'];
@@ -60,7 +60,7 @@ export async function compareCommand(o: CompareFlags, backend: BackendChoice, ad
   }
   const steps = o.steps ?? (o.epochs === undefined ? 12 : undefined);
   const raw: TrainConfig = {
-    ...CPU_DEFAULTS, arch: o.arch, width: o.width, batch: o.batch, seed: o.seed, backend, checkpointEvery: 0,
+    ...CPU_DEFAULTS, arch: o.arch, width: o.width, batch: o.batch, seed: o.seed, wire: o.wire, backend, checkpointEvery: 0,
     testSamples: o.testSamples, epochs: o.epochs ?? 1, trainSamples: steps === undefined ? 0 : steps * o.batch,
     ...(o.resolution !== undefined ? { resolution: o.resolution } : {}),
     // The 2012 net takes RGB (the grey images repeated) and, at CPU width, Xavier weights (see `train --mode model`).

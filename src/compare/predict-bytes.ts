@@ -6,15 +6,19 @@
  * step-time model (predict.ts) reuses the buckets and exchanges defined here.
  * Pure functions of numbers.
  *
- * Modes: see predict.ts. Units: bytes; "floats" are float32 values (4 bytes).
+ * Modes: see predict.ts. Units: bytes; "floats" are values, 4 bytes each on
+ * an fp32 wire and 2 on a bf16 one (`wire`, default fp32): every bucket and
+ * every link sends the same values either way, so bf16 is exactly half.
  */
 import type { Mode } from '../run/loop.js';
 import { parameterShapes } from '../model/build.js';
 import { shapesOf } from '../model/shapes.js';
 import { isWeighted, type ModelSpec } from '../model/spec.js';
 import { chunkRange, planBuckets, type Bucket } from '../wire/ring-allreduce.js';
+import { WIRE_BYTES } from '../wire/bf16.js';
+import type { WireType } from '../config/choices.js';
 
-/** Bytes of one float32 value: everything on the wire is float32. */
+/** Bytes of one float32 value (an fp32 wire's values; WIRE_BYTES has both). */
 export const FLOAT_BYTES = 4;
 
 /** What a mode predicts, in the shape of ModeMeasure['predicted'] (less the step time). */
@@ -75,18 +79,18 @@ export function chunkFloats(size: number, world: number, c: number): number {
  * that is every chunk twice but the two it only receives, about
  * 2(N−1)/N × size floats; exactly size floats for N = 2.
  */
-export function ringBytesSent(size: number, world: number, rank: number): number {
+export function ringBytesSent(size: number, world: number, rank: number, wire: WireType = 'fp32'): number {
   let floats = 0;
   for (let round = 0; round < world - 1; round++) {
     floats += chunkFloats(size, world, mod(rank - round, world)); // reduce-scatter
     floats += chunkFloats(size, world, mod(rank + 1 - round, world)); // all-gather
   }
-  return floats * FLOAT_BYTES;
+  return floats * WIRE_BYTES[wire];
 }
 
-function bucketBytesSent(buckets: Bucket[], world: number, rank: number): BytesPerStep {
+function bucketBytesSent(buckets: Bucket[], world: number, rank: number, wire: WireType): BytesPerStep {
   const sentByLink: Record<string, number> = {};
-  for (const b of buckets) sentByLink[`bucket ${b.index}`] = ringBytesSent(b.size, world, rank);
+  for (const b of buckets) sentByLink[`bucket ${b.index}`] = ringBytesSent(b.size, world, rank, wire);
   return { bytesSentPerStep: sum(Object.values(sentByLink)), sentByLink };
 }
 
@@ -98,10 +102,10 @@ export const sum = (xs: readonly number[]): number => xs.reduce((a, b) => a + b,
  * chunk sizes differ by one float when N does not divide a bucket, so for
  * N > 2 ranks may differ by a few bytes; their mean is 2(N−1)/N × paramBytes.
  */
-export function dataParallelBytes(spec: ModelSpec, world: number, bucketBytes: number, rank = 0): BytesPerStep {
+export function dataParallelBytes(spec: ModelSpec, world: number, bucketBytes: number, rank = 0, wire: WireType = 'fp32'): BytesPerStep {
   positiveInteger('data-parallel world', world);
   if (!Number.isInteger(rank) || rank < 0 || rank >= world) throw new Error(`data-parallel rank: expected 0..${world - 1}, got ${rank}`);
-  return bucketBytesSent(gradientBuckets(spec, bucketBytes), world, rank);
+  return bucketBytesSent(gradientBuckets(spec, bucketBytes), world, rank, wire);
 }
 
 // ---------------------------------------------------------------------------
@@ -193,21 +197,21 @@ export function crossLinkFloatsPerSample(spec: ModelSpec, world = 2): { links: A
   return { links, total: sum(links.map((l) => l.floats)) };
 }
 
-function exchangeBytesSent(exchanges: Exchange[], world: number, batch: number): BytesPerStep {
+function exchangeBytesSent(exchanges: Exchange[], world: number, batch: number, wire: WireType): BytesPerStep {
   const sentByLink: Record<string, number> = {};
-  for (const x of exchanges) sentByLink[x.link] = exchangeFloatsPerSample(x, world) * batch * FLOAT_BYTES;
+  for (const x of exchanges) sentByLink[x.link] = exchangeFloatsPerSample(x, world) * batch * WIRE_BYTES[wire];
   return { bytesSentPerStep: sum(Object.values(sentByLink)), sentByLink };
 }
 
 /**
  * Bytes one model-parallel worker sends per step at global batch `batch`:
- * crossLinkFloatsPerSample × batch × 4, by link ('conv3', 'fc6', 'fc7',
- * 'fc8', 'logits' for the 2012 net).
+ * crossLinkFloatsPerSample × batch × 4 (2 on a bf16 wire), by link
+ * ('conv3', 'fc6', 'fc7', 'fc8', 'logits' for the 2012 net).
  */
-export function modelParallelBytes(spec: ModelSpec, batch: number, world = 2): BytesPerStep {
+export function modelParallelBytes(spec: ModelSpec, batch: number, world = 2, wire: WireType = 'fp32'): BytesPerStep {
   positiveInteger('batch', batch);
   positiveInteger('model-parallel world', world);
-  return exchangeBytesSent(modelExchanges(spec), world, batch);
+  return exchangeBytesSent(modelExchanges(spec), world, batch, wire);
 }
 
 /** The conv (data-parallel) half of hybrid: the layers before the first dense one. */
@@ -218,21 +222,21 @@ export const convLayerNames = (spec: ModelSpec): Set<string> => new Set(spec.lay
  * ('bucket k', planned like data mode's but over the conv parameters only)
  * plus hybrid's activation exchanges ('fc6', 'fc7', 'fc8', 'logits').
  */
-export function hybridBytes(spec: ModelSpec, world: number, batch: number, bucketBytes: number, rank = 0): BytesPerStep {
+export function hybridBytes(spec: ModelSpec, world: number, batch: number, bucketBytes: number, rank = 0, wire: WireType = 'fp32'): BytesPerStep {
   positiveInteger('hybrid world', world);
   positiveInteger('batch', batch);
   const conv = convLayerNames(spec);
-  const ring = bucketBytesSent(gradientBuckets(spec, bucketBytes, (l) => conv.has(l)), world, rank);
-  const fc = exchangeBytesSent(hybridExchanges(spec), world, batch);
+  const ring = bucketBytesSent(gradientBuckets(spec, bucketBytes, (l) => conv.has(l)), world, rank, wire);
+  const fc = exchangeBytesSent(hybridExchanges(spec), world, batch, wire);
   return { bytesSentPerStep: ring.bytesSentPerStep + fc.bytesSentPerStep, sentByLink: { ...ring.sentByLink, ...fc.sentByLink } };
 }
 
-/** Bytes one worker sends per step in `mode` (single: none). */
-export function predictBytes(mode: PredictMode, spec: ModelSpec, world: number, batch: number, bucketBytes: number): BytesPerStep {
+/** Bytes one worker sends per step in `mode` (single: none) on a `wire` wire. */
+export function predictBytes(mode: PredictMode, spec: ModelSpec, world: number, batch: number, bucketBytes: number, wire: WireType = 'fp32'): BytesPerStep {
   switch (mode) {
     case 'single': return { bytesSentPerStep: 0, sentByLink: {} };
-    case 'data': return dataParallelBytes(spec, world, bucketBytes);
-    case 'model': return modelParallelBytes(spec, batch, world);
-    case 'hybrid': return hybridBytes(spec, world, batch, bucketBytes);
+    case 'data': return dataParallelBytes(spec, world, bucketBytes, 0, wire);
+    case 'model': return modelParallelBytes(spec, batch, world, wire);
+    case 'hybrid': return hybridBytes(spec, world, batch, bucketBytes, 0, wire);
   }
 }

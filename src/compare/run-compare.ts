@@ -176,7 +176,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
   };
   const inputs = (world: number, batch: number, optimizerMsPerParam: number, over: LinkProbe = link): StepInputs => ({
     layers: slowed(layers, world), layersAtHalfBatch: slowed(layersAtHalfBatch, world), halfBatch, link: over, world, batch, measuredBatch: cfg.batch, spec,
-    bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam: optimizerMsPerParam * (contention.get(world) ?? 1),
+    bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam: optimizerMsPerParam * (contention.get(world) ?? 1), wire: cfg.wire,
     overheads: slowedOverheads(overheads, contention.get(world) ?? 1),
   });
   const params = layers.reduce((n, l) => n + l.params, 0);
@@ -205,7 +205,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
       }
     }
     const world = runMode === 'single' ? 1 : workers.length;
-    const predictedBytes = predictBytes(runMode, spec, world, cfg.batch, o.cluster.bucketBytes);
+    const predictedBytes = predictBytes(runMode, spec, world, cfg.batch, o.cluster.bucketBytes, cfg.wire);
     const predictedMs = predictStepMs(runMode, at(world, cfg.batch));
     // Over a shaped link the workers run in their namespaces (the veths never leave this host: plain TCP is as private as loopback).
     const cluster = shaped !== undefined && runMode !== 'single' ? shaped.network.place({ ...o.cluster, workers }) : o.cluster;

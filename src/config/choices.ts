@@ -8,3 +8,7 @@ export type Arch = (typeof ARCHS)[number];
 
 export const BACKEND_CHOICES = ['auto', 'tensorflow-gpu', 'webgpu', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
+
+/** How tensors travel between workers (config/train.ts: wire; wire/bf16.ts). */
+export const WIRE_TYPES = ['fp32', 'bf16'] as const;
+export type WireType = (typeof WIRE_TYPES)[number];

@@ -13,7 +13,7 @@ const FLAG: Record<keyof TrainConfig, string> = {
   epochs: '--epochs', lr: '--lr', momentum: '--momentum', weightDecay: '--weight-decay', lrDecayEpochs: '--lr-decay-epochs',
   lrDecay: '--lr-decay', seed: '--seed', augment: '--augment', trainSamples: '--train-samples', testSamples: '--test-samples',
   data: '--synthetic', dataDir: '--data', checkpointEvery: '--checkpoint-every', evalBatch: '--eval-batch', backend: '--backend',
-  adapter: '--adapter', resize: '(config key) resize',
+  adapter: '--adapter', resize: '(config key) resize', wire: '--wire',
 };
 
 /**

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { UsageError } from '../errors.js';
 import { describeIssue } from './describe-issue.js';
-import { ARCHS, BACKEND_CHOICES, RESIZE_MAPPINGS } from './choices.js';
+import { ARCHS, BACKEND_CHOICES, RESIZE_MAPPINGS, WIRE_TYPES } from './choices.js';
 
 /**
  * Everything that defines a training run. It is saved inside every checkpoint
@@ -48,6 +48,14 @@ export const TrainConfigSchema = z.strictObject({
    * before this key existed were trained with (and resume with).
    */
   resize: z.enum(RESIZE_MAPPINGS),
+  /**
+   * How tensors travel between workers: 'bf16' halves the bytes of gradient
+   * buckets, the weight all-gather and the split's activations and their
+   * gradients (wire/bf16.ts); master weights and momentum stay float32. It
+   * changes the run's numbers, so a resume keeps it. A config saved before
+   * this key existed sent float32, and resumes so (the default).
+   */
+  wire: z.enum(WIRE_TYPES).default('fp32'),
 });
 
 export type TrainConfig = z.infer<typeof TrainConfigSchema>;
@@ -78,6 +86,7 @@ export const CPU_DEFAULTS: TrainConfig = {
   evalBatch: 256,
   backend: 'auto',
   resize: 'half-pixel',
+  wire: 'fp32',
 };
 
 /** The seed's full recipe (d2l §8.1), for a GPU box. */

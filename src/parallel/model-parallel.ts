@@ -20,6 +20,14 @@
  *     computes. Their gradients are summed in micro-batch order and divided
  *     by m, the same on both workers; each then updates its own weights.
  *   - Evaluation walks the test set on both workers together ('eval<epoch>/<batch>/…').
+ *   - bf16 on the wire (cfg.wire): at every cross link and for the logits a
+ *     tower sends its output rounded to bf16 and concatenates the *rounded*
+ *     values of its own part too, so both towers hold the identical gathered
+ *     tensor ([b, 13, 13, 2·C] pooled conv2 at conv3, [b, 2·D] at fc6–fc8,
+ *     [b, classes] logits) and compute the identical loss. Backward sends the
+ *     other tower's slice of dL/d(gathered) as bf16 and adds it, decoded, to
+ *     its own float32 slice: that sum is used by the receiving tower alone,
+ *     so its own slice stays unrounded. Weights and momentum never travel.
  */
 import * as tf from '@tensorflow/tfjs';
 import { performance } from 'node:perf_hooks';
@@ -33,6 +41,8 @@ import { buildModel, disposeModel, paramName, type Model } from '../model/build.
 import { lossAndGrads, type CrossLinks } from '../model/engine.js';
 import { Sgd } from '../model/sgd.js';
 import type { PeerLink } from '../wire/peer-link.js';
+import type { WireType } from '../config/choices.js';
+import { roundToBf16InPlace, toBf16 } from '../wire/bf16.js';
 import { evaluate } from './evaluate.js';
 import { StepTimeline } from './step-timing.js';
 import { type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
@@ -41,15 +51,25 @@ import { type Combine, type EvalResult, type StepInput, type StepResult, type St
 type Deferred = Map<string, { x: tf.Tensor; dz: tf.Tensor }>;
 const disposeDeferred = (deferred: Deferred[]) => tf.dispose(deferred.flatMap((d) => [...d.values()].flatMap((e) => [e.x, e.dz])));
 
-/** The two towers' exchanges for one micro-batch (or test batch) under key prefix `prefix`. */
-export function crossLinks(link: PeerLink, rank: number, prefix: string): CrossLinks {
+/** The two towers' exchanges for one micro-batch (or test batch) under key prefix `prefix`, sent as `wire`. */
+export function crossLinks(link: PeerLink, rank: number, prefix: string, wire: WireType = 'fp32'): CrossLinks {
   return {
     async gather(name, own, axis) {
       const key = `${prefix}/${name}/fwd`;
-      link.send(key, await readFloats(own));
-      const theirs = tf.tensor(await link.receive(key, own.size), own.shape);
-      const all = tf.concat(rank === 0 ? [own, theirs] : [theirs, own], axis);
-      theirs.dispose();
+      const values = await readFloats(own); // a copy: rounding it leaves `own` as it is
+      let mine = own;
+      if (wire === 'bf16') {
+        // This tower uses what the other receives: the same bits on both sides (see the header).
+        const bits = new Uint16Array(values.length);
+        roundToBf16InPlace(values, 0, values.length, bits);
+        link.send(key, bits);
+        mine = tf.tensor(values, own.shape);
+      } else {
+        link.send(key, values);
+      }
+      const theirs = tf.tensor(await link.receive(key, own.size, wire), own.shape);
+      const all = tf.concat(rank === 0 ? [mine, theirs] : [theirs, mine], axis);
+      tf.dispose(mine === own ? [theirs] : [theirs, mine]);
       return all;
     },
     async scatter(name, dGathered, axis, replicated) {
@@ -61,8 +81,9 @@ export function crossLinks(link: PeerLink, rank: number, prefix: string): CrossL
       }
       const key = `${prefix}/${name}/bwd`;
       try {
-        link.send(key, await readFloats(other));
-        const theirs = tf.tensor(await link.receive(key, mine.size), mine.shape);
+        const values = await readFloats(other);
+        link.send(key, wire === 'bf16' ? toBf16(values) : values);
+        const theirs = tf.tensor(await link.receive(key, mine.size, wire), mine.shape);
         const sum = tf.add(mine, theirs);
         theirs.dispose();
         return sum;
@@ -144,7 +165,7 @@ export class ModelParallelTower implements Strategy {
       try {
         return await lossAndGrads(this.model, x, y, {
           dropout: { seed: cfg.seed, step: s.globalStep, firstSample: i * size },
-          links: crossLinks(link, this.rank, `${s.globalStep}/${i}`),
+          links: crossLinks(link, this.rank, `${s.globalStep}/${i}`, cfg.wire),
           layerSpans: timeline.layers(m > 1 ? `micro-batch ${i}` : ''),
           ...(m > 1 ? { onDeferredDense: (layer: string, tower: number, xs: tf.Tensor, dz: tf.Tensor) => deferred[i]!.set(paramName(this.model.spec, layer, tower, 'kernel'), { x: xs, dz }) } : {}),
         });
@@ -190,7 +211,7 @@ export class ModelParallelTower implements Strategy {
     // Both towers are needed for every sample: the two workers walk the test set together.
     return evaluate(this.model, this.data.test, {
       resolution: this.cfg.resolution, channels: this.cfg.channels, resize: this.cfg.resize, batch: this.cfg.evalBatch,
-      links: (b) => crossLinks(this.link, this.rank, `eval${epoch}/${b}`),
+      links: (b) => crossLinks(this.link, this.rank, `eval${epoch}/${b}`, this.cfg.wire),
     });
   }
 

@@ -225,11 +225,12 @@ export class Cluster implements Strategy {
     });
     this.opts.onStarted?.(this.launched.map((w) => w.child.pid ?? -1));
     const micro = this.opts.microBatches ?? 1;
+    const wire = cfg.wire === 'bf16' ? ', bf16 on the wire' : '';
     log(mode === 'data'
       ? `splitnet: data-parallel over ${world} workers (${this.launched.map((w) => w.describe()).join(', ')}), ` +
-        `global batch ${cfg.batch} (${cfg.batch / world} per worker), bucket ${(cluster.bucketBytes / 2 ** 20).toFixed(1)} MiB, optimizer sharded ${world} ways`
+        `global batch ${cfg.batch} (${cfg.batch / world} per worker), bucket ${(cluster.bucketBytes / 2 ** 20).toFixed(1)} MiB, optimizer sharded ${world} ways${wire}`
       : `splitnet: model-parallel, tower 0 on ${this.launched[0]!.describe()}, tower 1 on ${this.launched[1]!.describe()}, ` +
-        `batch ${cfg.batch}${micro > 1 ? ` in ${micro} pipelined micro-batches` : ''}`);
+        `batch ${cfg.batch}${micro > 1 ? ` in ${micro} pipelined micro-batches` : ''}${wire}`);
     const register = cluster.timeouts.registerMs;
     const hellos = await Promise.all(this.inboxes.map((_, r) => this.expect(r, 'hello', register, `registration (hello) within ${register / 1000} s`)));
     hellos.forEach((h, r) => {

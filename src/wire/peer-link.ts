@@ -14,6 +14,8 @@ import type { Refusals } from './refusals.js';
 import { decodeToPeer, encodeToPeer, ProtocolError } from './protocol.js';
 import { firstNonFinite, Inbox, type Heartbeat } from './transport.js';
 import { linkOfKey, Traffic } from './traffic.js';
+import { fromBf16, valueAt, wireTypeOf, type WireArray } from './bf16.js';
+import type { WireType } from '../config/choices.js';
 
 export interface PeerLinkOptions {
   bind: string;
@@ -41,7 +43,8 @@ export class PeerLink {
   bytesSent = 0;
   /** bytes by link and send time, per step (splitnet compare) */
   readonly traffic = new Traffic();
-  private readonly boxes = new Map<string, Inbox<Float32Array>>();
+  /** arrived tensors, as they travelled (bf16 ones are decoded when received) */
+  private readonly boxes = new Map<string, Inbox<WireArray>>();
   /** messages arrived and not yet received */
   private unclaimed = 0;
   private readonly seen = new Set<string>();
@@ -74,7 +77,7 @@ export class PeerLink {
     if (this.unclaimed >= MAX_UNCLAIMED) throw new ProtocolError(`more than ${MAX_UNCLAIMED} unclaimed messages`);
     const bad = firstNonFinite(t!);
     if (bad >= 0) {
-      this.breaks(new Error(`worker ${this.opts.peerRank} sent a non-finite '${msg.key}' (${t![bad]} at float ${bad}): its training diverged; lower --lr`));
+      this.breaks(new Error(`worker ${this.opts.peerRank} sent a non-finite '${msg.key}' (${valueAt(t!, bad)} at float ${bad}): its training diverged; lower --lr`));
       return;
     }
     this.seen.add(msg.key);
@@ -82,10 +85,10 @@ export class PeerLink {
     this.box(msg.key).push(t!);
   }
 
-  private box(key: string): Inbox<Float32Array> {
+  private box(key: string): Inbox<WireArray> {
     let b = this.boxes.get(key);
     if (b === undefined) {
-      b = new Inbox<Float32Array>();
+      b = new Inbox<WireArray>();
       if (this.failure) b.fail(this.failure);
       this.boxes.set(key, b);
     }
@@ -107,16 +110,19 @@ export class PeerLink {
     for (const b of this.boxes.values()) b.fail(err);
   }
 
-  /** Hands `data` to the peer under `key`; `data` must not change afterwards (the frame is zero-copy). */
-  send(key: string, data: Float32Array): void {
+  /**
+   * Hands `data` (float32, or bf16 bit patterns) to the peer under `key`;
+   * `data` must not change afterwards (the frame is zero-copy).
+   */
+  send(key: string, data: WireArray): void {
     if (this.failure) throw this.failure;
     this.bytesSent += data.byteLength;
     this.sockets.send(() => encodeToPeer({ kind: 'xfer', key }, [data]), (t0, t1) => this.traffic.sent(linkOfKey(key), data.byteLength, t0, t1),
       (err) => this.breaks(new Error(`sending '${key}' to worker ${this.opts.peerRank}: ${err.message}`)));
   }
 
-  /** The peer's tensor for `key`, which must hold `floats` values. */
-  async receive(key: string, floats: number): Promise<Float32Array> {
+  /** The peer's tensor for `key`, which must hold `floats` values sent as `wire`; decoded to float32. */
+  async receive(key: string, floats: number, wire: WireType = 'fp32'): Promise<Float32Array> {
     try {
       const t0 = performance.now();
       const data = await this.box(key).next(this.opts.waitMs, `'${key}' from worker ${this.opts.peerRank}`);
@@ -124,7 +130,8 @@ export class PeerLink {
       this.unclaimed--;
       this.traffic.received(data.byteLength);
       if (data.length !== floats) throw new ProtocolError(`'${key}' from worker ${this.opts.peerRank}: ${data.length} floats, expected ${floats}`);
-      return data;
+      if (wireTypeOf(data) !== wire) throw new ProtocolError(`'${key}' from worker ${this.opts.peerRank}: sent as ${wireTypeOf(data)}, this run sends ${wire}`);
+      return data instanceof Uint16Array ? fromBf16(data) : data;
     } finally {
       this.boxes.delete(key);
     }

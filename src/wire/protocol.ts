@@ -2,17 +2,21 @@
  * Every message between coordinator and workers, and between workers, is
  * here. A message is one msgpack header frame (a discriminated union with a
  * protocol version) plus zero or more raw tensor frames (a Float32Array's
- * bytes, never re-encoded). Nothing from the network is trusted: `decode*`
- * checks the version, the shape of the header, the frame count and every
- * frame's size, and refuses anything else with a reason.
+ * bytes, never re-encoded; between workers, bf16 bit patterns where the run
+ * sends bf16: the header says which, and how many values). Nothing from the
+ * network is trusted: `decode*` checks the version, the shape of the header,
+ * the frame count and every frame's size against its type, and refuses
+ * anything else with a reason.
  */
 import { Packr } from 'msgpackr';
 import { z } from 'zod';
 import { describeIssue } from '../config/describe-issue.js';
 import { MAX_WORLD } from '../config/cluster.js';
+import { WIRE_TYPES, type WireType } from '../config/choices.js';
+import { WIRE_BYTES, wireTypeOf, type WireArray } from './bf16.js';
 
-/** 3: setup.peerWaitMs, hello.proof and bye.refused (the hardened cluster). */
-export const PROTOCOL_VERSION = 3;
+/** 3: setup.peerWaitMs, hello.proof and bye.refused (the hardened cluster); 4: ring and xfer say their frame's wire type and value count. */
+export const PROTOCOL_VERSION = 4;
 
 /** The most micro-batches a step may be split into (each has 9 exchanges in flight at most). */
 export const MAX_MICRO_BATCHES = 256;
@@ -122,6 +126,14 @@ export type ToCoordinator = z.infer<typeof ToCoordinator>;
 
 // ---- worker -> worker -------------------------------------------------------
 
+/**
+ * What a worker-to-worker message says of its one tensor frame: the element
+ * type ('fp32': float32, 'bf16': bfloat16 bit patterns, wire/bf16.ts) and the
+ * number of values; the frame must be exactly count × 4 or count × 2 bytes.
+ * encodeToPeer fills both in from the tensor it sends.
+ */
+const FrameType = { wire: z.enum(WIRE_TYPES), count: Count };
+
 const Ring = z.strictObject({
   v, kind: z.literal('ring'),
   /** collective sequence number: one per training step or state gather, the same on every worker */
@@ -130,35 +142,41 @@ const Ring = z.strictObject({
   phase: z.enum(['rs', 'ag']), round: Count, chunk: Count,
   /** where this piece starts in the chunk, floats (a chunk travels in pieces of PIECE_FLOATS) */
   offset: Count,
+  ...FrameType,
 });
 /** A cross-link exchange: '<globalStep>/<micro-batch>/<link>/<fwd|bwd>' in training, 'eval<epoch>/<batch>/<link>/fwd' in evaluation. */
 export const XFER_KEY = /^(\d+\/\d+\/[a-z0-9]+\/(fwd|bwd)|eval\d+\/\d+\/[a-z0-9]+\/fwd)$/;
 const Xfer = z.strictObject({
   v, kind: z.literal('xfer'),
   key: z.string().max(128).regex(XFER_KEY, "expected '<step>/<micro>/<link>/<fwd|bwd>' or 'eval<epoch>/<batch>/<link>/fwd'"),
+  ...FrameType,
 });
 export const ToPeer = z.discriminatedUnion('kind', [Ring, Xfer]);
 export type ToPeer = z.infer<typeof ToPeer>;
+/** A peer message as code constructs it: encodeToPeer adds the version and the frame's type and count. */
+export type PeerHeader<K extends ToPeer['kind']> = Omit<Extract<ToPeer, { kind: K }>, 'v' | 'wire' | 'count'>;
 
 // ---- frames -----------------------------------------------------------------
 
 /** A message without its version: what code constructs; encode adds `v`. */
 type Unversioned<T> = T extends unknown ? Omit<T, 'v'> : never;
 
-export interface Decoded<T> {
+export interface Decoded<T, A extends WireArray = Float32Array> {
   msg: T;
-  /** the raw tensor frames, as float32 (copied only when a frame is misaligned) */
-  tensors: Float32Array[];
+  /** the raw tensor frames, as float32 or bf16 bit patterns (copied only when a frame is misaligned) */
+  tensors: A[];
 }
 
-function encode(msg: object, tensors: Float32Array[]): Buffer[] {
+function encode(msg: object, tensors: WireArray[]): Buffer[] {
   const header = packr.pack({ v: PROTOCOL_VERSION, ...msg });
   return [header, ...tensors.map((t) => Buffer.from(t.buffer, t.byteOffset, t.byteLength))];
 }
 
 export const encodeToWorker = (msg: Unversioned<ToWorker>, tensors: Float32Array[] = []): Buffer[] => encode(msg, tensors);
 export const encodeToCoordinator = (msg: Unversioned<ToCoordinator>, tensors: Float32Array[] = []): Buffer[] => encode(msg, tensors);
-export const encodeToPeer = (msg: Unversioned<ToPeer>, tensors: Float32Array[] = []): Buffer[] => encode(msg, tensors);
+/** A peer message and its one tensor (float32, or bf16 bit patterns in a Uint16Array); the header says which and how many values. */
+export const encodeToPeer = (msg: PeerHeader<'ring'> | PeerHeader<'xfer'>, [tensor]: [WireArray]): Buffer[] =>
+  encode({ ...msg, wire: wireTypeOf(tensor), count: tensor.length }, [tensor]);
 
 function asFloat32(frame: Buffer, what: string): Float32Array {
   if (frame.byteLength % 4 !== 0) throw new ProtocolError(`${what}: ${frame.byteLength} bytes is not a whole number of float32`);
@@ -168,7 +186,18 @@ function asFloat32(frame: Buffer, what: string): Float32Array {
   return copy;
 }
 
-function decode<S extends z.ZodType>(schema: S, frames: Buffer[], maxBytes: number): Decoded<z.infer<S>> {
+/** A frame announced as `count` values of `wire`: exactly that many bytes, or refused naming both. */
+function asWire(frame: Buffer, wire: WireType, count: number, what: string): WireArray {
+  const want = count * WIRE_BYTES[wire];
+  if (frame.byteLength !== want) throw new ProtocolError(`${what}: ${count} ${wire} values need ${want} bytes, frame has ${frame.byteLength}`);
+  if (wire === 'fp32') return asFloat32(frame, what);
+  if (frame.byteOffset % 2 === 0) return new Uint16Array(frame.buffer, frame.byteOffset, count);
+  const copy = new Uint16Array(count);
+  new Uint8Array(copy.buffer).set(frame);
+  return copy;
+}
+
+function decode<S extends z.ZodType>(schema: S, frames: Buffer[], maxBytes: number): Decoded<z.infer<S>, WireArray> {
   if (frames.length === 0) throw new ProtocolError('empty message: no header frame');
   const total = frames.reduce((n, f) => n + f.byteLength, 0);
   if (total > maxBytes) throw new ProtocolError(`message of ${total} bytes exceeds the limit of ${maxBytes}`);
@@ -187,24 +216,25 @@ function decode<S extends z.ZodType>(schema: S, frames: Buffer[], maxBytes: numb
     const kind = String((header as { kind?: unknown }).kind);
     throw new ProtocolError(describeIssue(`bad '${kind}' message`, r.error.issues[0]!, '(header)'));
   }
-  const msg = r.data as { kind: string; tensors?: TensorMeta[] };
+  const msg = r.data as { kind: string; tensors?: TensorMeta[]; wire?: WireType; count?: number };
   const body = frames.slice(1);
-  const metas: TensorMeta[] = msg.kind === 'ring' || msg.kind === 'xfer' ? [{ name: 'data', shape: [-1] }] : (msg.tensors ?? []);
+  const peer = msg.kind === 'ring' || msg.kind === 'xfer';
+  const metas: TensorMeta[] = peer ? [{ name: 'data', shape: [msg.count!] }] : (msg.tensors ?? []);
   if (body.length !== metas.length) {
     throw new ProtocolError(`'${msg.kind}' message declares ${metas.length} tensor frame(s), carries ${body.length}`);
   }
-  const tensors = body.map((f, i) => {
+  const tensors = body.map((f, i): WireArray => {
     const meta = metas[i]!;
+    if (peer) return asWire(f, msg.wire!, msg.count!, `'${msg.kind}' tensor`);
     const t = asFloat32(f, `'${msg.kind}' tensor ${meta.name}`);
-    if (meta.shape[0] !== -1) {
-      const want = meta.shape.reduce((a, b) => a * b, 1);
-      if (t.length !== want) throw new ProtocolError(`'${msg.kind}' tensor ${meta.name}: [${meta.shape}] needs ${want} floats, frame has ${t.length}`);
-    }
+    const want = meta.shape.reduce((a, b) => a * b, 1);
+    if (t.length !== want) throw new ProtocolError(`'${msg.kind}' tensor ${meta.name}: [${meta.shape}] needs ${want} floats, frame has ${t.length}`);
     return t;
   });
   return { msg: r.data, tensors };
 }
 
-export const decodeToWorker = (frames: Buffer[], maxBytes: number): Decoded<ToWorker> => decode(ToWorker, frames, maxBytes);
-export const decodeToCoordinator = (frames: Buffer[], maxBytes: number): Decoded<ToCoordinator> => decode(ToCoordinator, frames, maxBytes);
-export const decodeToPeer = (frames: Buffer[], maxBytes: number): Decoded<ToPeer> => decode(ToPeer, frames, maxBytes);
+// Between coordinator and workers every tensor is float32 (weights, momentum: checkpoints are exact).
+export const decodeToWorker = (frames: Buffer[], maxBytes: number): Decoded<ToWorker> => decode(ToWorker, frames, maxBytes) as Decoded<ToWorker>;
+export const decodeToCoordinator = (frames: Buffer[], maxBytes: number): Decoded<ToCoordinator> => decode(ToCoordinator, frames, maxBytes) as Decoded<ToCoordinator>;
+export const decodeToPeer = (frames: Buffer[], maxBytes: number): Decoded<ToPeer, WireArray> => decode(ToPeer, frames, maxBytes);

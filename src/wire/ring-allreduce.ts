@@ -14,16 +14,36 @@
  * Messages are tagged with a collective sequence number (`begin(seq)`): every
  * worker runs the same collectives in the same order, one training step or
  * one state gather each.
+ *
+ * Wire type (`begin(seq, wire)`), the same on every worker for a collective:
+ *   fp32  chunks travel as they are, zero-copy.
+ *   bf16  chunks travel rounded to bf16 (wire/bf16.ts; half the bytes).
+ *         Reduce-scatter: each hop adds the decoded piece into its float32
+ *         bucket (accumulation stays float32; a partial sum is rounded once
+ *         per hop, N−1 roundings for the last). All-gather: the sender first
+ *         rounds the chunk it sends *in its own bucket* to the bf16 values
+ *         it sends, so after an all-gather every worker holds the same bits
+ *         (chunks forwarded in later rounds arrived as bf16: rounding them
+ *         again changes nothing). So all-gather only what may be rounded:
+ *         data-parallel.ts gathers each owner's SGD step, never its weights.
+ *   The encoded pieces live in two buffers per bucket (reduce-scatter and
+ *   all-gather, L bf16 values each, allocated on first use): within one
+ *   phase every round sends a different chunk, but for N ≥ 3 a chunk sent in
+ *   reduce-scatter is sent again in all-gather while its first frame may
+ *   still be queued, so the phases do not share.
+ *   A piece of the other type than the collective's is refused.
  */
-import { ProtocolError, type ToPeer } from './protocol.js';
+import type { WireType } from '../config/choices.js';
+import { addBf16Into, addInto, fromBf16, roundToBf16InPlace, toBf16, wireTypeOf, type WireArray } from './bf16.js';
+import { ProtocolError, type PeerHeader } from './protocol.js';
 import { Inbox } from './transport.js';
 import { Traffic } from './traffic.js';
 
 export interface BucketParam { name: string; offset: number; size: number }
 export interface Bucket { index: number; size: number; params: BucketParam[] }
 
-/** A piece of a chunk as it arrives: its float offset within the chunk, and its values. */
-interface Piece { offset: number; data: Float32Array }
+/** A piece of a chunk as it arrives: its float offset within the chunk, and its values (float32 or bf16 bits). */
+interface Piece { offset: number; data: WireArray }
 
 /**
  * Groups parameters, given in the order backward produces their gradients,
@@ -55,15 +75,6 @@ const mod = (a: number, n: number) => ((a % n) + n) % n;
  */
 export const PIECE_FLOATS = 2 ** 20;
 
-/**
- * dst[offset + i] += src[i]. A small function of its own so V8 optimizes it
- * once for every bucket (inlined in the async ring loop it ran ~6x slower).
- */
-function addInto(dst: Float32Array, offset: number, src: Float32Array): void {
-  const n = src.length;
-  for (let i = 0; i < n; i++) dst[offset + i]! += src[i]!;
-}
-
 function scale(data: Float32Array, begin: number, end: number, factor: number): void {
   for (let i = begin; i < end; i++) data[i]! *= factor;
 }
@@ -73,7 +84,7 @@ export function chunkRange(size: number, world: number, c: number): [number, num
   return [Math.floor((c * size) / world), Math.floor(((c + 1) * size) / world)];
 }
 
-export type SendFrames = (msg: Omit<Extract<ToPeer, { kind: 'ring' }>, 'v'>, data: Float32Array) => void;
+export type SendFrames = (msg: PeerHeader<'ring'>, data: WireArray) => void;
 
 /** The chunk of every bucket that worker `rank` holds summed after a reduce-scatter. */
 export const ownedChunk = (rank: number, world: number): number => mod(rank + 1, world);
@@ -86,8 +97,12 @@ export class RingAllReduce {
   private readonly mail = new Map<string, Inbox<Piece>>();
   private readonly delivered = new Set<string>();
   private seq = -1;
+  /** the current collective's wire type */
+  private wire: WireType = 'fp32';
   /** floats per bucket, the same on every worker */
   private sizes: number[] = [];
+  /** bf16 send buffers per bucket, [L] each: see the header */
+  private readonly encoded = new Map<number, { rs: Uint16Array; ag: Uint16Array }>();
 
   constructor(
     readonly rank: number,
@@ -99,14 +114,16 @@ export class RingAllReduce {
   /** The bucket plan: floats per bucket, in the fixed order every worker uses. */
   configure(bucketSizes: number[]): void {
     this.sizes = [...bucketSizes];
+    this.encoded.clear();
   }
 
   /**
    * Starts collective `seq`. A faster predecessor may already have sent its
    * first chunks (they wait in the mailbox); anything older is dropped.
    */
-  begin(seq: number): void {
+  begin(seq: number, wire: WireType = 'fp32'): void {
     this.seq = seq;
+    this.wire = wire;
     for (const key of this.mail.keys()) if (Number(key.split('/')[0]) < seq) this.mail.delete(key);
     for (const key of this.delivered) if (Number(key.split('/')[0]) < seq) this.delivered.delete(key);
   }
@@ -121,7 +138,7 @@ export class RingAllReduce {
   }
 
   /** A message from the predecessor (from the socket's receive loop). Throws ProtocolError if unexpected. */
-  deliver(msg: Extract<ToPeer, { kind: 'ring' }>, data: Float32Array): void {
+  deliver(msg: PeerHeader<'ring'>, data: WireArray): void {
     // The current collective, or the next one: the predecessor may start it before this worker does.
     if (msg.seq !== this.seq && msg.seq !== this.seq + 1) throw new ProtocolError(`ring message for collective ${msg.seq} during collective ${this.seq}`);
     if (msg.bucket >= this.sizes.length) throw new ProtocolError(`ring message for bucket ${msg.bucket}: a step has ${this.sizes.length}`);
@@ -151,23 +168,41 @@ export class RingAllReduce {
   private sendChunk(bucket: number, phase: 'rs' | 'ag', round: number, data: Float32Array): void {
     const chunk = phase === 'rs' ? mod(this.rank - round, this.world) : mod(this.rank + 1 - round, this.world);
     const [b, e] = chunkRange(data.length, this.world, chunk);
+    let bits: Uint16Array | undefined;
+    if (this.wire === 'bf16') {
+      bits = this.encodeBuffer(bucket, data.length)[phase].subarray(b, e);
+      // All-gather: what the others will hold, this worker holds too (see the header).
+      if (phase === 'ag') roundToBf16InPlace(data, b, e, bits);
+      else toBf16(data.subarray(b, e), bits);
+    }
     for (let offset = 0; offset < Math.max(1, e - b); offset += PIECE_FLOATS) {
-      const piece = data.subarray(b + offset, Math.min(e, b + offset + PIECE_FLOATS));
+      const end = Math.min(e - b, offset + PIECE_FLOATS);
+      const piece = bits !== undefined ? bits.subarray(offset, end) : data.subarray(b + offset, b + end);
       this.send({ kind: 'ring', seq: this.seq, bucket, phase, round, chunk, offset }, piece); // the transport records it in `traffic`
       this.bytesSent += piece.byteLength;
     }
+  }
+
+  private encodeBuffer(bucket: number, size: number): { rs: Uint16Array; ag: Uint16Array } {
+    let buf = this.encoded.get(bucket);
+    if (buf === undefined || buf.rs.length !== size) {
+      buf = { rs: new Uint16Array(size), ag: new Uint16Array(size) };
+      this.encoded.set(bucket, buf);
+    }
+    return buf;
   }
 
   /**
    * Receives chunk `chunk` of a bucket piece by piece; `apply` puts each
    * piece into place (adds it, or copies it) at its float offset in the chunk.
    */
-  private async receive(bucket: number, phase: 'rs' | 'ag', round: number, length: number, apply: (offset: number, piece: Float32Array) => void): Promise<void> {
+  private async receive(bucket: number, phase: 'rs' | 'ag', round: number, length: number, apply: (offset: number, piece: WireArray) => void): Promise<void> {
     const key = `${this.seq}/${bucket}/${phase}/${round}`;
     const what = `ring ${phase === 'rs' ? 'reduce-scatter' : 'all-gather'} bucket ${bucket} round ${round} from worker ${mod(this.rank - 1, this.world)}`;
     for (let got = 0; got < Math.max(1, length);) {
       if (this.failure) throw this.failure;
       const { offset, data } = await this.box(key).next(this.waitMs, what);
+      if (wireTypeOf(data) !== this.wire) throw new ProtocolError(`${what}: a ${wireTypeOf(data)} piece in a collective sent as ${this.wire}`);
       this.traffic.received(data.byteLength);
       apply(offset, data);
       got += Math.max(1, data.length);
@@ -187,18 +222,28 @@ export class RingAllReduce {
     for (let round = 0; round < n - 1; round++) {
       this.sendChunk(bucket, 'rs', round, data);
       const [b, e] = chunkRange(data.length, n, mod(this.rank - round - 1, n));
-      await this.receive(bucket, 'rs', round, e - b, (offset, piece) => addInto(data, b + offset, piece));
+      await this.receive(bucket, 'rs', round, e - b, (offset, piece) => {
+        if (piece instanceof Uint16Array) addBf16Into(data, b + offset, piece); // float32 accumulation
+        else addInto(data, b + offset, piece);
+      });
     }
     return chunkRange(data.length, n, ownedChunk(this.rank, n));
   }
 
-  /** All-gather of a bucket: every worker's owned chunk of `data` goes to all. */
+  /**
+   * All-gather of a bucket: every worker's owned chunk of `data` goes to all.
+   * With bf16 the owned chunk is first rounded in place: `data` ends the
+   * same, bit for bit, on every worker.
+   */
   async allGather(bucket: number, data: Float32Array): Promise<void> {
     const n = this.world;
     for (let round = 0; round < n - 1; round++) {
       this.sendChunk(bucket, 'ag', round, data);
       const [b, e] = chunkRange(data.length, n, mod(this.rank - round, n));
-      await this.receive(bucket, 'ag', round, e - b, (offset, piece) => data.set(piece, b + offset));
+      await this.receive(bucket, 'ag', round, e - b, (offset, piece) => {
+        if (piece instanceof Uint16Array) fromBf16(piece, data.subarray(b + offset, b + offset + piece.length));
+        else data.set(piece, b + offset);
+      });
     }
   }
 

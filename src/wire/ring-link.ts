@@ -10,6 +10,7 @@ import { PeerSockets } from './peer-sockets.js';
 import { Refusals } from './refusals.js';
 import { decodeToPeer, encodeToPeer, ProtocolError } from './protocol.js';
 import { RingAllReduce } from './ring-allreduce.js';
+import { valueAt } from './bf16.js';
 import { firstNonFinite, type Heartbeat } from './transport.js';
 
 export interface RingLinkOptions {
@@ -61,7 +62,7 @@ export async function openRing(opts: RingLinkOptions): Promise<RingLink> {
       const bad = firstNonFinite(chunk!);
       if (bad >= 0) {
         // Well formed, so it is the peer's (or the peer is forged, which CURVE rules out): a fault, not noise.
-        breaks(new Error(`worker ${pred} sent a non-finite gradient (${chunk![bad]} at float ${msg.offset + bad} of chunk ${msg.chunk}, bucket ${msg.bucket}): its training diverged; lower --lr`));
+        breaks(new Error(`worker ${pred} sent a non-finite gradient (${valueAt(chunk!, bad)} at float ${msg.offset + bad} of chunk ${msg.chunk}, bucket ${msg.bucket}): its training diverged; lower --lr`));
         return;
       }
       ring.deliver(msg, chunk!);

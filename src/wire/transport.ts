@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import * as zmq from 'zeromq';
 import { isLocal } from '../config/cluster.js';
 import { checkEndpoint } from './private-dir.js';
+import { firstNonFiniteBf16, type WireArray } from './bf16.js';
 
 export interface Heartbeat {
   intervalMs: number;
@@ -177,7 +178,8 @@ export function receiveLoop(socket: zmq.Readable & zmq.Socket, onFrames: (frames
  * spread through every weight. A plain loop (x - x is 0 for finite x only)
  * runs at memory speed, ~1 ms per 4 MiB piece.
  */
-export function firstNonFinite(a: Float32Array): number {
+export function firstNonFinite(a: WireArray): number {
+  if (a instanceof Uint16Array) return firstNonFiniteBf16(a);
   for (let i = 0; i < a.length; i++) {
     const x = a[i]!;
     if (x - x !== 0) return i;

@@ -45,3 +45,33 @@ export function pseudoRandom(count: number, seed: number): Float32Array {
   }
   return out;
 }
+
+/**
+ * Worst over the net's layers of max |a − b| over all the layer's parameters
+ * (kernels and biases, every tower) divided by the largest |b| among them:
+ * an error measured against the layer's weights, so a bias that starts at 0
+ * (and is all updates) is not judged against its own tiny size.
+ */
+export function layerRelError(a: Map<string, Float32Array>, b: Map<string, Float32Array>): { worst: number; layer: string } {
+  const diff = new Map<string, number>();
+  const scale = new Map<string, number>();
+  for (const [name, ref] of b) {
+    const layer = name.slice(0, name.indexOf('.'));
+    const got = a.get(name);
+    if (got === undefined) throw new Error(`layerRelError: ${name} is missing`);
+    let d = diff.get(layer) ?? 0;
+    let s = scale.get(layer) ?? 0;
+    for (let i = 0; i < ref.length; i++) {
+      d = Math.max(d, Math.abs(got[i]! - ref[i]!));
+      s = Math.max(s, Math.abs(ref[i]!));
+    }
+    diff.set(layer, d);
+    scale.set(layer, s);
+  }
+  let worst = { worst: 0, layer: '' };
+  for (const [layer, d] of diff) {
+    const e = d / (scale.get(layer) || 1);
+    if (e >= worst.worst) worst = { worst: e, layer };
+  }
+  return worst;
+}
