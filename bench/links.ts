@@ -77,6 +77,7 @@ export async function linksBench(o: LinksBenchOptions): Promise<void> {
   const variants: Variant[] = [
     { name: 'data ×2, overlapped', mode: 'data', config: d2l },
     { name: 'data ×2, after backward', mode: 'data', config: d2l, overlap: false },
+    { name: 'data ×2, overlapped, bf16 wire', mode: 'data', config: { ...d2l, wire: 'bf16' } },
     { name: 'split ×2', mode: 'model', config: original },
     { name: `split ×2, ${o.micro} micro-batches`, mode: 'model', config: original, microBatches: o.micro },
   ];

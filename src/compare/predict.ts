@@ -285,7 +285,7 @@ function hybridMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   return endMs + i.optimizerMsPerParam * fcParams / i.world + i.overheads.ringMsPerParam * (totalParams(i.spec) - fcParams);
 }
 
-const NO_OVERHEADS: StepOverheads = { inputMs: 0, inputMsAtHalfBatch: 0, moveMsPerFloat: 0, ringMsPerParam: 0 };
+const NO_OVERHEADS: StepOverheads = { inputMs: 0, inputMsAtHalfBatch: 0, moveMsPerFloat: 0, ringMsPerParam: 0, envelopeMs: 0 };
 
 function checkInputs(i: StepInputs): Required<StepInputs> {
   positiveInteger('world', i.world);
@@ -320,9 +320,10 @@ export function predictStepMs(mode: PredictMode, inputs: StepInputs): number {
   const layers = timedLayers(i.spec, i.layers, i.layersAtHalfBatch, i.measuredBatch, i.halfBatch);
   switch (mode) {
     case 'single': return singleMs(layers, i);
-    case 'data': return dataMs(layers, i);
-    case 'model': return modelMs(layers, i);
-    case 'hybrid': return hybridMs(layers, i);
+    // A cluster's step also goes through its coordinator (the step out, every reply back).
+    case 'data': return dataMs(layers, i) + (i.overheads.envelopeMs ?? 0);
+    case 'model': return modelMs(layers, i) + (i.overheads.envelopeMs ?? 0);
+    case 'hybrid': return hybridMs(layers, i) + (i.overheads.envelopeMs ?? 0);
   }
 }
 

@@ -13,8 +13,14 @@ import { Sgd } from '../model/sgd.js';
 import { shapesOf } from '../model/shapes.js';
 import type { LayerTiming } from './types.js';
 
-/** Steps timed after one untimed (kernels' first runs compile or allocate); the median of each layer is kept. */
-const TIMED_STEPS = 3;
+/**
+ * Steps timed after WARMUP_STEPS untimed ones (kernels' first runs compile or
+ * allocate, and V8 tiers up the engine's code over the first few); the
+ * median of each layer is kept. Measured on 2 cores: with one untimed step
+ * and three timed, the sum of the layers varied by ±15% between compare runs.
+ */
+const WARMUP_STEPS = 2;
+const TIMED_STEPS = 5;
 
 /**
  * Waits until the GPU has run everything asked of it so far: tfjs-webgpu
@@ -58,19 +64,19 @@ export async function profileLayers(cfg: TrainConfig, batch = cfg.batch): Promis
   const optimizerMs: number[] = [];
   const times = new Map<string, { forward: number[]; backward: number[] }>(spec.layers.map((l) => [l.name, { forward: [], backward: [] }]));
   try {
-    for (let step = 0; step <= TIMED_STEPS; step++) {
+    for (let step = 0; step < WARMUP_STEPS + TIMED_STEPS; step++) {
       let last = performance.now();
       const onLayer = async (layer: string, phase: 'forward' | 'backward') => {
         await finish();
         const now = performance.now();
-        if (step > 0) times.get(layer)![phase].push(now - last);
+        if (step >= WARMUP_STEPS) times.get(layer)![phase].push(now - last);
         last = now;
       };
       const { loss, grads } = await lossAndGrads(model, x, y, { dropout: { seed: cfg.seed, step, firstSample: 0 }, onLayer });
       const u0 = performance.now();
       opt.apply(model.params, grads);
       await finish();
-      if (step > 0) optimizerMs.push(performance.now() - u0);
+      if (step >= WARMUP_STEPS) optimizerMs.push(performance.now() - u0);
       tf.dispose([loss, ...grads.values()]);
     }
   } finally {

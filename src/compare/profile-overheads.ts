@@ -34,6 +34,8 @@ export interface StepOverheads {
   moveMsPerFloat: number;
   /** main-thread ms per parameter of data-parallel's host side (gradient out, chunk added, weight back in) */
   ringMsPerParam: number;
+  /** a cluster step's round trip through the coordinator beyond its slowest worker, ms (calibrate.ts; 0 where not measured) */
+  envelopeMs?: number;
 }
 
 const median = (xs: number[]): number => {

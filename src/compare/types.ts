@@ -106,6 +106,8 @@ export interface CompareResult {
   layers: LayerTiming[];
   /** a step's host work besides its layers, timed in one process (profile-overheads.ts) */
   overheads: StepOverheads;
+  /** a worker among 2 in a short data-parallel run before the compared runs (calibrate.ts); absent without cluster modes */
+  calibration?: { slowdown: number; envelopeMs: number };
   /** compute slowdown with n processes computing at once on this machine (the prediction's input for n workers here) */
   contention: Array<{ workers: number; slowdown: number }>;
   modes: ModeMeasure[];
