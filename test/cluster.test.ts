@@ -11,6 +11,7 @@ import { ClusterError } from '../src/run/coordinator.js';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train, type TrainOptions } from '../src/run/loop.js';
 import { writeRunKeys } from '../src/wire/key-file.js';
+import { PROTOCOL_VERSION } from '../src/wire/protocol.js';
 import { alive, localCluster, Spawned } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';
 
@@ -85,7 +86,7 @@ describe('cluster runtime', () => {
 
   it('a message of another protocol version is refused with the versions', async () => {
     const { result } = await run({ workerCommand: (rank) => (rank === 0 ? { command: process.execPath, args: [HOSTILE, 'old'] } : undefined) });
-    await expect(result).rejects.toThrow(/worker 0 .* sent a malformed message: protocol version 99, expected 3/);
+    await expect(result).rejects.toThrow(new RegExp(`worker 0 .* sent a malformed message: protocol version 99, expected ${PROTOCOL_VERSION}$`));
   });
 
   it('strangers are refused in the handshake, counted by reason, and the run goes on (CURVE)', async () => {
