@@ -91,6 +91,16 @@ describe('splitnet compare', () => {
     expect(result.contention.map((c) => c.workers)).toEqual([1, 2, 3, 4]);
   });
 
+  it("feeds the prediction a step's host work and a 2-worker calibration run, all measured", () => {
+    const o = result.overheads;
+    expect(o.inputMs).toBeGreaterThan(0);
+    expect(o.moveMsPerFloat).toBeGreaterThan(0);
+    expect(o.ringMsPerParam).toBeGreaterThan(0);
+    expect(result.calibration!.slowdown).toBeGreaterThanOrEqual(1);
+    expect(result.calibration!.envelopeMs).toBeGreaterThanOrEqual(0);
+    expect(result.overheads.envelopeMs).toBe(result.calibration!.envelopeMs);
+  });
+
   it('writes a Chrome trace per mode, with a process per worker', () => {
     for (const m of ['single', 'data', 'model']) {
       const trace = JSON.parse(readFileSync(join(out, `trace-${m}.json`), 'utf8')) as { traceEvents: Array<{ ph: string; pid: number }> };
