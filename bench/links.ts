@@ -3,13 +3,13 @@
  * step, with the workers in network namespaces behind links shaped to the
  * rate (run/shaped-network.ts; needs root), in one run:
  *   - data ×2 (d2l net), the all-reduce overlapped with backward vs after it
- *   - data ×2 overlapped, float32 vs bfloat16 on the wire (where --wire exists)
+ *   - data ×2 overlapped, float32 vs bfloat16 on the wire (--wire bf16)
  *   - the split ×2 (original net), one micro-batch vs --micro of them
  * and the same variants over loopback for reference. The variants run in
  * turn, `passes` times; each figure is the median of all its timed steps.
  * Writes bench/results/links.json.
  */
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -51,19 +51,22 @@ async function localPair(): Promise<ClusterConfig> {
 /** One variant's run over loopback (`rate` undefined) or behind shaped links; returns its timed steps' wall times. */
 async function runVariant(v: Variant, rate: string | undefined, warmup: number): Promise<{ stepMs: number[]; bytes: number[] }> {
   const base = await localPair();
+  const outDir = mkdtempSync(join(tmpdir(), 'splitnet-bench-'));
   const shaped = rate === undefined ? undefined : shapeLinks(base, base.workers, parseLinkRate(rate));
   try {
     const cluster = shaped?.cluster ?? base;
     const r: TrainResult = await train({
-      config: v.config, outDir: mkdtempSync(join(tmpdir(), 'splitnet-bench-')), mode: v.mode, cluster, workers: cluster.workers,
+      config: v.config, outDir, mode: v.mode, cluster, workers: cluster.workers,
       log: () => {}, progress: false,
       ...(v.overlap === false ? { overlap: false } : {}), ...(v.microBatches !== undefined ? { microBatches: v.microBatches } : {}),
-      ...(shaped !== undefined ? { workerCommand: shaped.network.workerCommand, insecure: true } : {}),
+      ...(shaped !== undefined ? { workerCommand: shaped.network.workerCommand } : {}),
     });
+    if (!r.finished) throw new Error(`links: '${v.name}'${rate === undefined ? '' : ` over ${rate}`} stopped before its last step`);
     const timed = r.stats.slice(warmup);
     return { stepMs: timed.map((s) => s.wallMs), bytes: timed.map((s) => s.bytesSent[0]!) };
   } finally {
     shaped?.network.close();
+    rmSync(outDir, { recursive: true, force: true });
   }
 }
 
@@ -113,7 +116,7 @@ export async function linksBench(o: LinksBenchOptions): Promise<void> {
   };
   console.log(`  overlap: ${lines.overlapGainShaped!.toFixed(2)}× faster than after backward on ${rate} (${lines.overlapGainLoopback!.toFixed(2)}× on loopback)`);
   console.log(`  ${o.micro} micro-batches: ${lines.microGainShaped!.toFixed(2)}× the split without on ${rate} (${lines.microGainLoopback!.toFixed(2)}× on loopback)`);
-  if (at('data ×2, overlapped, bf16') !== undefined) {
+  {
     lines.bf16GainShaped = ratio('data ×2, overlapped', 'data ×2, overlapped, bf16', 'shapedMs');
     lines.bf16GainLoopback = ratio('data ×2, overlapped', 'data ×2, overlapped, bf16', 'loopbackMs');
     lines.bf16Bytes = at('data ×2, overlapped, bf16')!.bytesPerWorker / at('data ×2, overlapped')!.bytesPerWorker;

@@ -321,14 +321,14 @@ async function runTrain(o: TrainFlags, g: GlobalFlags, placed?: { cluster: Clust
   const fellBack = mode !== o.mode;
   const link = o.link === undefined ? undefined : parseLinkRate(o.link);
   if (link !== undefined && (mode === 'single' || cluster === undefined)) throw new UsageError(`--link ${link.text}: a one-process run has no link to shape`);
-  const shaped = link !== undefined && cluster !== undefined ? shapeLinks(cluster, workers, link) : undefined;
+  const shaped = link !== undefined && cluster !== undefined ? shapeLinks(cluster, workers, link, o.insecure === true) : undefined;
   if (shaped !== undefined) {
     console.log(`splitnet: ${workers.length} workers in network namespaces, each behind a ${link!.text} link (tc tbf)`);
     cluster = shaped.cluster;
     workers = shaped.cluster.workers;
   }
   const result = await train({
-    config, outDir, resume: o.resume !== undefined, mode: mode as Mode, progress: o.progress, insecure: o.insecure === true || shaped !== undefined,
+    config, outDir, resume: o.resume !== undefined, mode: mode as Mode, progress: o.progress, insecure: o.insecure === true,
     ...(o.resume !== undefined ? { resumeGiven: given } : {}),
     ...(cluster && !fellBack ? { cluster, workers } : {}),
     ...(o.microBatches !== undefined && !fellBack ? { microBatches: o.microBatches } : {}),

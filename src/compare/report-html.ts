@@ -98,7 +98,7 @@ function header(r: CompareResult): string {
   const c = r.config;
   const config: Array<[string, string]> = [
     ['arch', c.arch], ['width', String(c.width)], ['resolution', String(c.resolution)], ['batch', String(c.batch)],
-    ['seed', String(c.seed)], ['steps', String(c.steps)], ['backend', c.backend],
+    ['seed', String(c.seed)], ['steps', String(c.steps)], ['backend', c.backend], ['wire', c.wire ?? 'fp32'],
   ];
   // Older compare.json files have the loopback probe only.
   const probed = r.links ?? [{ name: 'loopback', ...r.link }];

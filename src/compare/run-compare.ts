@@ -94,13 +94,13 @@ function workerMeasure(r: TrainResult, rank: number): WorkerMeasure {
   };
 }
 
-/** Worker counts, beyond the config's, at which the step-time model is checked against a run (oversubscribed on small machines). */
 /** A compare run that did not reach its last step: stopped by a signal (exit 130/143), or by anything else (a failure). */
 function stoppedCompare(r: TrainResult, what: string): Error {
   const message = `compare: ${what} stopped before its last step; nothing was written`;
   return r.stoppedBy !== undefined ? new RunStopped(r.stoppedBy, `${message} (${r.stoppedBy})`) : new Error(message);
 }
 
+/** Worker counts, beyond the config's, at which the step-time model is checked against a run (oversubscribed on small machines). */
 const CHECK_SIZES = [3, 4];
 
 /** Host work on a machine where `slowdown` processes' worth of compute contend: slowed as the layers are. */
@@ -225,12 +225,12 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     const world = runMode === 'single' ? 1 : workers.length;
     const predictedBytes = predictBytes(runMode, spec, world, cfg.batch, o.cluster.bucketBytes, cfg.wire);
     const predictedMs = predictStepMs(runMode, at(world, cfg.batch));
-    // Over a shaped link the workers run in their namespaces (the veths never leave this host: plain TCP is as private as loopback).
+    // Over a shaped link the workers run in their namespaces, over TCP with CURVE (ShapedNetwork.place).
     const cluster = shaped !== undefined && runMode !== 'single' ? shaped.network.place({ ...o.cluster, workers }) : o.cluster;
     const r = await train({
       config: cfg, outDir: join(o.outDir, 'runs', linkName === LOOPBACK ? mode : `${mode}-${linkName}`), mode: runMode, progress: o.progress, log: (l) => log(`  ${l}`),
       ...(runMode === 'single' ? {} : { cluster, workers: cluster.workers }),
-      ...(shaped !== undefined && runMode !== 'single' ? { workerCommand: shaped.network.workerCommand, insecure: true } : {}),
+      ...(shaped !== undefined && runMode !== 'single' ? { workerCommand: shaped.network.workerCommand } : {}),
     });
     if (!r.finished) throw stoppedCompare(r, `the ${mode} run${linkName === LOOPBACK ? '' : ` over ${linkName}`}`);
     return {
@@ -248,7 +248,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
   for (const [li, linkName] of o.links.entries()) {
     // Single runs once: one process has no link.
     const todo = o.modes.filter((m) => m !== 'single' || li === 0);
-    const shaped = linkName === LOOPBACK ? undefined : await shapedFor(o, parseLinkRate(linkName), log);
+    const shaped = linkName === LOOPBACK || todo.every((m) => m === 'single') ? undefined : await shapedFor(o, parseLinkRate(linkName), log);
     try {
       let linkHere = link;
       if (shaped !== undefined) {
@@ -257,11 +257,12 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
         log(`link ${linkName}: ${linkHere.latencyMs.toFixed(3)} ms latency, ${(linkHere.bandwidth / 1e9).toFixed(3)} GB/s (workers in network namespaces, tc tbf)`);
       }
       for (const mode of todo) {
-        const m = await runMode(mode, linkName, shaped, (world, batch) => inputs(world, batch, optimizerMsPerParam, linkHere));
+        // One process has no link: single is labelled loopback, whichever link it ran beside.
+        const m = await runMode(mode, mode === 'single' ? LOOPBACK : linkName, shaped, (world, batch) => inputs(world, batch, optimizerMsPerParam, linkHere));
         modes.push(m);
         if (m.skipped !== undefined || m.fallback !== undefined) continue;
         const predictedMs = m.predicted.stepMs;
-        forecastCheck.push({ mode: m.mode as 'single' | 'data' | 'model', link: linkName, workers: m.world, oversubscribed: m.world > cores, measuredMs: m.stepMs, predictedMs, error: relativeError(m.stepMs, predictedMs) });
+        forecastCheck.push({ mode: m.mode as 'single' | 'data' | 'model', link: m.link, workers: m.world, oversubscribed: m.world > cores, measuredMs: m.stepMs, predictedMs, error: relativeError(m.stepMs, predictedMs) });
       }
     } finally {
       shaped?.network.close();
@@ -281,12 +282,12 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     forecastCheck.push({ mode: 'data', link: LOOPBACK, workers: n, oversubscribed: n > cores, measuredMs, predictedMs, error: relativeError(measuredMs, predictedMs) });
   }
 
-  const forecastPoints = forecast({ layers, layersAtHalfBatch, halfBatch, link, measuredBatch: cfg.batch, spec, bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam, overheads }, undefined, undefined,
+  const forecastPoints = forecast({ layers, layersAtHalfBatch, halfBatch, link, measuredBatch: cfg.batch, spec, bucketBytes: o.cluster.bucketBytes, optimizerMsPerParam, overheads, wire: cfg.wire }, undefined, undefined,
     [...new Set([cfg.batch, cfg.batch * 2, cfg.batch * 8])]);
   return {
     date: new Date().toISOString(),
     config: {
-      arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, batch: cfg.batch, seed: cfg.seed,
+      arch: cfg.arch, width: cfg.width, resolution: cfg.resolution, batch: cfg.batch, seed: cfg.seed, wire: cfg.wire,
       steps: Math.max(0, ...modes.map((m) => m.losses.length)), backend: cfg.backend,
     },
     link, links, layers, overheads: { ...overheads, envelopeMs }, ...(calibration ? { calibration } : {}), contention: [...contention].map(([workers, slowdown]) => ({ workers, slowdown })), modes, forecast: forecastPoints, forecastCheck,

@@ -98,7 +98,7 @@ export interface ForecastPoint {
 export interface CompareResult {
   date: string;
   /** the train config every mode ran (arch, width, resolution, batch, seed, steps) */
-  config: { arch: string; width: number; resolution: number; batch: number; seed: number; steps: number; backend: string };
+  config: { arch: string; width: number; resolution: number; batch: number; seed: number; steps: number; backend: string; wire?: string };
   /** loopback, as probed (the forecast's measured link) */
   link: LinkMeasure;
   /** every link the modes ran over, as probed: loopback first, then each shaped one */

@@ -120,15 +120,32 @@ function killInside(ns: string): void {
   }
 }
 
-/** A /24 of 10.0.0.0/8 that no interface here uses, picked from this pid. */
+/** [first, last] address of an IPv4 CIDR ('10.213.4.0/24'), as numbers. */
+function cidrRange(cidr: string): [number, number] | undefined {
+  const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)(?:\/(\d+))?$/.exec(cidr);
+  if (m === null) return undefined;
+  const ip = ((Number(m[1]) << 24) >>> 0) + (Number(m[2]) << 16) + (Number(m[3]) << 8) + Number(m[4]);
+  const bits = m[5] === undefined ? 32 : Number(m[5]);
+  const size = 2 ** (32 - bits);
+  const first = Math.floor(ip / size) * size;
+  return [first, first + size - 1];
+}
+
+/**
+ * A /24 of 10.213.0.0/16 that no interface address and no route here
+ * overlaps (a VPN's 10.0.0.0/8 would otherwise lose that /24 to the bridge
+ * for the whole run), picked from this pid.
+ */
 function freeSubnet(): string {
-  const used = run('ip', ['-o', '-4', 'addr', 'show']);
+  const taken = [...run('ip', ['-o', '-4', 'addr', 'show']).matchAll(/inet (\S+)/g)].map((m) => m[1]!)
+    .concat(run('ip', ['-4', 'route', 'show']).split('\n').map((l) => l.split(' ')[0]!).filter((d) => d !== '' && d !== 'default'))
+    .map(cidrRange).filter((r): r is [number, number] => r !== undefined);
   for (let i = 0; i < 256; i++) {
     const c = (process.pid + i) % 256;
-    const net = `10.213.${c}`;
-    if (!used.includes(` ${net}.`)) return net;
+    const [lo, hi] = cidrRange(`10.213.${c}.0/24`)!;
+    if (taken.every(([a, b]) => b < lo || a > hi)) return `10.213.${c}`;
   }
-  throw new Error('shaped network: every 10.213.x.0/24 is in use on this host');
+  throw new Error('shaped network: every 10.213.x.0/24 overlaps an address or a route of this host');
 }
 
 export class ShapedNetwork {
@@ -165,7 +182,7 @@ export class ShapedNetwork {
       n.build();
     } catch (err) {
       n.close();
-      throw new Error(`--link ${rate.text}: could not build the shaped network: ${((err as { stderr?: string }).stderr ?? (err as Error).message).toString().trim()}`);
+      throw new Error(`--link ${rate.text}: could not build the shaped network: ${(String((err as { stderr?: string }).stderr ?? '').trim() || (err as Error).message)}`);
     }
     return n;
   }
@@ -198,16 +215,19 @@ export class ShapedNetwork {
    * The cluster with its local workers moved into the namespaces: each
    * worker's host becomes its namespace's address (ports stay: each
    * namespace has ports of its own), the coordinator listens on the bridge,
-   * over TCP (ipc does not cross namespaces), bound to those addresses only.
-   * Security is the config's, except that a config on ipc gets CURVE.
+   * over TCP (ipc does not cross namespaces), bound to those addresses only,
+   * with CURVE (plain only where the config says "none" and the user gave
+   * --insecure).
    */
-  place(cluster: ClusterConfig): ClusterConfig {
+  place(cluster: ClusterConfig, insecure = false): ClusterConfig {
     if (cluster.workers.length > this.workers) throw new Error(`shaped network: built for ${this.workers} workers, the cluster has ${cluster.workers.length}`);
     return {
       ...cluster,
       transport: 'tcp',
-      // ipc's protection is its private directory (no CURVE by default); TCP has none: it gets CURVE.
-      security: cluster.transport === 'ipc' ? 'curve' : cluster.security,
+      // The bridge's and the namespaces' addresses are not loopback: Linux takes a packet for any of its
+      // addresses on any interface, so a neighbour with a route to this /24 through this host reaches them.
+      // CURVE, then, unless the user said --insecure to a config without it.
+      security: insecure && cluster.security === 'none' ? 'none' : 'curve',
       coordinator: { ...cluster.coordinator, host: this.coordinatorHost },
       workers: cluster.workers.map((w, k) => ({ ...w, host: this.hosts[k]! })),
     };
@@ -270,14 +290,13 @@ export class ShapedNetwork {
 /**
  * The run's workers, all on this host, moved behind shaped links. A worker
  * on another host is refused: its link is the real network's, not ours to
- * shape. The veths never leave this host, so a config that runs loopback
- * without CURVE may do so here too (the caller passes --insecure's meaning).
+ * shape. `insecure`: the user's --insecure (see `place`).
  */
-export function shapeLinks(cluster: ClusterConfig, workers: WorkerSpec[], rate: LinkRate): { network: ShapedNetwork; cluster: ClusterConfig } {
+export function shapeLinks(cluster: ClusterConfig, workers: WorkerSpec[], rate: LinkRate, insecure = false): { network: ShapedNetwork; cluster: ClusterConfig } {
   const remote = workers.filter((w) => !isLocal(w.host)).map((w) => w.host);
   if (remote.length > 0) {
     throw new UsageError(`--link ${rate.text}: shapes the links of workers on this host; ${[...new Set(remote)].join(', ')} ${remote.length === 1 ? 'is' : 'are'} remote`);
   }
   const network = ShapedNetwork.create(workers.length, rate);
-  return { network, cluster: network.place({ ...cluster, workers }) };
+  return { network, cluster: network.place({ ...cluster, workers }, insecure) };
 }

@@ -1,7 +1,7 @@
 /**
  * The link's latency and bandwidth as the workers' sockets see them: a
- * zeromq PUSH/PULL pair each way over TCP (the transport the peer links and
- * the ring use), bouncing off an echo. The echo runs in this process for
+ * zeromq PUSH/PULL pair each way over the run's transport (TCP, or ipc in a
+ * private directory for local workers), bouncing off an echo. The echo runs in this process for
  * loopback, or in another process for a link that only another process can
  * stand behind (a worker's network namespace, run/shaped-network.ts).
  * `splitnet compare` feeds both figures to its step-time prediction.
@@ -58,8 +58,15 @@ export async function runEcho(plan: EchoPlan): Promise<Echo> {
   const gate = plan.curve ? await ZapGate.admit(domain, new Set([plan.curve.prober])) : undefined;
   const input = new zmq.Pull({ linger: 0, ...(plan.curve ? curveServer(plan.curve.own, domain) : {}) });
   const output = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS, ...(plan.curve ? curveClient(plan.curve.own, plan.curve.prober) : {}) });
-  await input.bind(plan.listen);
-  output.connect(plan.answer);
+  try {
+    await input.bind(plan.listen);
+    output.connect(plan.answer);
+  } catch (err) {
+    input.close();
+    output.close();
+    gate?.release(domain);
+    throw err;
+  }
   const loop = (async () => {
     try {
       for (;;) {
@@ -110,18 +117,22 @@ export async function probeLink(o: ProbeOptions = {}): Promise<LinkProbe> {
   const listen = dir !== undefined ? `ipc://${join(dir, 'echo.ipc')}` : tcp(echoHost, pEcho!);
   const answer = dir !== undefined ? `ipc://${join(dir, 'back.ipc')}` : tcp(host, pBack!);
   const domain = `probe@${answer}`;
-  const gate = secure ? await ZapGate.admit(domain, new Set([theirs!.publicKey])) : undefined;
-  const back = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveServer(mine!, domain) : {}) });
-  const out = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveClient(mine!, theirs!.publicKey) : {}) });
+  let gate: ZapGate | undefined;
+  let back: zmq.Pull | undefined;
+  let out: zmq.Push | undefined;
   let echo: Echo | undefined;
   try {
+    gate = secure ? await ZapGate.admit(domain, new Set([theirs!.publicKey])) : undefined;
+    back = new zmq.Pull({ linger: 0, receiveTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveServer(mine!, domain) : {}) });
+    out = new zmq.Push({ linger: 0, sendTimeout: RECEIVE_TIMEOUT_MS, ...(secure ? curveClient(mine!, theirs!.publicKey) : {}) });
     await back.bind(answer);
     echo = await (o.startEcho ?? runEcho)({ listen, answer, ...(secure ? { curve: { own: theirs!, prober: mine!.publicKey } } : {}) });
     out.connect(listen);
+    const [tx, rx] = [out, back];
     const roundTrip = async (m: Buffer): Promise<number> => {
       const t0 = performance.now();
-      await out.send(m);
-      await back.receive();
+      await tx.send(m);
+      await rx.receive();
       return performance.now() - t0;
     };
     const small = Buffer.alloc(8);
@@ -137,8 +148,8 @@ export async function probeLink(o: ProbeOptions = {}): Promise<LinkProbe> {
     const transferMs = Math.max(1e-3, median(oneWay) - latencyMs);
     return { latencyMs, bandwidth: BIG_BYTES / (transferMs / 1000) };
   } finally {
-    out.close();
-    back.close();
+    out?.close();
+    back?.close();
     await echo?.stop();
     gate?.release(domain);
     if (dir !== undefined) removePrivateDir(dir);
