@@ -14,6 +14,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { CompareResult } from '../src/compare/types.js';
 import { parseLinkRate, ShapedNetwork, whyNoShaping } from '../src/run/shaped-network.js';
 import { freePorts } from '../src/wire/free-ports.js';
+import { parseClusterConfig } from '../src/config/cluster.js';
 import { splitnet } from './helpers/cli.js';
 import { tempDir } from './helpers/idx-files.js';
 
@@ -120,6 +121,20 @@ describe.skipIf(skip !== undefined)('--link: a shaped network', () => {
     n.close();
     expect(leftBy(process.pid)).toEqual([]);
   }, 60_000);
+
+  it('moves the workers to TCP with CURVE on their namespaces\' addresses: plain only for a config without CURVE and --insecure', async () => {
+    const n = ShapedNetwork.create(2, parseLinkRate('1gbit'));
+    networks.push(n);
+    const [coord, a, b] = await freePorts(3);
+    const base = parseClusterConfig({ coordinator: { host: '127.0.0.1', port: coord }, transport: 'ipc',
+      workers: [{ host: '127.0.0.1', device: 'cpu', port: a }, { host: '127.0.0.1', device: 'cpu', port: b }] });
+    expect(base.security).toBe('none'); // ipc's default: its private directory keeps others out
+    const placed = n.place(base);
+    expect(placed).toMatchObject({ transport: 'tcp', security: 'curve', coordinator: { host: n.coordinatorHost, port: coord } });
+    expect(placed.workers.map((w) => w.host)).toEqual(n.hosts);
+    expect(n.place(base, true).security).toBe('none');
+    expect(n.place({ ...base, security: 'curve' }, true).security).toBe('curve');
+  });
 
   it('a data-parallel launch trains over it with each worker in its namespace, and leaves nothing behind', async () => {
     const dir = tempDir();
