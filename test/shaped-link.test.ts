@@ -85,6 +85,15 @@ async function waitFor(what: RegExp, output: () => string, ms: number): Promise<
   }
 }
 
+/** A data-parallel launch over 500mbit links with far more steps than a test waits for, once both workers are up. */
+async function startLongShapedRun(): Promise<ReturnType<typeof start>> {
+  const dir = tempDir();
+  const cfg = await clusterFile(dir, 2);
+  const run = start(['launch', '--mode', 'data', '--link', '500mbit', '--config', cfg, ...TINY, '--synthetic', '--train-samples', '80000', '--out', join(dir, 'run')]);
+  await waitFor(/data-parallel over 2 workers/, run.output, 60_000);
+  return run;
+}
+
 describe('--link: refused up front', () => {
   it('a rate that is not one, a one-process run, and a remote worker each exit 2 with one line, nothing made', async () => {
     const dir = tempDir();
@@ -149,10 +158,7 @@ describe.skipIf(skip !== undefined)('--link: a shaped network', () => {
   }, 120_000);
 
   it('Ctrl-C during a shaped run: exit 130 after the checkpoint, namespaces and processes gone', async () => {
-    const dir = tempDir();
-    const cfg = await clusterFile(dir, 2);
-    const run = start(['launch', '--mode', 'data', '--link', '500mbit', '--config', cfg, ...TINY, '--synthetic', '--train-samples', '80000', '--out', join(dir, 'run')]);
-    await waitFor(/data-parallel over 2 workers/, run.output, 60_000);
+    const run = await startLongShapedRun();
     const workers = [...run.output().matchAll(/pid (\d+)\)/g)].map((m) => Number(m[1]));
     expect(workers).toHaveLength(2);
     process.kill(run.child.pid!, 'SIGINT');
@@ -163,10 +169,7 @@ describe.skipIf(skip !== undefined)('--link: a shaped network', () => {
   }, 120_000);
 
   it('a worker killed mid-run: exit 1 naming it, namespaces and processes gone', async () => {
-    const dir = tempDir();
-    const cfg = await clusterFile(dir, 2);
-    const run = start(['launch', '--mode', 'data', '--link', '500mbit', '--config', cfg, ...TINY, '--synthetic', '--train-samples', '80000', '--out', join(dir, 'run')]);
-    await waitFor(/data-parallel over 2 workers/, run.output, 60_000);
+    const run = await startLongShapedRun();
     const victim = Number(/worker 1 \([^)]*pid (\d+)\)/.exec(run.output())![1]);
     process.kill(victim, 'SIGKILL');
     const { code, out } = await run.done;

@@ -39,7 +39,8 @@ export async function gpuIdle(): Promise<void> {
   await b.device?.queue.onSubmittedWorkDone();
 }
 
-const median = (xs: number[]): number => {
+/** The middle value (the mean of the two middle ones for an even count). */
+export const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };

@@ -23,6 +23,7 @@ import type { TrainConfig } from '../config/train.js';
 import { TrainBatches } from '../data/run-data.js';
 import { syntheticImages } from '../data/synthetic.js';
 import { readFloats } from '../kernels/read.js';
+import { median } from './profile-layers.js';
 
 const REPEATS = 5;
 
@@ -38,10 +39,6 @@ export interface StepOverheads {
   envelopeMs?: number;
 }
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-};
 
 async function timeMs(run: () => Promise<void> | void): Promise<number> {
   await run(); // first run: compiles, allocates
