@@ -82,14 +82,15 @@ export function buildProgram(): Command {
   const model = program.command('model').description('inspect the networks');
   model
     .command('summary')
-    .description("every layer's output shape and parameter count (per tower for the two-tower net)")
+    .description("every layer's output shape and parameter count (per tower for the towered net)")
     .addOption(new Option('--arch <name>', 'architecture').choices(ARCHS).default('d2l'))
     .option('--width <w>', 'channel multiplier', numberArg('--width'), 1)
     .option('--resolution <px>', 'input side in pixels (default 224 for d2l, 227 for original)', intArg('--resolution'))
     .option('--channels <c>', 'input channels, 1 or 3 (default 1 for d2l, 3 for original)', intArg('--channels'))
     .option('--classes <k>', 'output classes (default 10 for d2l, 1000 for original)', intArg('--classes'))
+    .option('--towers <n>', "towers the original net's kernels are divided between (default 2, the paper's)", intArg('--towers'))
     .option('--json', 'print one JSON object instead of the table')
-    .action((o: { arch: Arch; width: number; resolution?: number; channels?: number; classes?: number; json?: boolean }) => {
+    .action((o: { arch: Arch; width: number; resolution?: number; channels?: number; classes?: number; towers?: number; json?: boolean }) => {
       const spec = alexnet(o);
       if (o.json) {
         const s = summarize(spec);
@@ -260,6 +261,7 @@ function addTrainFlags(cmd: Command): Command {
     .addOption(new Option('--recipe <name>', "preset: 'd2l' is the seed's full recipe (224×224, batch 128, lr 0.01, plain SGD, 10 epochs), for a GPU box").choices(['cpu', 'd2l']).default('cpu'))
     .addOption(new Option('--arch <name>', 'architecture').choices(ARCHS))
     .addOption(new Option('--init <scheme>', "weights (default: the paper's N(0, 0.01) for original, Xavier for d2l)").choices(['paper-normal', 'xavier-uniform']))
+    .option('--towers <n>', "towers the original net's kernels are divided between (default 2, the paper's; --mode model runs one per worker)", intArg('--towers'))
     .option('--width <w>', 'channel multiplier', numberArg('--width'))
     .option('--resolution <px>', 'input side (Fashion-MNIST is resized from 28)', intArg('--resolution'))
     .addOption(new Option('--channels <c>', 'input channels').choices(['1', '3']).argParser(Number))
@@ -344,7 +346,7 @@ async function runTrain(o: TrainFlags, g: GlobalFlags, placed?: { cluster: Clust
 interface GlobalFlags { backend: BackendChoice; adapter?: string; backendGiven: boolean }
 
 interface TrainFlags {
-  mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: RecipeName; recipeGiven: boolean; arch?: Arch; init?: 'paper-normal' | 'xavier-uniform'; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
+  mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: RecipeName; recipeGiven: boolean; arch?: Arch; init?: 'paper-normal' | 'xavier-uniform'; towers?: number; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
   epochs?: number; lr?: number; momentum?: number; weightDecay?: number; lrDecayEpochs?: number[]; lrDecay?: number;
   seed?: number; augment?: boolean; trainSamples?: number; testSamples?: number; data?: string; synthetic?: boolean;
   checkpointEvery?: number; evalBatch?: number; wire?: WireType; out?: string; resume?: string; progress: boolean; insecure?: boolean; link?: string;
@@ -353,7 +355,7 @@ interface TrainFlags {
 /** The config keys the flags name (undefined where a flag was not given). */
 function flagsConfig(o: TrainFlags, g: GlobalFlags): Partial<TrainConfig> {
   return {
-    arch: o.arch, init: o.init, width: o.width, resolution: o.resolution, channels: o.channels, batch: o.batch, epochs: o.epochs,
+    arch: o.arch, init: o.init, towers: o.towers, width: o.width, resolution: o.resolution, channels: o.channels, batch: o.batch, epochs: o.epochs,
     lr: o.lr, momentum: o.momentum, weightDecay: o.weightDecay, lrDecayEpochs: o.lrDecayEpochs, lrDecay: o.lrDecay, seed: o.seed,
     augment: o.augment, trainSamples: o.trainSamples, testSamples: o.testSamples, dataDir: o.data,
     checkpointEvery: o.checkpointEvery, evalBatch: o.evalBatch, wire: o.wire,

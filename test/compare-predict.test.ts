@@ -41,7 +41,7 @@ const sumOf = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a
 function madeUpTimings(spec: ModelSpec, convMs = 10, denseMs = 1, otherMs = 0.5): LayerTiming[] {
   return shapesOf(spec).map((s) => {
     const f = s.layer.kind === 'conv' ? convMs : s.layer.kind === 'dense' ? denseMs : otherMs;
-    return { name: s.layer.name, forwardMs: f, backwardMs: 2 * f, params: s.params * spec.towers, outputFloats: s.outputShape.reduce((a, b) => a * b, 1) * spec.towers };
+    return { name: s.layer.name, forwardMs: f, backwardMs: 2 * f, params: s.params, outputFloats: s.outputShape.reduce((a, b) => a * b, 1) };
   });
 }
 const computeMs = (layers: LayerTiming[]) => layers.reduce((n, l) => n + l.forwardMs + l.backwardMs, 0);

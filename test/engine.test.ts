@@ -30,7 +30,7 @@ function checkLayer(layer: LayerSpec, xShape: number[], kernelShape?: number[], 
   return tf.tidy(() => {
     const x = tensor(xShape, 1);
     const params = kernelShape ? { kernel: tf.mul(tensor(kernelShape, 2), 0.3), bias: tensor([kernelShape[kernelShape.length - 1]!], 3) } : undefined;
-    const drop = dropout ? { key: { seed: 5, step: 2, firstSample: 0 }, tower: 0, towers: 1 } : undefined;
+    const drop = dropout ? { key: { seed: 5, step: 2, firstSample: 0 }, firstUnit: 0, totalUnits: 10 } : undefined;
     const fwd = layerForward(layer, x, params, drop);
     const dy = tensor(fwd.y.shape, 4);
     const mine = layerBackward(layer, { x, y: fwd.y, ...(fwd.mask ? { mask: fwd.mask } : {}) }, dy, params, true);
@@ -50,7 +50,7 @@ function checkLayer(layer: LayerSpec, xShape: number[], kernelShape?: number[], 
 
 describe('each layer kind: backward equals tf.grads of its forward', () => {
   const conv = (kernel: number, stride: number, pad: number, relu: boolean): LayerSpec =>
-    ({ kind: 'conv', name: 'c', perTower: 5, kernel, stride, pad, link: 'local', relu, biasInit: 0 });
+    ({ kind: 'conv', name: 'c', units: 5, kernel, stride, pad, link: 'local', relu, biasInit: 0 });
   const cases: Array<[string, LayerSpec, number[], number[]?, boolean?]> = [
     ['conv 11×11 stride 4 valid, relu (conv1)', conv(11, 4, 0, true), [2, 27, 27, 3], [11, 11, 3, 5]],
     ['conv 11×11 stride 4 pad 1, relu (d2l conv1)', conv(11, 4, 1, true), [2, 25, 25, 1], [11, 11, 1, 5]],
@@ -62,8 +62,8 @@ describe('each layer kind: backward equals tf.grads of its forward', () => {
     ['LRN radius 2, k 2, α 1e-4, β 0.75 (the paper)', { kind: 'lrn', name: 'n', radius: 2, k: 2, alpha: 1e-4, beta: 0.75 }, [2, 4, 4, 7]],
     ['LRN radius 1, k 1, α 0.5, β 0.75 (large α: the gradient couples channels)', { kind: 'lrn', name: 'n', radius: 1, k: 1, alpha: 0.5, beta: 0.75 }, [2, 3, 3, 6]],
     ['flatten [2, 3, 3, 4] -> [2, 36]', { kind: 'flatten', name: 'f' }, [2, 3, 3, 4]],
-    ['dense 36 -> 5, relu', { kind: 'dense', name: 'd', perTower: 5, link: 'local', relu: true, biasInit: 0 }, [3, 36], [36, 5]],
-    ['dense 36 -> 5, linear (fc8)', { kind: 'dense', name: 'd', perTower: 5, link: 'local', relu: false, biasInit: 0 }, [3, 36], [36, 5]],
+    ['dense 36 -> 5, relu', { kind: 'dense', name: 'd', units: 5, link: 'local', relu: true, biasInit: 0 }, [3, 36], [36, 5]],
+    ['dense 36 -> 5, linear (fc8)', { kind: 'dense', name: 'd', units: 5, link: 'local', relu: false, biasInit: 0 }, [3, 36], [36, 5]],
     ['dropout 0.5 with a keyed mask', { kind: 'dropout', name: 'drop6', rate: 0.5 }, [4, 10], undefined, true],
   ];
   for (const [name, layer, xShape, kernelShape, dropout] of cases) {

@@ -59,9 +59,11 @@ describe('model summary', () => {
     expect(() => alexnet({ arch: 'd2l', resolution: 65 })).not.toThrow();
   });
 
-  it('throws on an unknown architecture, odd classes for two towers, bad width or channels', () => {
+  it('throws on an unknown architecture, fewer classes than towers, towers for d2l, bad width or channels', () => {
     expect(() => alexnet({ arch: 'vgg' as never })).toThrow("unknown architecture 'vgg': expected one of d2l, original");
-    expect(() => alexnet({ arch: 'original', classes: 11 })).toThrow(/needs an even count/);
+    expect(() => alexnet({ arch: 'original', classes: 3, towers: 4 })).toThrow('--towers 4: fc8 has 3 units, fewer than one per tower (raise --width or --classes)');
+    expect(() => alexnet({ arch: 'd2l', towers: 2 })).toThrow("--towers 2: d2l's AlexNet is one tower; the towers divide --arch original");
+    expect(() => alexnet({ arch: 'original', towers: 0 })).toThrow('--towers: expected an integer in 1..64, got 0');
     expect(() => alexnet({ arch: 'd2l', width: 0 })).toThrow(/--width: expected a channel multiplier/);
     expect(() => alexnet({ arch: 'd2l', channels: 2 })).toThrow('--channels: expected 1 or 3, got 2');
   });
@@ -140,7 +142,7 @@ describe('building and running the net', () => {
     };
     expect(conv('conv3').link).toBe('cross');
     const m = buildModel(spec, { seed: 1 });
-    const bothTowers = 2 * conv('conv2').perTower;
+    const bothTowers = conv('conv2').units;
     for (const t of [0, 1]) expect(m.params.get(`conv3.t${t}.kernel`)!.shape[2], `conv3.t${t} Cin`).toBe(bothTowers);
     // ... and the engine feeds it both: run the net, change only tower 0's conv2, run again
     const x = tf.randomUniform([1, 67, 67, 3], 0, 1, 'float32', 3) as tf.Tensor4D;
@@ -171,12 +173,12 @@ describe('building and running the net', () => {
 describe('keyed dropout masks', () => {
   it('are the same for a tower or a batch shard as for the whole', () => {
     const key = { seed: 9, step: 3, firstSample: 0 };
-    const whole = dropoutMask(key, 'drop6', 4, 6, 0, 1, 0.5).arraySync();
+    const whole = dropoutMask(key, 'drop6', 4, 6, 0, 6, 0.5).arraySync();
     // the same 6 units as two towers of 3: tower 1's columns are units 3..5
-    const t1 = dropoutMask(key, 'drop6', 4, 3, 1, 2, 0.5).arraySync();
+    const t1 = dropoutMask(key, 'drop6', 4, 3, 3, 6, 0.5).arraySync();
     expect(t1.map((r) => r)).toEqual(whole.map((r) => r.slice(3)));
     // samples 2..3 as a data-parallel shard
-    const shard = dropoutMask({ ...key, firstSample: 2 }, 'drop6', 2, 6, 0, 1, 0.5).arraySync();
+    const shard = dropoutMask({ ...key, firstSample: 2 }, 'drop6', 2, 6, 0, 6, 0.5).arraySync();
     expect(shard).toEqual(whole.slice(2));
     const values = new Set(whole.flat());
     expect(values).toEqual(new Set([0, 2]));

@@ -60,11 +60,11 @@ async function layerOutputs(backend: 'wasm' | 'webgpu', layer: LayerSpec, xShape
 }
 
 const LAYERS: { name: string; layer: LayerSpec; x: number[]; kernel?: number[] }[] = [
-  { name: 'conv 5×5 stride 2 + bias + ReLU', layer: { kind: 'conv', name: 'conv', perTower: 8, kernel: 5, stride: 2, pad: 2, link: 'local', relu: true, biasInit: 0 }, x: [2, 13, 13, 3], kernel: [5, 5, 3, 8] },
-  { name: 'conv 3×3 stride 1, no ReLU', layer: { kind: 'conv', name: 'conv', perTower: 6, kernel: 3, stride: 1, pad: 1, link: 'local', relu: false, biasInit: 0 }, x: [2, 9, 9, 4], kernel: [3, 3, 4, 6] },
+  { name: 'conv 5×5 stride 2 + bias + ReLU', layer: { kind: 'conv', name: 'conv', units: 8, kernel: 5, stride: 2, pad: 2, link: 'local', relu: true, biasInit: 0 }, x: [2, 13, 13, 3], kernel: [5, 5, 3, 8] },
+  { name: 'conv 3×3 stride 1, no ReLU', layer: { kind: 'conv', name: 'conv', units: 6, kernel: 3, stride: 1, pad: 1, link: 'local', relu: false, biasInit: 0 }, x: [2, 9, 9, 4], kernel: [3, 3, 4, 6] },
   { name: 'local response normalization', layer: { kind: 'lrn', name: 'lrn', radius: 2, k: 2, alpha: 1e-4, beta: 0.75 }, x: [2, 7, 7, 8] },
   { name: 'max pool 3×3 stride 2', layer: { kind: 'maxpool', name: 'pool', size: 3, stride: 2 }, x: [2, 11, 11, 5] },
-  { name: 'dense + bias + ReLU', layer: { kind: 'dense', name: 'fc', perTower: 24, link: 'local', relu: true, biasInit: 0 }, x: [6, 40], kernel: [40, 24] },
+  { name: 'dense + bias + ReLU', layer: { kind: 'dense', name: 'fc', units: 24, link: 'local', relu: true, biasInit: 0 }, x: [6, 40], kernel: [40, 24] },
 ];
 
 describe('WebGPU on the software adapter', () => {

@@ -6,8 +6,8 @@
  *   bias [out]                                      ->  bias [out]
  * The dense layer right after flatten also reorders its inputs: ours are a
  * tower's map flattened as (h, w, c), towers concatenated; PyTorch flattens the
- * channel-concatenated NCHW map as (c, h, w), with tower t's channels at
- * t*C..(t+1)*C-1.
+ * channel-concatenated NCHW map as (c, h, w), with tower t's channels after
+ * the channels of the towers before it (see flattenRows).
  */
 import type { ModelSpec } from '../model/spec.js';
 import { shapesOf } from '../model/shapes.js';
@@ -52,6 +52,25 @@ interface LayoutRule {
   perm: number[];
   /** torch's shape */
   torchShape: number[];
+  /** the dense layer after flatten: torch's input row of each of ours (see flattenRows) */
+  rows?: Int32Array;
+}
+
+/**
+ * The dense layer after flatten reads every tower's map [C_t, H, W]. Ours
+ * flattens each tower's map as (h, w, c) and concatenates the towers;
+ * PyTorch flattens the channel-concatenated map as (c, h, w), tower t's
+ * channels at off_t..off_t + C_t − 1. rows[i] is the torch row of our row i.
+ */
+function flattenRows(towerChannels: number[], h: number, w: number): Int32Array {
+  const rows = new Int32Array(towerChannels.reduce((a, c) => a + c, 0) * h * w);
+  let ours = 0;
+  let off = 0;
+  for (const ct of towerChannels) {
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let c = 0; c < ct; c++) rows[ours++] = ((off + c) * h + y) * w + x;
+    off += ct;
+  }
+  return rows;
 }
 
 /** How one of our parameters maps to PyTorch's layout. */
@@ -69,25 +88,36 @@ function layoutRule(spec: ModelSpec, name: string, shape: number[]): LayoutRule 
   }
   const [inF, outF] = shape as [number, number];
   if (i > 0 && shapes[i - 1]!.layer.kind === 'flatten') {
-    const map = shapes[i - 2]!.outputShape as [number, number, number]; // per tower [C, H, W]
-    const towers = inF / (map[0] * map[1] * map[2]);
-    return { view: [towers, map[1], map[2], map[0], outF], perm: [4, 0, 3, 1, 2], torchShape: [outF, inF] };
+    const maps = shapes[i - 2]!.towers.map((t) => t.output as [number, number, number]); // per tower [C_t, H, W]
+    const [, h, w] = maps[0]!;
+    // A cross layer reads every tower's map; a local one (d2l's single tower) its own.
+    const rows = flattenRows(inF === shapes[i - 2]!.outputShape.reduce((a, b) => a * b, 1) ? maps.map((m) => m[0]) : [inF / (h * w)], h, w);
+    return { view: shape, perm: [1, 0], torchShape: [outF, inF], rows };
   }
   return { view: shape, perm: [1, 0], torchShape: [outF, inF] };
+}
+
+/** Our kernel [in, out] with its rows in torch's input order, then transposed: torch's [out, in]. */
+function reorderRows(data: Float32Array, inF: number, outF: number, rows: Int32Array, toTorch: boolean): Float32Array {
+  const out = new Float32Array(data.length);
+  if (toTorch) {
+    // ours [in, out] -> torch [out, in]: torch[o, rows[i]] = ours[i, o]
+    for (let i = 0; i < inF; i++) for (let o = 0; o < outF; o++) out[o * inF + rows[i]!] = data[i * outF + o]!;
+  } else {
+    for (let i = 0; i < inF; i++) for (let o = 0; o < outF; o++) out[i * outF + o] = data[o * inF + rows[i]!]!;
+  }
+  return out;
 }
 
 export function torchName(name: string): string {
   return name.replace(/\.kernel$/, '.weight');
 }
 
-export function ourName(name: string): string {
-  return name.replace(/\.weight$/, '.kernel');
-}
-
 /** Our parameter -> PyTorch's name, shape and element order. */
 export function toTorch(spec: ModelSpec, name: string, shape: number[], data: Float32Array): { name: string; shape: number[]; data: Float32Array } {
   const rule = layoutRule(spec, name, shape);
   if (rule === undefined) return { name: torchName(name), shape, data };
+  if (rule.rows) return { name: torchName(name), shape: rule.torchShape, data: reorderRows(data, shape[0]!, shape[1]!, rule.rows, true) };
   return { name: torchName(name), shape: rule.torchShape, data: permute(data, rule.view, rule.perm).data };
 }
 
@@ -95,6 +125,7 @@ export function toTorch(spec: ModelSpec, name: string, shape: number[], data: Fl
 export function fromTorch(spec: ModelSpec, ourParam: string, ourShape: number[], data: Float32Array): Float32Array {
   const rule = layoutRule(spec, ourParam, ourShape);
   if (rule === undefined) return data;
+  if (rule.rows) return reorderRows(data, ourShape[0]!, ourShape[1]!, rule.rows, false);
   const permutedView = rule.perm.map((p) => rule.view[p]!);
   return permute(data, permutedView, inverse(rule.perm)).data;
 }

@@ -130,7 +130,7 @@ export interface Exchange {
 
 /** Floats per sample of layer i's output, all towers together. */
 function outputFloats(spec: ModelSpec, i: number): number {
-  return product(shapesOf(spec)[i]!.outputShape) * spec.towers;
+  return product(shapesOf(spec)[i]!.outputShape);
 }
 
 function logitsExchange(spec: ModelSpec): Exchange {

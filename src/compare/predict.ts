@@ -119,7 +119,7 @@ function timedLayers(spec: ModelSpec, timings: LayerTiming[], smaller: LayerTimi
       if (isWeighted(s.layer)) throw new Error(`layer timings: expected a timing for ${s.layer.name} (it owns weights), got none`);
       return { layer: s.layer, forwardMs: 0, backwardMs: 0, forwardFixedMs: 0, backwardFixedMs: 0 };
     }
-    const params = s.params * spec.towers;
+    const params = s.params;
     if (t.params !== params) throw new Error(`layer timing '${t.name}': ${t.params} parameters, expected ${params} (all towers): was another net timed?`);
     const h = half.get(t.name);
     return {

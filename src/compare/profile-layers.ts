@@ -93,8 +93,8 @@ export async function profileLayers(cfg: TrainConfig, batch = cfg.batch): Promis
       forwardMs: t.forward.length ? median(t.forward) : 0,
       // layers before the first weighted one have no backward (the image needs no gradient)
       backwardMs: t.backward.length ? median(t.backward) : 0,
-      params: shapes[i]!.params * spec.towers,
-      outputFloats: shapes[i]!.outputShape.reduce((a, b) => a * b, 1) * spec.towers,
+      params: shapes[i]!.params,
+      outputFloats: shapes[i]!.outputShape.reduce((a, b) => a * b, 1),
     };
   });
   return { layers, optimizerMs: median(optimizerMs) };

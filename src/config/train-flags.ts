@@ -9,7 +9,7 @@ import { CPU_DEFAULTS, D2L_RECIPE, parseTrainConfig, type TrainConfig } from './
 
 /** The flag that sets each key, for messages. */
 const FLAG: Record<keyof TrainConfig, string> = {
-  arch: '--arch', init: '--init', width: '--width', resolution: '--resolution', channels: '--channels', batch: '--batch',
+  arch: '--arch', init: '--init', towers: '--towers', width: '--width', resolution: '--resolution', channels: '--channels', batch: '--batch',
   epochs: '--epochs', lr: '--lr', momentum: '--momentum', weightDecay: '--weight-decay', lrDecayEpochs: '--lr-decay-epochs',
   lrDecay: '--lr-decay', seed: '--seed', augment: '--augment', trainSamples: '--train-samples', testSamples: '--test-samples',
   data: '--synthetic', dataDir: '--data', checkpointEvery: '--checkpoint-every', evalBatch: '--eval-batch', backend: '--backend',

@@ -13,6 +13,12 @@ export const TrainConfigSchema = z.strictObject({
   /** weights: absent = the architecture's own (the paper's N(0, 0.01) for original, Xavier for d2l) */
   init: z.enum(['paper-normal', 'xavier-uniform']).optional(),
   width: z.number().positive().max(16),
+  /**
+   * towers the original net's kernels are divided between (the 2012 split
+   * generalised); absent = the architecture's own: 2 for original, 1 for d2l.
+   * A config saved before this key existed resumes with that default.
+   */
+  towers: z.number().int().min(1).max(64).optional(),
   resolution: z.number().int().min(1),
   channels: z.union([z.literal(1), z.literal(3)]),
   /** global batch */

@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs';
 import { normalArray, uniformArray } from './keyed-random.js';
-import { shapesOf, type LayerShape } from './shapes.js';
+import { shapesOf, type TowerShape } from './shapes.js';
 import type { ModelSpec, WeightedLayer } from './spec.js';
 
-/** Name of a parameter: `conv1.kernel` (one tower) or `conv1.t0.kernel` (tower 0 of two). */
+/** Name of a parameter: `conv1.kernel` (one tower) or `conv1.t0.kernel` (tower 0 of several). */
 export function paramName(spec: ModelSpec, layer: string, tower: number, kind: 'kernel' | 'bias'): string {
   return spec.towers === 1 ? `${layer}.${kind}` : `${layer}.t${tower}.${kind}`;
 }
@@ -27,18 +27,18 @@ export function parameterShapes(spec: ModelSpec): Map<string, number[]> {
   for (const s of shapesOf(spec)) {
     const l = s.layer;
     if (l.kind !== 'conv' && l.kind !== 'dense') continue;
-    for (let t = 0; t < spec.towers; t++) {
-      out.set(paramName(spec, l.name, t, 'kernel'), kernelShape(s));
-      out.set(paramName(spec, l.name, t, 'bias'), [l.perTower]);
-    }
+    s.towers.forEach((ts, t) => {
+      out.set(paramName(spec, l.name, t, 'kernel'), kernelShape(l, ts));
+      out.set(paramName(spec, l.name, t, 'bias'), [ts.output[0]!]);
+    });
   }
   return out;
 }
 
-/** Weight shape: conv [KH, KW, Cin, Cout], dense [in, out]. */
-function kernelShape(s: LayerShape): number[] {
-  const l = s.layer as WeightedLayer;
-  return l.kind === 'conv' ? [l.kernel, l.kernel, s.fanIn, l.perTower] : [s.fanIn, l.perTower];
+/** One tower's weight shape: conv [KH, KW, Cin, Cout], dense [in, out]. */
+function kernelShape(l: WeightedLayer, s: TowerShape): number[] {
+  const out = s.output[0]!;
+  return l.kind === 'conv' ? [l.kernel, l.kernel, s.fanIn, out] : [s.fanIn, out];
 }
 
 function initKernel(spec: ModelSpec, seed: number, name: string, shape: number[]): Float32Array {
@@ -71,13 +71,13 @@ export function buildModel(spec: ModelSpec, opts: BuildOptions): Model {
     for (const t of towers) {
       const kName = paramName(spec, layer.name, t, 'kernel');
       const bName = paramName(spec, layer.name, t, 'bias');
-      const shape = kernelShape(s);
+      const shape = kernelShape(layer, s.towers[t]!);
       // tfjs variable names are process-global; ours live in the map, so several
       // models (a test's reference and its split) can coexist.
       params.set(kName, tf.tidy(() => tf.variable(tf.tensor(initKernel(spec, opts.seed, kName, shape), shape))));
       // The paper's biases of 1 belong to its N(0, 0.01) weights; Xavier weights start from zero biases.
       const bias = spec.init === 'paper-normal' ? layer.biasInit : 0;
-      params.set(bName, tf.tidy(() => tf.variable(tf.fill([layer.perTower], bias))));
+      params.set(bName, tf.tidy(() => tf.variable(tf.fill([shape[shape.length - 1]!], bias))));
     }
   }
   return { spec, towers, params };

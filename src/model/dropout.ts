@@ -20,16 +20,16 @@ export function dropoutMask(
   layer: string,
   rows: number,
   units: number,
-  tower: number,
-  towers: number,
+  /** this part's units within the layer's: [firstUnit, firstUnit + units) of `total` (a tower's, or a shard's) */
+  firstUnit: number,
+  total: number,
   rate: number,
 ): tf.Tensor2D {
   const stream = keyHash(key.seed, `${layer}@${key.step}`);
-  const total = units * towers;
   const keep = 1 / (1 - rate);
   const mask = new Float32Array(rows * units);
   for (let b = 0; b < rows; b++) {
-    const base = (key.firstSample + b) * total + tower * units;
+    const base = (key.firstSample + b) * total + firstUnit;
     for (let j = 0; j < units; j++) mask[b * units + j] = uniformAt(stream, base + j) >= rate ? keep : 0;
   }
   return tf.tensor2d(mask, [rows, units]);

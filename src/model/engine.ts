@@ -23,18 +23,34 @@ import * as tf from '@tensorflow/tfjs';
 import { paramName, type Model } from './build.js';
 import type { DropoutKey } from './dropout.js';
 import { layerBackward, layerForward, softmaxCrossEntropy, type LayerParams, type Saved } from './layers.js';
-import { isWeighted, type LayerSpec } from './spec.js';
+import { shapesOf } from './shapes.js';
+import { isWeighted, offsetsOf, type LayerSpec, type ModelSpec } from './spec.js';
 
-/** The other tower's half of a cross link (model-parallel only). */
+/** Each layer's per-tower output widths (channels or features), by layer index; computed once per spec. */
+const widthsCache = new WeakMap<ModelSpec, number[][]>();
+function towerWidths(spec: ModelSpec): number[][] {
+  let w = widthsCache.get(spec);
+  if (w === undefined) {
+    w = shapesOf(spec).map((s) => s.towers.map((t) => t.output[0]!));
+    widthsCache.set(spec, w);
+  }
+  return w;
+}
+
+/** The other towers' parts of a cross link (model-parallel only). */
 export interface CrossLinks {
-  /** forward: every tower's output concatenated on `axis` in tower order, given this process's own ([B, H, W, C] or [B, F]) */
-  gather(link: string, own: tf.Tensor, axis: number): Promise<tf.Tensor>;
+  /**
+   * forward: every tower's output concatenated on `axis` in tower order, given
+   * this process's own ([B, H, W, C_t] or [B, F_t]); `sizes` is each tower's
+   * width on `axis` (they differ by one where the division is uneven)
+   */
+  gather(link: string, own: tf.Tensor, axis: number, sizes: number[]): Promise<tf.Tensor>;
   /**
    * backward of `gather`: dL/d(own output), given dL/d(gathered). This
-   * tower's slice plus the slice the other tower computed for it, except when
-   * `replicated` (the logits: both towers compute the same loss).
+   * tower's slice plus the slices the other towers computed for it, except
+   * when `replicated` (the logits: every tower computes the same loss).
    */
-  scatter(link: string, dGathered: tf.Tensor, axis: number, replicated: boolean): Promise<tf.Tensor>;
+  scatter(link: string, dGathered: tf.Tensor, axis: number, sizes: number[], replicated: boolean): Promise<tf.Tensor>;
 }
 
 export interface PassOptions {
@@ -119,25 +135,28 @@ export async function forward(model: Model, x: tf.Tensor4D, opts: PassOptions, k
   const { spec } = model;
   const local = model.towers;
   const split = local.length < spec.towers;
+  const widths = towerWidths(spec);
   const tape: Tape = { layers: [], logits: undefined as unknown as tf.Tensor2D, owned: new Set() };
   const own = (t: tf.Tensor) => { if (t !== x) tape.owned.add(t); return t; };
   const release = (ts: tf.Tensor[]) => { for (const t of ts) if (!keep && t !== x && tape.owned.delete(t)) t.dispose(); };
   let acts: tf.Tensor[] = local.map(() => x); // per local tower: [B, H, W, C], then [B, F]
   let first = true;
   try {
-    for (const layer of spec.layers) {
+    for (const [i, layer] of spec.layers.entries()) {
       const cross = !first && spec.towers > 1 && isWeighted(layer) && layer.link === 'cross';
       let inputs = acts;
       let start = performance.now();
       if (cross) {
         const axis = acts[0]!.rank - 1; // channels (NHWC) or features
-        const all = own(split ? await opts.links!.gather(layer.name, acts[0]!, axis) : tf.concat(acts, axis));
+        const all = own(split ? await opts.links!.gather(layer.name, acts[0]!, axis, widths[i - 1]!) : tf.concat(acts, axis));
         if (split) start = performance.now(); // the wait on the other tower is the link's span, not the layer's
         release(acts);
         inputs = local.map(() => all);
       }
+      const firstUnits = offsetsOf(widths[i]!);
+      const totalUnits = widths[i]!.reduce((a, b) => a + b, 0);
       const outs = inputs.map((a, j) => layerForward(layer, a, layerParams(model, layer, local[j]!),
-        opts.dropout ? { key: opts.dropout, tower: local[j]!, towers: spec.towers } : undefined));
+        opts.dropout ? { key: opts.dropout, firstUnit: firstUnits[local[j]!]!, totalUnits } : undefined));
       for (const o of outs) { own(o.y); if (o.mask) own(o.mask); }
       if (keep) tape.layers.push({ layer, cross, saved: outs.map((o, j) => ({ x: inputs[j]!, y: o.y, ...(o.mask ? { mask: o.mask } : {}) })) });
       else { release([...new Set(inputs)]); release(outs.flatMap((o) => (o.mask ? [o.mask] : []))); }
@@ -147,7 +166,8 @@ export async function forward(model: Model, x: tf.Tensor4D, opts: PassOptions, k
       if (opts.onLayer) await opts.onLayer(layer.name, 'forward'); // no await otherwise: a microtask per layer on the training path
     }
     // Every process computes the loss from all logits [B, classes].
-    tape.logits = own(split ? await opts.links!.gather('logits', acts[0]!, 1) : acts.length === 1 ? tf.clone(acts[0]!) : tf.concat(acts, 1)) as tf.Tensor2D;
+    tape.logits = own(split ? await opts.links!.gather('logits', acts[0]!, 1, widths[widths.length - 1]!)
+      : acts.length === 1 ? tf.clone(acts[0]!) : tf.concat(acts, 1)) as tf.Tensor2D;
     release(acts);
   } catch (err) {
     disposeTape(tape);
@@ -165,13 +185,15 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
   const local = model.towers;
   const split = local.length < spec.towers;
   const grads = new Map<string, tf.Tensor>();
+  const widths = towerWidths(spec);
   // dL/d(each local tower's output)
-  let dys: tf.Tensor[] = split ? [await opts.links!.scatter('logits', dlogits, 1, true)]
-    : local.length === 1 ? [tf.clone(dlogits)] : tf.split(dlogits, local.length, 1);
+  let dys: tf.Tensor[] = split ? [await opts.links!.scatter('logits', dlogits, 1, widths[widths.length - 1]!, true)]
+    : local.length === 1 ? [tf.clone(dlogits)] : tf.split(dlogits, widths[widths.length - 1]!, 1);
   const firstWeighted = tape.layers.findIndex((l) => isWeighted(l.layer));
   try {
     for (let i = tape.layers.length - 1; i >= firstWeighted; i--) {
       const { layer, cross, saved } = tape.layers[i]!;
+      const inputWidths = widths[spec.layers.indexOf(layer) - 1] ?? []; // per tower, of the layer's input (a cross layer's gathered parts)
       const start = performance.now();
       const span = () => opts.layerSpans?.push({ layer: layer.name, phase: 'backward', startMs: start, endMs: performance.now() });
       const needDx = i > firstWeighted; // the first weighted layer's input is the image
@@ -204,13 +226,13 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
         if (split) {
           span(); // before the await: the exchange with the other tower is the link's span
           try {
-            dys = [await opts.links!.scatter(layer.name, dxs[0]!, axis, false)];
+            dys = [await opts.links!.scatter(layer.name, dxs[0]!, axis, inputWidths, false)];
           } finally {
             tf.dispose(dxs);
           }
         } else {
           // dL/d(tower t's output) = Σ over towers t' of the slice t of dL/d(tower t''s concatenated input)
-          const parts = dxs.map((d) => tf.split(d, local.length, axis));
+          const parts = dxs.map((d) => tf.split(d, inputWidths, axis));
           dys = local.map((_, t) => tf.tidy(() => parts.slice(1).reduce((acc, p) => tf.add(acc, p[t]!), parts[0]![t]!)));
           tf.dispose(parts.flat());
           tf.dispose(dxs);

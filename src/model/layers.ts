@@ -48,12 +48,12 @@ const run = (kernel: string, inputs: Record<string, tf.Tensor>, attrs: object): 
 const convPad = (pad: number): number | 'valid' => (pad === 0 ? 'valid' : pad);
 
 /**
- * y = layer(x). `params` for conv/dense, `dropout` and `unit` (tower, towers)
- * for dropout masks keyed on the unit's global index.
+ * y = layer(x). `params` for conv/dense, `dropout` for dropout masks keyed on
+ * the unit's index in the whole layer (this part's first unit and the total).
  */
 export function layerForward(
   layer: LayerSpec, x: tf.Tensor, params: LayerParams | undefined,
-  dropout: { key: DropoutKey; tower: number; towers: number } | undefined,
+  dropout: { key: DropoutKey; firstUnit: number; totalUnits: number } | undefined,
 ): { y: tf.Tensor; mask?: tf.Tensor } {
   switch (layer.kind) {
     case 'conv':
@@ -78,7 +78,7 @@ export function layerForward(
     case 'dropout': {
       if (dropout === undefined || layer.rate === 0) return { y: tf.clone(x) };
       const [rows, units] = x.shape as [number, number];
-      const mask = dropoutMask(dropout.key, layer.name, rows, units, dropout.tower, dropout.towers, layer.rate);
+      const mask = dropoutMask(dropout.key, layer.name, rows, units, dropout.firstUnit, dropout.totalUnits, layer.rate);
       return { y: tf.mul(x, mask), mask };
     }
     default: {

@@ -55,13 +55,14 @@ export function estimateMemory(spec: ModelSpec, batch: number, evalBatch: number
   let largest = { n: input, name: 'the input' };
   let prev = input;
   let params = 0;
+  const share = towers / spec.towers; // a process holding k of N towers holds about k/N of every layer
   for (const l of shapes) {
-    const out = size(l.outputShape) * towers;
+    const out = Math.ceil(size(l.outputShape) * share);
     kept += out;
     pair = Math.max(pair, prev + out);
     if (out > largest.n) largest = { n: out, name: `${l.layer.name}'s output` };
     prev = out;
-    params += l.params * towers;
+    params += Math.ceil(l.params * share);
   }
   const train = (OVERHEAD * (kept + pair) * batch + PARAM_COPIES * params) * F32;
   const evaluate = (OVERHEAD * pair * evalBatch + params) * F32;

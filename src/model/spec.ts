@@ -2,9 +2,11 @@
  * A network described as data. The same description builds the whole net in
  * one process, one tower of the 2012 split, or a data-parallel replica.
  *
- * Towers: a spec has `towers` = 1 (d2l) or 2 (the 2012 net). Every conv and
- * dense layer has `perTower` kernels/units in each tower. Its `link` says what
- * it reads:
+ * Towers: a spec has `towers` = 1 (d2l), 2 (the 2012 net) or N (the 2012 net
+ * split N ways, --towers N). Every conv and dense layer has `units`
+ * kernels/units over all towers, divided between them by `splitUnits` (the
+ * first `units % towers` towers one more, as numpy's array_split; N = 2
+ * divides the published net evenly). Its `link` says what it reads:
  *   'local' - only its own tower's previous output (conv2, conv4, conv5)
  *   'cross' - the previous outputs of all towers, concatenated on the channel
  *             (or feature) axis in tower order (conv3, fc6, fc7, fc8)
@@ -16,7 +18,8 @@ export type Link = 'local' | 'cross';
 export interface ConvLayer {
   kind: 'conv';
   name: string;
-  perTower: number;
+  /** kernels over all towers */
+  units: number;
   kernel: number;
   stride: number;
   pad: number;
@@ -52,7 +55,8 @@ export interface FlattenLayer {
 export interface DenseLayer {
   kind: 'dense';
   name: string;
-  perTower: number;
+  /** output units over all towers */
+  units: number;
   link: Link;
   relu: boolean;
   biasInit: number;
@@ -77,7 +81,7 @@ export interface ModelSpec {
   /** input [channels, height, width] (the summary prints CHW, as the papers do) */
   input: [number, number, number];
   classes: number;
-  towers: 1 | 2;
+  towers: number;
   width: number;
   init: InitScheme;
   layers: LayerSpec[];
@@ -87,4 +91,24 @@ export interface ModelSpec {
 export type WeightedLayer = ConvLayer | DenseLayer;
 export function isWeighted(l: LayerSpec): l is WeightedLayer {
   return l.kind === 'conv' || l.kind === 'dense';
+}
+
+/** `total` units split `parts` ways: the first `total % parts` parts one more (numpy's array_split). */
+export function splitUnits(total: number, parts: number): number[] {
+  const base = Math.floor(total / parts);
+  const extra = total % parts;
+  return Array.from({ length: parts }, (_, t) => base + (t < extra ? 1 : 0));
+}
+
+/** Each tower's kernels or units of a weighted layer. */
+export function towerUnits(spec: ModelSpec, layer: WeightedLayer): number[] {
+  return splitUnits(layer.units, spec.towers);
+}
+
+/** Where each of `sizes` starts when they are concatenated: [0, s0, s0 + s1, …]. */
+export function offsetsOf(sizes: number[]): number[] {
+  const out: number[] = [];
+  let at = 0;
+  for (const s of sizes) { out.push(at); at += s; }
+  return out;
 }

@@ -99,7 +99,7 @@ function applyLayer(model: Model, layer: LayerSpec, a: tf.Tensor, tower: number,
     case 'dropout': {
       if (opts.dropout === undefined || layer.rate === 0) return a;
       const [rows, units] = a.shape as [number, number];
-      return tf.mul(a, dropoutMask(opts.dropout, layer.name, rows, units, tower, model.spec.towers, layer.rate));
+      return tf.mul(a, dropoutMask(opts.dropout, layer.name, rows, units, tower * units, units * model.spec.towers, layer.rate));
     }
     default: {
       const never: never = layer;
