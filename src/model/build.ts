@@ -41,7 +41,8 @@ function kernelShape(l: WeightedLayer, s: TowerShape): number[] {
   return l.kind === 'conv' ? [l.kernel, l.kernel, s.fanIn, out] : [s.fanIn, out];
 }
 
-function initKernel(spec: ModelSpec, seed: number, name: string, shape: number[]): Float32Array {
+/** A kernel's initial values, drawn from the key (seed, parameter name). */
+export function initKernel(spec: ModelSpec, seed: number, name: string, shape: number[]): Float32Array {
   const count = shape.reduce((a, b) => a * b, 1);
   if (spec.init === 'paper-normal') return normalArray(seed, name, count, 0, 0.01);
   // Xavier (Glorot) uniform, as d2l's init_cnn: fan_in = KH*KW*Cin, fan_out = KH*KW*Cout.

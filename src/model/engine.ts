@@ -72,6 +72,13 @@ export interface PassOptions {
   onDeferredDense?: (layer: string, tower: number, x: tf.Tensor, dz: tf.Tensor) => void;
   /** filled with one span per layer and phase, in the order they ran (the step's trace) */
   layerSpans?: LayerSpan[];
+  /**
+   * Also wants dL/d(the pass's input) (hybrid: the head's input features
+   * [B, F], whose gradient goes back to the conv layers' workers); given
+   * once, the caller owns it. Without it the first weighted layer computes
+   * no input gradient (the image needs none).
+   */
+  inputGradient?: (dx: tf.Tensor) => void;
 }
 
 /**
@@ -114,10 +121,14 @@ function layerParams(model: Model, layer: LayerSpec, tower: number): LayerParams
   return { kernel: get('kernel'), bias: get('bias') };
 }
 
-function checkInput(model: Model, x: tf.Tensor4D, opts: PassOptions): void {
+function checkInput(model: Model, x: tf.Tensor, opts: PassOptions): void {
   const { spec } = model;
   if (model.towers.length !== spec.towers && (opts.links === undefined || model.towers.length !== 1)) {
     throw new Error(`engine: needs all ${spec.towers} towers in this process, or one and cross links, has [${model.towers}]`);
+  }
+  if (spec.features !== undefined) {
+    if (x.rank !== 2 || x.shape[1] !== spec.features) throw new Error(`engine: expected features [B, ${spec.features}], got [${x.shape}]`);
+    return;
   }
   const [c, h, w] = spec.input;
   if (x.rank !== 4 || x.shape[1] !== h || x.shape[2] !== w || x.shape[3] !== c) {
@@ -130,7 +141,7 @@ function checkInput(model: Model, x: tf.Tensor4D, opts: PassOptions): void {
  * layer's input and output for backward; without, each is freed as soon as
  * the next layer has run (evaluation).
  */
-export async function forward(model: Model, x: tf.Tensor4D, opts: PassOptions, keep: boolean): Promise<Tape> {
+export async function forward(model: Model, x: tf.Tensor, opts: PassOptions, keep: boolean): Promise<Tape> {
   checkInput(model, x, opts);
   const { spec } = model;
   const local = model.towers;
@@ -196,7 +207,7 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
       const inputWidths = widths[spec.layers.indexOf(layer) - 1] ?? []; // per tower, of the layer's input (a cross layer's gathered parts)
       const start = performance.now();
       const span = () => opts.layerSpans?.push({ layer: layer.name, phase: 'backward', startMs: start, endMs: performance.now() });
-      const needDx = i > firstWeighted; // the first weighted layer's input is the image
+      const needDx = i > firstWeighted || opts.inputGradient !== undefined; // the first weighted layer's input is the image
       const defer = opts.onDeferredDense !== undefined && layer.kind === 'dense';
       const outs = saved.map((s, j) => layerBackward(layer, s, dys[j]!, layerParams(model, layer, local[j]!), needDx, defer));
       if (defer) outs.forEach((o, j) => opts.onDeferredDense!(layer.name, local[j]!, tf.clone(saved[j]!.x), o.dz!));
@@ -212,7 +223,10 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
           opts.onGradient?.(name, g);
         }
       }
-      if (!needDx) {
+      if (i === firstWeighted) {
+        // Every local tower read the same input: its gradient is their sum, in tower order.
+        if (needDx) opts.inputGradient!(outs.length === 1 ? outs[0]!.dx! : tf.tidy(() => tf.addN(outs.map((o) => o.dx!))));
+        if (needDx && outs.length > 1) tf.dispose(outs.map((o) => o.dx!));
         span();
         if (opts.onLayer) await opts.onLayer(layer.name, 'backward');
         break;
@@ -256,7 +270,7 @@ export async function backward(model: Model, tape: Tape, dlogits: tf.Tensor2D, o
  * owned parameter's gradient (the caller disposes the map's tensors).
  */
 export async function lossAndGrads(
-  model: Model, x: tf.Tensor4D, labels: tf.Tensor1D, opts: PassOptions = {},
+  model: Model, x: tf.Tensor, labels: tf.Tensor1D, opts: PassOptions = {},
 ): Promise<{ loss: tf.Scalar; grads: Map<string, tf.Tensor> }> {
   const tape = await forward(model, x, opts, true);
   try {
@@ -275,7 +289,7 @@ export async function lossAndGrads(
 }
 
 /** Logits [B, classes] without dropout and without a tape (evaluation); the caller disposes them. */
-export async function predict(model: Model, x: tf.Tensor4D, links?: CrossLinks): Promise<tf.Tensor2D> {
+export async function predict(model: Model, x: tf.Tensor, links?: CrossLinks): Promise<tf.Tensor2D> {
   const tape = await forward(model, x, links ? { links } : {}, false);
   const logits = tape.logits;
   tape.owned.delete(logits);

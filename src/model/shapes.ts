@@ -33,8 +33,8 @@ export function inferShapes(spec: ModelSpec): LayerShape[] | string {
   const [c0, h0, w0] = spec.input;
   const T = spec.towers;
   // Per tower: channels (maps) or features (flat); every tower sees the whole image, so conv1 reads all c0 channels.
-  let widths: number[] = Array.from({ length: T }, () => c0);
-  let spatial: number[] | undefined = [h0, w0];
+  let widths: number[] = Array.from({ length: T }, () => spec.features ?? c0);
+  let spatial: number[] | undefined = spec.features === undefined ? [h0, w0] : undefined;
   let first = true;
   for (const layer of spec.layers) {
     const seesAll = first || (isWeighted(layer) && layer.link === 'cross');

@@ -80,6 +80,12 @@ export interface ModelSpec {
   arch: Arch;
   /** input [channels, height, width] (the summary prints CHW, as the papers do) */
   input: [number, number, number];
+  /**
+   * A net's fully connected head alone (hybrid's model-parallel part): its
+   * input is F features per sample ([B, F]), not an image, and `input` is
+   * the image of the whole net it belongs to.
+   */
+  features?: number;
   classes: number;
   towers: number;
   width: number;
