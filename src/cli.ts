@@ -15,6 +15,7 @@ import { fetchFashionMnist } from './data/fetch.js';
 import { findDataDir, loadSplit } from './data/fashion-mnist.js';
 import { CPU_DEFAULTS, type TrainConfig } from './config/train.js';
 import { WIRE_TYPES, type WireType } from './config/choices.js';
+import { LAYOUTS } from './parallel/layouts.js';
 import { commandLineConfig, newRunConfig, type RecipeName } from './config/train-flags.js';
 import { train, type Mode } from './run/loop.js';
 import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './config/cluster.js';
@@ -123,16 +124,18 @@ export function buildProgram(): Command {
 
   addTrainFlags(program.command('train')
     .description('train AlexNet on Fashion-MNIST (the default run is CPU-sized: a few minutes on 2 cores)')
-    .addOption(new Option('--mode <mode>', 'single: this process; data/model: the cluster in --config').choices(['single', 'model', 'data']).default('single'))
-    .option('--config <file>', 'cluster config for --mode data|model', 'cluster.config.json')
+    .addOption(new Option('--mode <mode>', 'single: this process; data, model, hybrid: the cluster in --config').choices([...LAYOUTS]).default('single'))
+    .option('--config <file>', 'cluster config for --mode data|model|hybrid', 'cluster.config.json')
+    .option('--replicas <r>', REPLICAS_HELP, intArg('--replicas'))
     .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches'))
     .option('--insecure', 'allow "security": "none" with hosts beyond loopback (plain, unauthenticated TCP: only on a network you trust)'))
     .action(async (o: TrainFlags, cmd: Command) => runTrain(withSources(o, cmd), globalFlags(program)));
 
   addTrainFlags(program.command('launch')
     .description('train across the cluster in --config: one worker process per device, a coordinator here')
-    .addOption(new Option('--mode <mode>', 'data: replicas with ring all-reduce; model: the 2012 split; single: one process').choices(['single', 'model', 'data']).default('data'))
+    .addOption(new Option('--mode <mode>', "data: replicas with ring all-reduce; model: the 2012 split (--towers N towers, --replicas R of each); hybrid: conv layers data-parallel, fc layers split by unit (Krizhevsky 2014); single: one process").choices([...LAYOUTS]).default('data'))
     .option('--config <file>', 'cluster config', 'cluster.config.json')
+    .option('--replicas <r>', REPLICAS_HELP, intArg('--replicas'))
     .option('--no-overlap', 'all-reduce only after backward (for comparison)')
     .option('--micro-batches <m>', '--mode model: split each batch into m micro-batches', intArg('--micro-batches'))
     .option('--link <rate>', 'run each local worker in a network namespace of its own behind a link shaped to <rate> (e.g. 1gbit, 200mbit; needs root, ip and tc)')
@@ -254,6 +257,8 @@ function heartbeatArg(v: string): Heartbeat {
   return { intervalMs: Number(m[1]), timeoutMs: Number(m[2]) };
 }
 
+const REPLICAS_HELP = '--mode model: replicas of each tower, a grid of replicas × towers workers (default 1)';
+
 const WIRE_HELP = 'how tensors travel between workers: bf16 halves the bytes (gradients, weights, activations; master weights and momentum stay float32)';
 
 function addTrainFlags(cmd: Command): Command {
@@ -334,6 +339,7 @@ async function runTrain(o: TrainFlags, g: GlobalFlags, placed?: { cluster: Clust
     ...(o.resume !== undefined ? { resumeGiven: given } : {}),
     ...(cluster && !fellBack ? { cluster, workers } : {}),
     ...(o.microBatches !== undefined && !fellBack ? { microBatches: o.microBatches } : {}),
+    ...(o.replicas !== undefined && !fellBack ? { replicas: o.replicas } : {}),
     ...(o.overlap === false && !fellBack ? { overlap: false } : {}),
     ...(placed ? { workerCommand: placed.workerCommand } : {}),
     ...(shaped ? { workerCommand: shaped.network.workerCommand } : {}),
@@ -346,7 +352,7 @@ async function runTrain(o: TrainFlags, g: GlobalFlags, placed?: { cluster: Clust
 interface GlobalFlags { backend: BackendChoice; adapter?: string; backendGiven: boolean }
 
 interface TrainFlags {
-  mode: string; config?: string; overlap?: boolean; microBatches?: number; recipe: RecipeName; recipeGiven: boolean; arch?: Arch; init?: 'paper-normal' | 'xavier-uniform'; towers?: number; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
+  mode: string; config?: string; overlap?: boolean; microBatches?: number; replicas?: number; recipe: RecipeName; recipeGiven: boolean; arch?: Arch; init?: 'paper-normal' | 'xavier-uniform'; towers?: number; width?: number; resolution?: number; channels?: 1 | 3; batch?: number;
   epochs?: number; lr?: number; momentum?: number; weightDecay?: number; lrDecayEpochs?: number[]; lrDecay?: number;
   seed?: number; augment?: boolean; trainSamples?: number; testSamples?: number; data?: string; synthetic?: boolean;
   checkpointEvery?: number; evalBatch?: number; wire?: WireType; out?: string; resume?: string; progress: boolean; insecure?: boolean; link?: string;

@@ -42,7 +42,8 @@ export type RecipeName = keyof typeof RECIPES;
  */
 export function commandLineConfig(flags: Partial<TrainConfig>, o: { recipe: RecipeName; recipeGiven: boolean; mode: string }): Partial<TrainConfig> {
   const given = givenConfig(flags, o.recipeGiven ? o.recipe : undefined);
-  if (o.mode === 'model' && flags.arch === undefined) {
+  // --towers divides the original net: without --arch it means that net, as --mode model does.
+  if ((o.mode === 'model' || flags.towers !== undefined) && flags.arch === undefined) {
     given.arch = 'original';
     if (flags.init === undefined && o.recipe === 'cpu') given.init = 'xavier-uniform';
   }

@@ -1,4 +1,4 @@
-import type * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs';
 import { epochOrder, makeBatch } from './batches.js';
 import { findDataDir, loadSplit, type LabeledImages } from './fashion-mnist.js';
 import { syntheticImages } from './synthetic.js';
@@ -46,13 +46,24 @@ export class TrainBatches {
     if (this.stepsPerEpoch === 0) throw new Error(`batch ${cfg.batch} is larger than the ${data.train.count} training samples`);
   }
 
+  /** The step's samples [first, first+count), as indices into the training set. */
+  private samples(epoch: number, step: number, first: number, count: number): Uint32Array {
+    if (step >= this.stepsPerEpoch) throw new Error(`step ${step} of epoch ${epoch}: an epoch has ${this.stepsPerEpoch}`);
+    if (this.order.epoch !== epoch) this.order = { epoch, samples: epochOrder(this.data.train.count, this.cfg.seed, epoch) };
+    const begin = step * this.cfg.batch + first;
+    return this.order.samples.subarray(begin, begin + count);
+  }
+
+  /** Only the labels [count] int32 of those samples (no images built); the caller disposes them. */
+  labels(epoch: number, step: number, first = 0, count = this.cfg.batch): tf.Tensor1D {
+    const labels = this.data.train.labels;
+    return tf.tensor1d(Int32Array.from(this.samples(epoch, step, first, count), (i) => labels[i]!), 'int32');
+  }
+
   /** x [count, R, R, C] float32 and labels [count] int32; the caller disposes both. */
   batch(epoch: number, step: number, first = 0, count = this.cfg.batch): { x: tf.Tensor4D; y: tf.Tensor1D } {
-    if (step >= this.stepsPerEpoch) throw new Error(`step ${step} of epoch ${epoch}: an epoch has ${this.stepsPerEpoch}`);
     const { cfg } = this;
-    if (this.order.epoch !== epoch) this.order = { epoch, samples: epochOrder(this.data.train.count, cfg.seed, epoch) };
-    const begin = step * cfg.batch + first;
-    return makeBatch(this.data.train, this.order.samples.subarray(begin, begin + count), {
+    return makeBatch(this.data.train, this.samples(epoch, step, first, count), {
       resolution: cfg.resolution, channels: cfg.channels, resize: cfg.resize,
       ...(cfg.augment ? { augment: { seed: cfg.seed, epoch } } : {}),
     });

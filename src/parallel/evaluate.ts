@@ -15,6 +15,8 @@ export interface EvaluateOptions {
   batch: number;
   /** model-parallel: the cross links of test batch b (both towers walk the test set together) */
   links?: (batchIndex: number) => CrossLinks;
+  /** the logits of test batch b when they are not the model's alone (hybrid: the trunk here, the head over the workers) */
+  predict?: (x: tf.Tensor4D, batchIndex: number) => Promise<tf.Tensor2D>;
 }
 
 /** Correct predictions and summed loss over all of `data`, without dropout. */
@@ -25,7 +27,7 @@ export async function evaluate(model: Model, data: LabeledImages, opts: Evaluate
     const samples = Array.from({ length: Math.min(opts.batch, data.count - start) }, (_, i) => start + i);
     const { x, y } = makeBatch(data, samples, { resolution: opts.resolution, channels: opts.channels, resize: opts.resize });
     try {
-      const logits = await predict(model, x, opts.links?.(b));
+      const logits = opts.predict ? await opts.predict(x, b) : await predict(model, x, opts.links?.(b));
       // [hits, mean loss] in one read
       const both = tf.tidy(() => tf.stack([
         tf.cast(tf.sum(tf.cast(tf.equal(tf.argMax(logits, 1), y), 'int32')), 'float32'),

@@ -72,7 +72,7 @@ export interface Peers {
   fail(err: Error): void;
   /** forgets the keys seen so far (as each step begins) */
   forgetSeen(): void;
-  /** bytes of keyed tensors handed to peers since it opened (a ring's are its own) */
+  /** bytes handed to peers since it opened: keyed tensors and its ring's pieces */
   bytesSent: number;
   /** the keyed tensors' sends and waits, per step */
   readonly traffic: Traffic;
@@ -197,8 +197,6 @@ export class ModelParallelTower implements Strategy {
     // so they are measured as the event loop's idle time, not summed.
     const loopBefore = performance.eventLoopUtilization();
     const sentBefore = link.bytesSent;
-    const ringBefore = this.replicated?.bytesSent ?? 0;
-    const ringSent = () => (this.replicated?.bytesSent ?? 0) - ringBefore;
     link.traffic.take(); // evaluation's exchanges are not this step's
     this.replicated?.traffic.take();
     link.forgetSeen();
@@ -234,7 +232,7 @@ export class ModelParallelTower implements Strategy {
     timeline.traffic(traffic);
     return {
       loss: lossSum / micro.length, samples: this.rowBatch, computeMs: Math.max(0, performance.now() - t0 - waitMs), waitMs,
-      bytesSent: link.bytesSent - sentBefore + ringSent(), tensors: tf.memory().numTensors,
+      bytesSent: link.bytesSent - sentBefore, tensors: tf.memory().numTensors,
       ...(s.checksum && this.replicated ? { checksum: this.replicated.checksum() } : {}),
       detail: timeline.detail({ sendMs: traffic.sendMs, optimizerMs, bytesReceived: traffic.receivedBytes, sentByLink: traffic.sentBy, backendBytes }),
     };

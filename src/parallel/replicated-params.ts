@@ -123,11 +123,6 @@ export class ReplicatedParams {
     return r;
   }
 
-  /** bytes the ring has sent since it opened */
-  get bytesSent(): number {
-    return this.ring.bytesSent;
-  }
-
   /** the ring's sends by bucket, per step */
   get traffic(): RingAllReduce['traffic'] {
     return this.ring.traffic;

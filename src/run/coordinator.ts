@@ -16,8 +16,7 @@ import type { ClusterConfig, WorkerSpec } from '../config/cluster.js';
 import type { TrainConfig } from '../config/train.js';
 import { specOf } from '../model/alexnet.js';
 import { parameterShapes } from '../model/build.js';
-import { combineReplicas } from '../parallel/data-parallel.js';
-import { combineTowers } from '../parallel/model-parallel.js';
+import { combineOf, describeLayout, placeWorker, type ClusterLayout, type Placement } from '../parallel/layouts.js';
 import type { Combine, EvalResult, StepInput, StepResult, Strategy } from '../parallel/strategy.js';
 import { decodeToCoordinator, encodeToWorker, type Decoded, type ToCoordinator } from '../wire/protocol.js';
 import { checkHelloProof, curveServer, generateRunKeys, workerKeys, ZapGate, type RunKeys } from '../wire/curve.js';
@@ -33,13 +32,15 @@ export class ClusterError extends Error {
   override readonly name = 'ClusterError';
 }
 
-export type ClusterMode = 'data' | 'model';
+export type ClusterMode = ClusterLayout;
 
 export interface ClusterOptions {
   cluster: ClusterConfig;
   workers: WorkerSpec[];
   config: TrainConfig;
   mode: ClusterMode;
+  /** where each layer lives (layouts.ts planLayout, checked before anything started) */
+  placement: Placement;
   /** model mode: micro-batches per step */
   microBatches?: number;
   log: (line: string) => void;
@@ -89,7 +90,7 @@ export class Cluster implements Strategy {
 
   private constructor(private readonly opts: ClusterOptions) {
     this.world = opts.workers.length;
-    this.combine = opts.mode === 'data' ? combineReplicas : combineTowers;
+    this.combine = combineOf(opts.placement);
     const { cluster } = opts;
     this.zapDomain = `coordinator@${cluster.coordinator.port}`;
     this.keys = cluster.security === 'none' ? undefined : opts.keys ?? (cluster.keys !== undefined ? firstWorkers(readRunKeys(cluster.keys, this.world), this.world) : generateRunKeys(this.world));
@@ -226,11 +227,7 @@ export class Cluster implements Strategy {
     this.opts.onStarted?.(this.launched.map((w) => w.child.pid ?? -1));
     const micro = this.opts.microBatches ?? 1;
     const wire = cfg.wire === 'bf16' ? ', bf16 on the wire' : '';
-    log(mode === 'data'
-      ? `splitnet: data-parallel over ${world} workers (${this.launched.map((w) => w.describe()).join(', ')}), ` +
-        `global batch ${cfg.batch} (${cfg.batch / world} per worker), bucket ${(cluster.bucketBytes / 2 ** 20).toFixed(1)} MiB, optimizer sharded ${world} ways${wire}`
-      : `splitnet: model-parallel, tower 0 on ${this.launched[0]!.describe()}, tower 1 on ${this.launched[1]!.describe()}, ` +
-        `batch ${cfg.batch}${micro > 1 ? ` in ${micro} pipelined micro-batches` : ''}${wire}`);
+    log(describeLayout(this.opts.placement, cfg, micro, cluster.bucketBytes, (r) => this.launched[r]!.describe()) + wire);
     const register = cluster.timeouts.registerMs;
     const hellos = await Promise.all(this.inboxes.map((_, r) => this.expect(r, 'hello', register, `registration (hello) within ${register / 1000} s`)));
     hellos.forEach((h, r) => {
@@ -243,7 +240,7 @@ export class Cluster implements Strategy {
     });
     for (let r = 0; r < world; r++) {
       await this.send(r, {
-        kind: 'setup', rank: r, world, mode, microBatches: micro, train: cfg as unknown as Record<string, unknown>, peers,
+        kind: 'setup', rank: r, world, mode, replicas: this.opts.placement.replicas, microBatches: micro, train: cfg as unknown as Record<string, unknown>, peers,
         bucketBytes: cluster.bucketBytes, heartbeat: cluster.heartbeat, maxMessageBytes: cluster.maxMessageBytes,
         peerWaitMs: cluster.timeouts.stepMs,
       });
@@ -252,16 +249,20 @@ export class Cluster implements Strategy {
     // One backend for all, or each worker's (workers may sit on different GPUs).
     const labels = readies.map((m) => m.msg.backend);
     const backends = new Set(labels).size === 1 ? `${labels[0]} backend` : labels.map((b, r) => `worker ${r}: ${b}`).join('; ');
-    if (mode === 'data') {
-      this.checkSame(readies.map((m) => m.msg.checksum), 'replicas start from different weights');
-      log(`  ${readies[0]!.msg.params.toLocaleString('en-US')} parameters per replica, weights identical (checksum ${readies[0]!.msg.checksum}), ${backends}`);
-    } else {
-      log(`  ${readies.map((m, r) => `tower ${r}: ${m.msg.params.toLocaleString('en-US')} parameters`).join(', ')}, ${backends}`);
-    }
+    this.checkReplicas(readies.map((m) => m.msg.checksum), 'replicas start from different weights');
+    const params = readies.map((m) => m.msg.params);
+    log(`  ${new Set(params).size === 1 ? `${params[0]!.toLocaleString('en-US')} parameters per worker` : params.map((n, r) => `worker ${r}: ${n.toLocaleString('en-US')}`).join(', ')}` +
+      `${this.opts.placement.layout === 'data' ? `, weights identical (checksum ${readies[0]!.msg.checksum})` : ''}, ${backends}`);
   }
 
-  private checkSame(sums: string[], what: string): void {
-    if (new Set(sums).size !== 1) throw this.fail(new ClusterError(`${what}: checksums ${sums.map((c, r) => `worker ${r} ${c}`).join(', ')}`));
+  /** Workers that replicate parameters (a ring's members) must hold the same ones. */
+  private checkReplicas(sums: string[], what: string): void {
+    const rings = new Set(sums.map((_, r) => placeWorker(this.opts.placement, r).ring.join(',')));
+    for (const ring of rings) {
+      const ranks = ring.split(',').map(Number);
+      if (ranks.length < 2) continue;
+      if (new Set(ranks.map((r) => sums[r])).size !== 1) throw this.fail(new ClusterError(`${what}: checksums ${ranks.map((r) => `worker ${r} ${sums[r]}`).join(', ')}`));
+    }
   }
 
   async step(s: StepInput): Promise<StepResult> {
@@ -316,7 +317,7 @@ export class Cluster implements Strategy {
       await this.send(r, { kind: 'load', tensors: flat.map((t) => ({ name: t.name, shape: t.shape })) }, flat.map((t) => t.data));
     }
     const loaded = await Promise.all(this.inboxes.map((_, r) => this.expect(r, 'loaded', this.deadline(), 'loading the checkpoint')));
-    if (this.opts.mode === 'data') this.checkSame(loaded.map((m) => m.msg.checksum), 'replicas loaded different weights');
+    this.checkReplicas(loaded.map((m) => m.msg.checksum), 'replicas loaded different weights');
   }
 
   /**

@@ -96,7 +96,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
 
 async function trainLocked(opts: TrainOptions, plan: Preflight, log: (line: string) => void, stop: StopRequest): Promise<TrainResult> {
   const wallStart = performance.now();
-  const { saved, cfg, spec, mode, workers, stepsPerEpoch } = plan;
+  const { saved, cfg, spec, mode, workers, placement, stepsPerEpoch } = plan;
   const resumed: TrainState | undefined = saved ? readCheckpointTensors(opts.outDir, spec, parameterShapes(spec)) : undefined;
   const pos: Position = saved?.position ?? { epoch: 0, step: 0, globalStep: 0 };
   const totals: RunTotals = saved?.totals ?? { epochLossSum: 0, epochSteps: 0, trainSeconds: 0 };
@@ -117,7 +117,7 @@ async function trainLocked(opts: TrainOptions, plan: Preflight, log: (line: stri
     log(`  ${data.source}: ${data.train.count} train / ${data.test.count} test`);
   } else {
     cluster = await Cluster.start({
-      cluster: opts.cluster!, workers, config: cfg, mode, log,
+      cluster: opts.cluster!, workers, config: cfg, mode, placement, log,
       ...(opts.microBatches !== undefined ? { microBatches: opts.microBatches } : {}),
       ...(opts.workerEnv ? { workerEnv: opts.workerEnv } : {}),
       ...(opts.workerCommand ? { workerCommand: opts.workerCommand } : {}),

@@ -18,10 +18,10 @@ import { specOf } from '../model/alexnet.js';
 import { checkMemory, perProcessBatch } from '../model/memory.js';
 import type { ModelSpec } from '../model/spec.js';
 import { MAX_MICRO_BATCHES } from '../wire/protocol.js';
-import type { ClusterMode } from './coordinator.js';
+import { planLayout, type LayoutName, type Placement } from '../parallel/layouts.js';
 import { resolveHosts } from './resolve-hosts.js';
 
-export type Mode = 'single' | ClusterMode;
+export type Mode = LayoutName;
 
 /** What a run is asked to be: the part of train()'s options that preflight checks. */
 export interface RunRequest {
@@ -36,11 +36,13 @@ export interface RunRequest {
    * else must equal the saved config (train-flags.ts)
    */
   resumeGiven?: Partial<TrainConfig>;
-  /** single (default without a cluster), data (default with one) or model */
+  /** single (default without a cluster), data (default with one), model or hybrid (parallel/layouts.ts) */
   mode?: Mode;
   /** data and model modes: the cluster and the workers to start on it */
   cluster?: ClusterConfig;
   workers?: WorkerSpec[];
+  /** model mode: replicas of each tower (a grid of replicas × towers workers) */
+  replicas?: number;
   /** model mode: pipelined micro-batches per step */
   microBatches?: number;
   /** data mode: start bucket reductions while backward runs (default true) */
@@ -49,23 +51,15 @@ export interface RunRequest {
   insecure?: boolean;
 }
 
-/** Checks what a mode needs of the config and the cluster before anything starts. */
-function checkMode(mode: Mode, cfg: TrainConfig, opts: RunRequest): WorkerSpec[] {
-  if (opts.microBatches !== undefined && mode !== 'model') throw new UsageError(`--micro-batches ${opts.microBatches}: micro-batches pipeline the split (--mode model); this run is --mode ${mode}`);
-  if (opts.overlap === false && mode !== 'data') throw new UsageError(`--no-overlap: overlapping the all-reduce with backward is --mode data's; this run is --mode ${mode}`);
-  if (mode === 'single') return [];
+/** Checks what a mode needs of the config and the cluster before anything starts: its workers and placement. */
+function checkMode(mode: Mode, cfg: TrainConfig, spec: ModelSpec, opts: RunRequest): { workers: WorkerSpec[]; placement: Placement } {
+  if (mode === 'single') return { workers: [], placement: planLayout('single', cfg, spec, 1, opts) };
   if (opts.cluster === undefined) throw new UsageError(`--mode ${mode} needs a cluster config`);
   const workers = opts.workers ?? opts.cluster.workers;
   checkSecurity(opts.cluster, opts.insecure ?? false);
   const micro = opts.microBatches ?? 1;
   if (!Number.isInteger(micro) || micro < 1 || micro > MAX_MICRO_BATCHES) throw new UsageError(`--micro-batches: expected an integer in 1..${MAX_MICRO_BATCHES}, got ${micro}`);
-  if (mode === 'data' && cfg.batch % workers.length !== 0) throw new UsageError(`global batch ${cfg.batch} does not split evenly over ${workers.length} workers`);
-  if (mode === 'model') {
-    if (cfg.arch !== 'original') throw new UsageError(`--mode model splits the two-tower 'original' net: add --arch original (this run is '${cfg.arch}')`);
-    if (workers.length !== 2) throw new UsageError(`--mode model needs exactly 2 workers, one per tower; the cluster has ${workers.length}`);
-    if (cfg.batch % micro !== 0) throw new UsageError(`batch ${cfg.batch} does not split into ${micro} micro-batches`);
-  }
-  return workers;
+  return { workers, placement: planLayout(mode, cfg, spec, workers.length, opts) };
 }
 
 /** What preflight found: everything the run needs to know before anything is created or started. */
@@ -75,6 +69,7 @@ export interface Preflight {
   spec: ModelSpec;
   mode: Mode;
   workers: WorkerSpec[];
+  placement: Placement;
   stepsPerEpoch: number;
   /** single mode: the backend, already started (a backend that is missing is bad input, found here) */
   backend?: BackendInfo;
@@ -92,12 +87,13 @@ export async function preflight(opts: RunRequest, log: (line: string) => void): 
   if (cfg.adapter !== undefined) parseAdapterWant(cfg.adapter);
   const spec = specOf(cfg);
   const mode: Mode = opts.mode ?? (opts.cluster ? 'data' : 'single');
-  const workers = checkMode(mode, cfg, opts);
+  const { workers, placement } = checkMode(mode, cfg, spec, opts);
   // A tower of the split holds 1 of the net's towers; a replica or one process all of them. Checked for
   // the processes on this host (a remote host's memory is its own: its workers find out there).
   const local = workers.filter((w) => isLocal(w.host));
   const here = mode === 'single' ? { count: 1, gpu: true } : { count: local.length, gpu: local.some((w) => w.device !== 'cpu') };
   if (here.count > 0) checkMemory(spec, cfg, perProcessBatch(mode, cfg.batch, workers.length), mode === 'model' ? 1 : spec.towers, here);
+  // (hybrid holds all of the conv layers and 1/N of the fc units: checked as a replica, which over-counts the fc layers)
   const counts = loadRunDataCounts(cfg);
   const { available } = counts;
   if (cfg.trainSamples > available.train) log(`splitnet: --train-samples ${cfg.trainSamples} is more than the data set's ${available.train} training images: training on all of them`);
@@ -109,7 +105,7 @@ export async function preflight(opts: RunRequest, log: (line: string) => void): 
     if (opts.cluster.security === 'curve' && opts.cluster.keys !== undefined) readRunKeys(opts.cluster.keys, workers.length);
   }
   const backend = mode === 'single' ? await initBackend(cfg.backend, parseAdapterWant(cfg.adapter ?? 'hardware')) : undefined;
-  return { saved, cfg, spec, mode, workers, stepsPerEpoch, ...(backend ? { backend } : {}) };
+  return { saved, cfg, spec, mode, workers, placement, stepsPerEpoch, ...(backend ? { backend } : {}) };
 }
 
 /** The saved config, with the overrides a resume allows, each said aloud where it changes something. */

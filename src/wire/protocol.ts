@@ -39,7 +39,10 @@ const Count = z.number().int().min(0);
 const Setup = z.strictObject({
   v, kind: z.literal('setup'),
   rank: Count, world: z.number().int().min(1).max(MAX_WORLD),
-  mode: z.enum(['data', 'model']),
+  /** the layout (parallel/layouts.ts) */
+  mode: z.enum(['data', 'model', 'hybrid']),
+  /** model mode: replicas of each tower (rows of the replicas × towers grid) */
+  replicas: z.number().int().min(1).max(MAX_WORLD).default(1),
   /** model mode: split each step's batch into this many pipelined micro-batches */
   microBatches: z.number().int().min(1).max(MAX_MICRO_BATCHES).default(1),
   /** the training config (validated again by the worker with the trainer's schema) */
