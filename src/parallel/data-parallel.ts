@@ -64,7 +64,7 @@ import { lossAndGrads } from '../model/engine.js';
 import { sgdUpdateRange, type SgdOptions } from '../model/sgd.js';
 import { chunkRange, ownedChunk, planBuckets, type Bucket, type RingAllReduce } from '../wire/ring-allreduce.js';
 import { addInto } from '../wire/bf16.js';
-import type { RingLink } from '../wire/ring-link.js';
+import type { Communicator } from '../wire/communicator.js';
 import { evaluate } from './evaluate.js';
 import { StepTimeline } from './step-timing.js';
 import { checksumOf, type Combine, type EvalResult, type StepInput, type StepResult, type Strategy } from './strategy.js';
@@ -101,10 +101,10 @@ export class DataParallelReplica implements Strategy {
   private readonly ring: RingAllReduce;
 
   private constructor(
-    private readonly cfg: TrainConfig, private readonly data: RunData, private readonly link: RingLink,
+    private readonly cfg: TrainConfig, private readonly data: RunData, private readonly link: Communicator,
     readonly rank: number, readonly world: number, bucketBytes: number,
   ) {
-    this.ring = link.ring;
+    this.ring = link.ring(Array.from({ length: world }, (_, r) => r));
     if (cfg.batch % world !== 0) throw new Error(`global batch ${cfg.batch} does not split evenly over ${world} replicas`);
     this.model = buildModel(specOf(cfg), { seed: cfg.seed });
     this.sgd = { lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay };
@@ -121,7 +121,7 @@ export class DataParallelReplica implements Strategy {
   }
 
   /** A replica on its ring (which it closes with itself); reads its initial weights to the host. */
-  static async open(cfg: TrainConfig, data: RunData, link: RingLink, rank: number, world: number, bucketBytes: number): Promise<DataParallelReplica> {
+  static async open(cfg: TrainConfig, data: RunData, link: Communicator, rank: number, world: number, bucketBytes: number): Promise<DataParallelReplica> {
     const r = new DataParallelReplica(cfg, data, link, rank, world, bucketBytes);
     for (const [name, v] of r.model.params) {
       const at = r.where.get(name)!;

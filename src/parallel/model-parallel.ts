@@ -40,7 +40,7 @@ import { readFloats, readScalar } from '../kernels/read.js';
 import { buildModel, disposeModel, paramName, type Model } from '../model/build.js';
 import { lossAndGrads, type CrossLinks } from '../model/engine.js';
 import { Sgd } from '../model/sgd.js';
-import type { PeerLink } from '../wire/peer-link.js';
+import type { Communicator } from '../wire/communicator.js';
 import type { WireType } from '../config/choices.js';
 import { roundToBf16InPlace, toBf16 } from '../wire/bf16.js';
 import { evaluate } from './evaluate.js';
@@ -52,7 +52,7 @@ type Deferred = Map<string, { x: tf.Tensor; dz: tf.Tensor }>;
 const disposeDeferred = (deferred: Deferred[]) => tf.dispose(deferred.flatMap((d) => [...d.values()].flatMap((e) => [e.x, e.dz])));
 
 /** The two towers' exchanges for one micro-batch (or test batch) under key prefix `prefix`, sent as `wire`. */
-export function crossLinks(link: PeerLink, rank: number, prefix: string, wire: WireType = 'fp32'): CrossLinks {
+export function crossLinks(comm: Communicator, rank: number, prefix: string, wire: WireType = 'fp32'): CrossLinks {
   return {
     async gather(name, own, axis) {
       const key = `${prefix}/${name}/fwd`;
@@ -62,12 +62,12 @@ export function crossLinks(link: PeerLink, rank: number, prefix: string, wire: W
         // This tower uses what the other receives: the same bits on both sides (see the header).
         const bits = new Uint16Array(values.length);
         roundToBf16InPlace(values, 0, values.length, bits);
-        link.send(key, bits);
+        comm.send(1 - rank, key, bits);
         mine = tf.tensor(values, own.shape);
       } else {
-        link.send(key, values);
+        comm.send(1 - rank, key, values);
       }
-      const theirs = tf.tensor(await link.receive(key, own.size, wire), own.shape);
+      const theirs = tf.tensor(await comm.receive(1 - rank, key, own.size, wire), own.shape);
       const all = tf.concat(rank === 0 ? [mine, theirs] : [theirs, mine], axis);
       tf.dispose(mine === own ? [theirs] : [theirs, mine]);
       return all;
@@ -82,8 +82,8 @@ export function crossLinks(link: PeerLink, rank: number, prefix: string, wire: W
       const key = `${prefix}/${name}/bwd`;
       try {
         const values = await readFloats(other);
-        link.send(key, wire === 'bf16' ? toBf16(values) : values);
-        const theirs = tf.tensor(await link.receive(key, mine.size, wire), mine.shape);
+        comm.send(1 - rank, key, wire === 'bf16' ? toBf16(values) : values);
+        const theirs = tf.tensor(await comm.receive(1 - rank, key, mine.size, wire), mine.shape);
         const sum = tf.add(mine, theirs);
         theirs.dispose();
         return sum;
@@ -101,7 +101,7 @@ export class ModelParallelTower implements Strategy {
 
   constructor(
     private readonly cfg: TrainConfig, private readonly data: RunData,
-    private readonly link: PeerLink, readonly rank: number, private readonly microBatches: number,
+    private readonly link: Communicator, readonly rank: number, private readonly microBatches: number,
   ) {
     if (cfg.arch !== 'original') throw new Error(`--mode model splits the two-tower 'original' net; this run is '${cfg.arch}'`);
     if (cfg.batch % microBatches !== 0) throw new Error(`batch ${cfg.batch} does not split into ${microBatches} micro-batches`);

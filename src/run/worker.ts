@@ -1,9 +1,9 @@
 /**
  * The worker process (`splitnet worker`, started by the launcher, one per
  * device). It registers with the coordinator, opens its strategy (a
- * data-parallel replica with its ring, or a model-parallel tower with its
- * peer link) and then does what it is told, one command at a time, by
- * calling that strategy. It exits when told to, when the coordinator
+ * data-parallel replica or a model-parallel tower, on its communicator) and
+ * then does what it is told, one command at a time, by calling that
+ * strategy. It exits when told to, when the coordinator
  * disconnects (no orphans), or on any error, which it first reports to the
  * coordinator.
  */
@@ -18,11 +18,11 @@ import { countParams, type Model } from '../model/build.js';
 import { DataParallelReplica } from '../parallel/data-parallel.js';
 import { ModelParallelTower } from '../parallel/model-parallel.js';
 import type { Strategy } from '../parallel/strategy.js';
-import { PeerLink } from '../wire/peer-link.js';
+import { Communicator } from '../wire/communicator.js';
 import { curveClient, helloProof, ZapGate, type WorkerKeys } from '../wire/curve.js';
 import { decodeToWorker, encodeToCoordinator, MAX_STEP_LINKS, MAX_STEP_SPANS, type ToWorker } from '../wire/protocol.js';
 import { Refusals } from '../wire/refusals.js';
-import { openRing } from '../wire/ring-link.js';
+import { SendQueue } from '../wire/send-queue.js';
 import { checkEndpoint } from '../wire/private-dir.js';
 import { Inbox, receiveLoop, socketOptions, watchOutgoing, type Heartbeat } from '../wire/transport.js';
 
@@ -77,13 +77,10 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
   });
   const fromCoordinator = new Inbox<{ msg: ToWorker; tensors: Float32Array[] }>();
   let maxBytes = REGISTER_MAX_BYTES;
-  // zeromq.js allows one send in progress per socket: every send waits for the one before, so no path races two.
-  let sending: Promise<void> = Promise.resolve();
-  const sendUp = (msg: Parameters<typeof encodeToCoordinator>[0], tensors: Float32Array[] = []): Promise<void> => {
-    const sent = sending.then(() => dealer.send(encodeToCoordinator(msg, tensors)));
-    sending = sent.catch(() => {});
-    return sent;
-  };
+  // Every path that reports to the coordinator goes through one queue: no two race a send.
+  const toCoordinator = new SendQueue(dealer);
+  const sendUp = (msg: Parameters<typeof encodeToCoordinator>[0], tensors: Float32Array[] = []): Promise<void> =>
+    toCoordinator.send(() => encodeToCoordinator(msg, tensors));
   let exitCode = 1;
   let coordinatorGone = false;
   let shuttingDown = false;
@@ -105,7 +102,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
   };
   args.launcherGone?.addEventListener('abort', () => orphaned('the launcher is gone (its pipe to this worker closed)'), { once: true });
   if (args.launcherGone?.aborted) orphaned('the launcher is gone (its pipe to this worker closed)');
-  // A peer link broken while no command runs (e.g. a peer stopped during
+  // A communicator broken while no command runs (e.g. a peer stopped during
   // another worker's evaluation) is told to the coordinator at once, not at the next step.
   const linkBroken = (err: Error) => {
     setTimeout(() => {
@@ -210,7 +207,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
   }
 }
 
-/** Builds this worker's replica or tower and opens its peer links. */
+/** Builds this worker's replica or tower and opens its communicator. */
 async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig, onBroken: (err: Error) => void): Promise<Opened> {
   if (setup.rank !== args.rank) throw new WorkerFailure(`setup for rank ${setup.rank} sent to worker ${args.rank}`);
   if (setup.peers.length !== setup.world) throw new WorkerFailure(`setup lists ${setup.peers.length} peers for a world of ${setup.world}`);
@@ -218,25 +215,22 @@ async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig, on
   const data = loadRunData(cfg);
   const { rank, world } = setup;
   if (args.keys && args.keys.workers.length < world) throw new WorkerFailure(`keys for ${args.keys.workers.length} workers, the setup says ${world}`);
-  const wire = { heartbeat: setup.heartbeat, maxMessageBytes: setup.maxMessageBytes, waitMs: setup.peerWaitMs, onBroken };
-  if (setup.mode === 'model') {
-    if (world !== 2) throw new WorkerFailure(`--mode model needs 2 workers (one per tower), the cluster has ${world}`);
-    const link = await PeerLink.open({ bind: setup.peers[rank]!, connect: setup.peers[1 - rank]!, peerRank: 1 - rank, ...wire,
-      ...(args.keys ? { keys: { own: args.keys.own, peer: args.keys.workers[1 - rank]! } } : {}) });
-    try {
-      const tower = new ModelParallelTower(cfg, data, link, rank, setup.microBatches);
-      return { strategy: tower, model: tower.model, checksum: () => `tower${rank}`, dropped: link.dropped };
-    } catch (err) {
-      link.close();
-      throw err;
-    }
-  }
-  const ring = await openRing({ rank, world, peers: setup.peers, ...wire, ...(args.keys ? { keys: { own: args.keys.own, workers: args.keys.workers } } : {}) });
+  if (setup.mode === 'model' && world !== 2) throw new WorkerFailure(`--mode model needs 2 workers (one per tower), the cluster has ${world}`);
+  // Model mode: the two towers exchange activations; data mode: a ring over every worker, sending to the next and taking from the previous.
+  const talksTo = setup.mode === 'model' ? [1 - rank] : [...new Set([(rank + 1) % world, (rank - 1 + world) % world])].filter((r) => r !== rank);
+  const comm = await Communicator.open({
+    rank, world, peers: setup.peers, talksTo, heartbeat: setup.heartbeat, maxMessageBytes: setup.maxMessageBytes, waitMs: setup.peerWaitMs, onBroken,
+    ...(args.keys ? { keys: { own: args.keys.own, workers: args.keys.workers } } : {}),
+  });
   try {
-    const replica = await DataParallelReplica.open(cfg, data, ring, rank, world, setup.bucketBytes);
-    return { strategy: replica, model: replica.model, checksum: () => replica.checksum(), dropped: ring.dropped };
+    if (setup.mode === 'model') {
+      const tower = new ModelParallelTower(cfg, data, comm, rank, setup.microBatches);
+      return { strategy: tower, model: tower.model, checksum: () => `tower${rank}`, dropped: comm.dropped };
+    }
+    const replica = await DataParallelReplica.open(cfg, data, comm, rank, world, setup.bucketBytes);
+    return { strategy: replica, model: replica.model, checksum: () => replica.checksum(), dropped: comm.dropped };
   } catch (err) {
-    ring.close();
+    comm.close();
     throw err;
   }
 }
