@@ -149,7 +149,11 @@ export class Communicator {
       this.breaks(new Error(`worker ${msg.from} sent a non-finite gradient (${valueAt(chunk, bad)} at float ${msg.offset + bad} of chunk ${msg.chunk}, bucket ${msg.bucket}): its training diverged; lower --lr`));
       return;
     }
-    place.allReduce.deliver(msg, chunk);
+    try {
+      place.allReduce.deliver(msg, chunk);
+    } catch (err) {
+      throw new ProtocolError(`a 'ring' message from worker ${msg.from}: ${(err as Error).message}`);
+    }
   }
 
   private deliverXfer(msg: Xfer, t: WireArray): void {
