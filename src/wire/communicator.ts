@@ -91,10 +91,6 @@ export class Communicator {
     return comm;
   }
 
-  get rank(): number {
-    return this.opts.rank;
-  }
-
   /** Messages refused from unknown senders (plain TCP only), by reason. */
   get dropped(): Refusals {
     return this.sockets?.dropped ?? new Refusals();
