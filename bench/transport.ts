@@ -2,7 +2,7 @@
  * `npm run bench -- transport`: which transport local workers should use.
  * Four variants, each measured two ways:
  *   tcp + CURVE, tcp plain, ipc (private 0700 dir) plain, ipc + CURVE
- *   - raw throughput: one peer link (the tower links' PeerLink) in this
+ *   - raw throughput: two workers' communicators (as the towers use them) in this
  *     process, `--messages` messages of `--mib` MiB sent and received
  *   - a 2-worker data-parallel step: a real cluster (two worker processes),
  *     d2l AlexNet on wasm, median step time over the timed steps
@@ -20,7 +20,7 @@ import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train } from '../src/run/loop.js';
 import { generateRunKeys, ZapGate } from '../src/wire/curve.js';
 import { freePorts } from '../src/wire/free-ports.js';
-import { PeerLink } from '../src/wire/peer-link.js';
+import { Communicator } from '../src/wire/communicator.js';
 import { createPrivateDir, removePrivateDir } from '../src/wire/private-dir.js';
 import { endpoint } from '../src/wire/transport.js';
 
@@ -41,26 +41,31 @@ const median = (xs: number[]) => {
   return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-/** Bytes per second through one peer link: `messages` of `mib` MiB, sent back to back and all received. */
+/** Bytes per second from one communicator to another: `messages` of `mib` MiB, sent back to back and all received. */
 async function throughput(v: Variant, o: TransportBenchOptions): Promise<number> {
   const dir = v.transport === 'ipc' ? createPrivateDir() : undefined;
   const [pa, pb] = await freePorts(2);
   const ep = (p: number) => endpoint(v.transport, '127.0.0.1', p, dir);
   const keys = v.security === 'curve' ? generateRunKeys(2) : undefined;
   const common = { maxMessageBytes: 2 ** 30, heartbeat: { intervalMs: 1_000, timeoutMs: 15_000 }, waitMs: 60_000 };
-  const links: PeerLink[] = [];
+  const links: Communicator[] = [];
+  const peers = [ep(pa!), ep(pb!)];
   try {
-    links.push(await PeerLink.open({ bind: ep(pa!), connect: ep(pb!), peerRank: 1, ...common, ...(keys ? { keys: { own: keys.workers[0]!, peer: keys.workers[1]!.publicKey } } : {}) }));
-    links.push(await PeerLink.open({ bind: ep(pb!), connect: ep(pa!), peerRank: 0, ...common, ...(keys ? { keys: { own: keys.workers[1]!, peer: keys.workers[0]!.publicKey } } : {}) }));
-    const [a, b] = links as [PeerLink, PeerLink];
+    for (const rank of [0, 1]) {
+      links.push(await Communicator.open({
+        rank, world: 2, peers, talksTo: [1 - rank], ...common,
+        ...(keys ? { keys: { own: keys.workers[rank]!, workers: keys.workers.map((k) => k.publicKey) } } : {}),
+      }));
+    }
+    const [a, b] = links as [Communicator, Communicator];
     const floats = (o.mib * 2 ** 20) / 4;
     const payload = new Float32Array(floats).fill(0.5);
     // one message first: the connection and its handshake are not the transport's throughput
-    a.send('0/0/warm/fwd', payload.slice());
-    await b.receive('0/0/warm/fwd', floats);
+    a.send(1, '0/0/warm/fwd', payload.slice());
+    await b.receive(0, '0/0/warm/fwd', floats);
     const t0 = performance.now();
-    for (let i = 0; i < o.messages; i++) a.send(`1/${i}/fc6/fwd`, payload.slice(0)); // a copy each: sends are zero-copy
-    for (let i = 0; i < o.messages; i++) await b.receive(`1/${i}/fc6/fwd`, floats);
+    for (let i = 0; i < o.messages; i++) a.send(1, `1/${i}/fc6/fwd`, payload.slice(0)); // a copy each: sends are zero-copy
+    for (let i = 0; i < o.messages; i++) await b.receive(0, `1/${i}/fc6/fwd`, floats);
     const s = (performance.now() - t0) / 1000;
     return (o.messages * o.mib * 2 ** 20) / s;
   } finally {

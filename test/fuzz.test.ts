@@ -144,9 +144,9 @@ function validToCoordinator(r: Rand): Buffer[] {
 function validToPeer(r: Rand): Buffer[] {
   const n = 1 + r.int(256);
   if (r.int(2) === 0) {
-    return encodeToPeer({ kind: 'ring', seq: r.int(STEPS + 2), bucket: r.int(3), phase: r.pick(['rs', 'ag'] as const), round: r.int(2), chunk: r.int(2), offset: r.int(4) * 4096 }, [r.floats(n)]);
+    return encodeToPeer({ kind: 'ring', from: r.int(3), seq: r.int(STEPS + 2), bucket: r.int(3), phase: r.pick(['rs', 'ag'] as const), round: r.int(2), chunk: r.int(2), offset: r.int(4) * 4096 }, [r.floats(n)]);
   }
-  return encodeToPeer({ kind: 'xfer', key: `${r.int(STEPS + 2)}/0/${r.pick(['conv3', 'fc6', 'fc7', 'fc8', 'logits'])}/${r.pick(['fwd', 'bwd'])}` }, [r.floats(n)]);
+  return encodeToPeer({ kind: 'xfer', from: r.int(3), key: `${r.int(STEPS + 2)}/0/${r.pick(['conv3', 'fc6', 'fc7', 'fc8', 'logits'])}/${r.pick(['fwd', 'bwd'])}` }, [r.floats(n)]);
 }
 
 /** A random msgpack value where a header goes: right version and kinds, wrong everything else. */

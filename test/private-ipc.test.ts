@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train } from '../src/run/loop.js';
-import { PeerLink } from '../src/wire/peer-link.js';
+import { Communicator } from '../src/wire/communicator.js';
 import { checkEndpoint, checkPrivateDir, createPrivateDir, MAX_IPC_PATH, removePrivateDir } from '../src/wire/private-dir.js';
 import { endpoint } from '../src/wire/transport.js';
 import { alive, localCluster, Spawned } from './helpers/cluster.js';
@@ -91,11 +91,11 @@ describe('the private ipc directory', () => {
     expect(() => checkEndpoint(`ipc://${dir}/${'x'.repeat(MAX_IPC_PATH)}.ipc`)).toThrow(`a socket path at most ${MAX_IPC_PATH}: set TMPDIR to a shorter directory`);
   });
 
-  it('a peer link will not bind or connect in a directory others can enter, and opens nothing', async () => {
+  it('a communicator will not bind or connect in a directory others can enter, and opens nothing', async () => {
     const open = join(tmp, 'shared');
     mkdirSync(open, { mode: 0o777 });
     chmodSync(open, 0o1777); // /tmp's own mode
-    await expect(PeerLink.open({ bind: `ipc://${open}/a.ipc`, connect: `ipc://${open}/b.ipc`, peerRank: 1, ...WIRE }))
+    await expect(Communicator.open({ rank: 0, world: 2, peers: [`ipc://${open}/a.ipc`, `ipc://${open}/b.ipc`], talksTo: [1], ...WIRE }))
       .rejects.toThrow('has mode 01777, which lets every local user in');
     expect(readdirSync(open)).toEqual([]);
   });
@@ -107,8 +107,8 @@ describe('the private ipc directory', () => {
     chmodSync(tmp, 0o755); // the test's own temp dir must let nobody through to reach either
     chmodSync(shared, 0o1777);
     const [a, b] = [endpoint('ipc', '127.0.0.1', 1, priv), endpoint('ipc', '127.0.0.1', 2, priv)];
-    const x = await PeerLink.open({ bind: a, connect: b, peerRank: 1, ...WIRE });
-    const y = await PeerLink.open({ bind: b, connect: a, peerRank: 0, ...WIRE });
+    const x = await Communicator.open({ rank: 0, world: 2, peers: [a, b], talksTo: [1], ...WIRE });
+    const y = await Communicator.open({ rank: 1, world: 2, peers: [a, b], talksTo: [0], ...WIRE });
     try {
       // the shared directory's socket: a stranger gets through (what ipc in /tmp was)
       const { createServer } = await import('node:net');

@@ -17,7 +17,7 @@ describe('protocol', () => {
   });
 
   it('copies a misaligned tensor frame instead of failing', () => {
-    const frames = encodeToPeer({ kind: 'ring', seq: 0, bucket: 0, phase: 'rs', round: 0, chunk: 0, offset: 0 }, [Float32Array.from([7, 8])]);
+    const frames = encodeToPeer({ kind: 'ring', from: 1, seq: 0, bucket: 0, phase: 'rs', round: 0, chunk: 0, offset: 0 }, [Float32Array.from([7, 8])]);
     const shifted = Buffer.alloc(9).subarray(1);
     frames[1]!.copy(shifted);
     expect(Array.from(decodeToPeer([frames[0]!, shifted], MAX).tensors[0]!)).toEqual([7, 8]);
@@ -54,22 +54,27 @@ describe('protocol', () => {
     expect(() => decodeToCoordinator(encodeToWorker({ kind: 'shutdown' }), MAX)).toThrow("bad 'shutdown' message");
   });
 
-  it('peer messages: a ring message is tagged by its collective (seq), a cross-link key must name step, micro-batch, link and direction', () => {
-    const ring = { v: PROTOCOL_VERSION, kind: 'ring', bucket: 0, phase: 'rs', round: 0, chunk: 0, offset: 0, wire: 'fp32', count: 1 };
+  it('peer messages: a ring message is tagged by its collective (seq) and its sender, a keyed exchange must name step, micro-batch, link and direction, or a state gather', () => {
+    const ring = { v: PROTOCOL_VERSION, kind: 'ring', from: 0, bucket: 0, phase: 'rs', round: 0, chunk: 0, offset: 0, wire: 'fp32', count: 1 };
     const data = Buffer.alloc(4);
     expect(decodeToPeer([header({ ...ring, seq: 3 }), data], MAX).msg).toMatchObject({ kind: 'ring', seq: 3 });
     expect(() => decodeToPeer([header({ ...ring, step: 3 }), data], MAX)).toThrow("bad 'ring' message: seq: Invalid input: expected number, received undefined");
-    for (const key of ['7/0/conv3/fwd', '7/1/logits/bwd', 'eval0/3/fc6/fwd']) {
-      expect(decodeToPeer(encodeToPeer({ kind: 'xfer', key }, [Float32Array.from([1])]), MAX).msg).toMatchObject({ kind: 'xfer', key });
+    const { from: _, ...anonymous } = ring;
+    expect(() => decodeToPeer([header({ ...anonymous, seq: 3 }), data], MAX)).toThrow("bad 'ring' message: from: Invalid input: expected number, received undefined");
+    expect(() => decodeToPeer([header({ ...ring, seq: 3, from: -1 }), data], MAX)).toThrow("bad 'ring' message: from:");
+    for (const key of ['7/0/conv3/fwd', '7/1/logits/bwd', 'eval0/3/fc6/fwd', '7/0/tower.1/fwd', 'state2/0/conv1.weight/fwd', 'state0/13/momentum.fc6_w-1/fwd']) {
+      expect(decodeToPeer(encodeToPeer({ kind: 'xfer', from: 1, key }, [Float32Array.from([1])]), MAX).msg).toMatchObject({ kind: 'xfer', from: 1, key });
     }
-    for (const key of ['7/conv3/fwd', '7/0/conv3/up', 'eval0/3/fc6', '../../etc/passwd']) {
-      expect(() => decodeToPeer([header({ v: PROTOCOL_VERSION, kind: 'xfer', key, wire: 'fp32', count: 1 }), data], MAX), key)
-        .toThrow("bad 'xfer' message: key: expected '<step>/<micro>/<link>/<fwd|bwd>' or 'eval<epoch>/<batch>/<link>/fwd'");
+    for (const key of ['7/conv3/fwd', '7/0/conv3/up', 'eval0/3/fc6', '../../etc/passwd', 'state1/0/conv1/bwd', 'state1/0/Conv1/fwd', `state1/0/${'a'.repeat(65)}/fwd`, '7/0/conv_3/fwd']) {
+      expect(() => decodeToPeer([header({ v: PROTOCOL_VERSION, kind: 'xfer', from: 1, key, wire: 'fp32', count: 1 }), data], MAX), key)
+        .toThrow("bad 'xfer' message: key: expected '<step>/<micro>/<link>/<fwd|bwd>', 'eval<epoch>/<batch>/<link>/fwd' or 'state<n>/<i>/<name>/fwd'");
     }
+    expect(() => decodeToPeer([header({ v: PROTOCOL_VERSION, kind: 'xfer', key: '7/0/conv3/fwd', wire: 'fp32', count: 1 }), data], MAX))
+      .toThrow("bad 'xfer' message: from: Invalid input: expected number, received undefined");
   });
 
   describe('peer tensor frames say their wire type and count', () => {
-    const ring = { kind: 'ring', seq: 0, bucket: 0, phase: 'rs', round: 0, chunk: 0, offset: 0 } as const;
+    const ring = { kind: 'ring', from: 0, seq: 0, bucket: 0, phase: 'rs', round: 0, chunk: 0, offset: 0 } as const;
 
     it('a bf16 tensor [3] travels as 6 bytes of bit patterns, announced as bf16 × 3, and arrives as the same bits', () => {
       const bits = Uint16Array.from([0x3f80, 0xc000, 0x7f80]);
@@ -83,7 +88,7 @@ describe('protocol', () => {
     });
 
     it('copies a misaligned bf16 frame instead of failing', () => {
-      const frames = encodeToPeer({ kind: 'xfer', key: '0/0/fc6/fwd' }, [Uint16Array.from([0x4040, 0x3f80])]);
+      const frames = encodeToPeer({ kind: 'xfer', from: 0, key: '0/0/fc6/fwd' }, [Uint16Array.from([0x4040, 0x3f80])]);
       const shifted = Buffer.alloc(5).subarray(1);
       frames[1]!.copy(shifted);
       expect(Array.from(decodeToPeer([frames[0]!, shifted], MAX).tensors[0]!)).toEqual([0x4040, 0x3f80]);

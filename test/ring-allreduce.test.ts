@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { chunkRange, ownedChunk, PIECE_FLOATS, planBuckets, RingAllReduce } from '../src/wire/ring-allreduce.js';
 import { PROTOCOL_VERSION, type ToPeer } from '../src/wire/protocol.js';
 import { pseudoRandom } from './helpers/backends.js';
+import { allReduce } from './helpers/ring.js';
 import { fromBf16, toBf16 } from '../src/wire/bf16.js';
 
 /** x rounded to bf16 and back: what a receiver of x as bf16 holds. */
@@ -44,7 +45,7 @@ describe('ring all-reduce', () => {
       for (const step of [0, 1]) {
         const copies = data.map((d) => d.map((x) => x.slice()));
         rings.forEach((ring) => ring.begin(step));
-        await Promise.all(rings.flatMap((ring, r) => sizes.map((_, b) => ring.allReduce(b, copies[r]![b]!))));
+        await Promise.all(rings.flatMap((ring, r) => sizes.map((_, b) => allReduce(ring, b, copies[r]![b]!))));
         for (let b = 0; b < sizes.length; b++) {
           for (let r = 0; r < world; r++) {
             expect(Array.from(copies[r]![b]!), `worker ${r} bucket ${b}`).toEqual(Array.from(copies[0]![b]!));
@@ -103,7 +104,7 @@ describe('ring all-reduce', () => {
     const ring = new RingAllReduce(1, 3, () => {}, 1000);
     ring.configure([30, 30]);
     ring.begin(5);
-    const ok: Extract<ToPeer, { kind: 'ring' }> = { kind: 'ring', v: PROTOCOL_VERSION, seq: 5, bucket: 1, phase: 'rs', round: 0, chunk: 0, offset: 0, wire: 'fp32', count: 10 };
+    const ok: Extract<ToPeer, { kind: 'ring' }> = { kind: 'ring', v: PROTOCOL_VERSION, from: 0, seq: 5, bucket: 1, phase: 'rs', round: 0, chunk: 0, offset: 0, wire: 'fp32', count: 10 };
     expect(() => ring.deliver(ok, new Float32Array(10))).not.toThrow();
     expect(() => ring.deliver({ ...ok, seq: 4 }, new Float32Array(10))).toThrow('ring message for collective 4 during collective 5');
     expect(() => ring.deliver({ ...ok, seq: 6 }, new Float32Array(10))).not.toThrow(); // the next collective may start early
@@ -123,7 +124,7 @@ describe('ring all-reduce', () => {
     const data = [pseudoRandom(size, 1), pseudoRandom(size, 2)];
     const expected = data[0]!.map((v, i) => (v + data[1]![i]!) / 2);
     rings.forEach((ring) => ring.begin(0));
-    await Promise.all(rings.map((ring, r) => ring.allReduce(0, data[r]!)));
+    await Promise.all(rings.map((ring, r) => allReduce(ring, 0, data[r]!)));
     // 2 workers: each sends one chunk in the reduce-scatter and the other in the all-gather, the whole bucket
     // (a piece larger than PIECE_FLOATS would have been refused on arrival)
     for (const ring of rings) expect(ring.bytesSent).toBe(size * 4);
@@ -164,7 +165,7 @@ describe('ring all-reduce', () => {
           const rings = wire(world);
           rings.forEach((ring) => { ring.configure(bucketSizes); ring.begin(0, w); });
           const data = rings.map((_, r) => bucketSizes.map((s, b) => pseudoRandom(s, 100 * r + b + 1)));
-          await Promise.all(rings.flatMap((ring, r) => bucketSizes.map((_, b) => ring.allReduce(b, data[r]![b]!))));
+          await Promise.all(rings.flatMap((ring, r) => bucketSizes.map((_, b) => allReduce(ring, b, data[r]![b]!))));
           return { data, sent: rings.map((ring) => ring.bytesSent) };
         };
         const exact = await run('fp32');

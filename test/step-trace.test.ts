@@ -16,8 +16,7 @@ import { DataParallelReplica } from '../src/parallel/data-parallel.js';
 import { ModelParallelTower } from '../src/parallel/model-parallel.js';
 import type { StepInput, StepResult, Strategy } from '../src/parallel/strategy.js';
 import { freePorts } from '../src/wire/free-ports.js';
-import { PeerLink } from '../src/wire/peer-link.js';
-import { openRing } from '../src/wire/ring-link.js';
+import { Communicator } from '../src/wire/communicator.js';
 import { setupBackends } from './helpers/backends.js';
 
 beforeAll(setupBackends);
@@ -78,8 +77,8 @@ describe('the trace of a step: every layer its own span, on the sockets\' clock'
     const data = loadRunData(cfg);
     const peers = await endpoints(2);
     const replicas = await Promise.all([0, 1].map(async (rank) => {
-      const ring = await openRing({ rank, world: 2, peers, ...WIRE });
-      const r = await DataParallelReplica.open(cfg, data, ring, rank, 2, BUCKET_BYTES);
+      const comm = await Communicator.open({ rank, world: 2, peers, talksTo: [1 - rank], ...WIRE });
+      const r = await DataParallelReplica.open(cfg, data, comm.ring([0, 1]), BUCKET_BYTES, () => comm.close());
       open.push(r);
       return r;
     }));
@@ -101,9 +100,10 @@ describe('the trace of a step: every layer its own span, on the sockets\' clock'
   it('model-parallel: a forward and a backward span per layer inside the step, and conv3\'s exchanges between pool2 and conv3, both ways', async () => {
     const cfg: TrainConfig = { ...BASE, arch: 'original', channels: 3, momentum: 0 };
     const data = loadRunData(cfg);
-    const [a, b] = await endpoints(2);
-    const links = await Promise.all([0, 1].map((rank) => PeerLink.open({ bind: rank === 0 ? a! : b!, connect: rank === 0 ? b! : a!, peerRank: 1 - rank, ...WIRE })));
-    const towers = links.map((link, rank) => new ModelParallelTower(cfg, data, link, rank, 1));
+    const peers = await endpoints(2);
+    const links = await Promise.all([0, 1].map((rank) => Communicator.open({ rank, world: 2, peers, talksTo: [1 - rank], ...WIRE })));
+    const towers = await Promise.all(links.map((link, rank) =>
+      ModelParallelTower.open(cfg, data, link, { tower: rank, replica: 0, replicas: 1, row: [0, 1] }, 1, undefined, BUCKET_BYTES, () => link.close())));
     open.push(...towers);
     const events = traceOf(await Promise.all(towers.map((t) => t.step(STEP))));
     const layers = specOf(cfg).layers.map((l) => l.name);

@@ -17,7 +17,7 @@ import { readWorkerStdin } from '../src/run/worker-secrets.js';
 import { checkHelloProof, helloProof, ZapGate } from '../src/wire/curve.js';
 import { readRunKeys, writeRunKeys } from '../src/wire/key-file.js';
 import { freePorts } from '../src/wire/free-ports.js';
-import { PeerLink } from '../src/wire/peer-link.js';
+import { Communicator } from '../src/wire/communicator.js';
 import { createPrivateDir, removePrivateDir } from '../src/wire/private-dir.js';
 import { endpoint } from '../src/wire/transport.js';
 import { encodeToPeer } from '../src/wire/protocol.js';
@@ -35,7 +35,7 @@ afterEach(() => {
 });
 
 /**
- * Two ends of a tower link in this process; with `keyed`, each end's CURVE keys from a fresh key file;
+ * Two workers' communicators in this process, each exchanging with the other (as the towers do); with `keyed`, each end's CURVE keys from a fresh key file;
  * over `transport` (ipc: in a fresh private directory, removed after the test).
  */
 async function linkPair(keyed: boolean, transport: 'tcp' | 'ipc' = 'tcp') {
@@ -45,8 +45,11 @@ async function linkPair(keyed: boolean, transport: 'tcp' | 'ipc' = 'tcp') {
   if (dir !== undefined) open.push({ close: () => removePrivateDir(dir) });
   const ep = (p: number) => endpoint(transport, '127.0.0.1', p, dir);
   const common = { maxMessageBytes: 2 ** 24, heartbeat: HB, waitMs: 5_000 };
-  const a = await PeerLink.open({ bind: ep(pa!), connect: ep(pb!), peerRank: 1, ...common, ...(keys ? { keys: { own: keys.workers[0]!, peer: keys.workers[1]!.publicKey } } : {}) });
-  const b = await PeerLink.open({ bind: ep(pb!), connect: ep(pa!), peerRank: 0, ...common, ...(keys ? { keys: { own: keys.workers[1]!, peer: keys.workers[0]!.publicKey } } : {}) });
+  const peers = [ep(pa!), ep(pb!)];
+  const [a, b] = await Promise.all([0, 1].map((rank) => Communicator.open({
+    rank, world: 2, peers, talksTo: [1 - rank], ...common,
+    ...(keys ? { keys: { own: keys.workers[rank]!, workers: keys.workers.map((k) => k.publicKey) } } : {}),
+  }))) as [Communicator, Communicator];
   open.push(a, b);
   return { a, b, keys, portA: pa!, portB: pb!, endpointA: ep(pa!) };
 }
@@ -54,23 +57,23 @@ async function linkPair(keyed: boolean, transport: 'tcp' | 'ipc' = 'tcp') {
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('between workers: CURVE, and plain over loopback TCP or private ipc', () => {
-  it("a peer link admits only its peer's key: a stranger with the server's public key is refused at ZAP, counted, and the link goes on", async () => {
+  it("a communicator admits only its peers' keys: a stranger with the server's public key is refused at ZAP, counted, and the link goes on", async () => {
     const { a, b, keys, portA } = await linkPair(true);
     const own = zmq.curveKeyPair();
     const stranger = new zmq.Push({ linger: 0, curveServerKey: keys!.workers[0]!.publicKey, curvePublicKey: own.publicKey, curveSecretKey: own.secretKey });
     open.push(stranger);
     stranger.connect(`tcp://127.0.0.1:${portA}`);
-    void stranger.send(encodeToPeer({ kind: 'xfer', key: '0/0/conv3/fwd' }, [new Float32Array([666])])).catch(() => {});
+    void stranger.send(encodeToPeer({ kind: 'xfer', from: 1, key: '0/0/conv3/fwd' }, [new Float32Array([666])])).catch(() => {});
     await pause(300);
-    b.send('0/0/conv3/fwd', new Float32Array([1, 2, 3]));
-    expect([...(await a.receive('0/0/conv3/fwd', 3))]).toEqual([1, 2, 3]);
+    b.send(0, '0/0/conv3/fwd', new Float32Array([1, 2, 3]));
+    expect([...(await a.receive(1, '0/0/conv3/fwd', 3))]).toEqual([1, 2, 3]);
     expect(ZapGate.running()!.refused.get("unknown key on 'peer'")).toBeGreaterThanOrEqual(1);
   });
 
   it('a non-finite activation from the peer fails the receive, naming the peer and the tensor', async () => {
     const { a, b } = await linkPair(true);
-    b.send('0/0/fc6/fwd', new Float32Array([1, Number.NaN, 3]));
-    await expect(a.receive('0/0/fc6/fwd', 3)).rejects.toThrow(/worker 1 sent a non-finite '0\/0\/fc6\/fwd' \(NaN at float 1\): its training diverged/);
+    b.send(0, '0/0/fc6/fwd', new Float32Array([1, Number.NaN, 3]));
+    await expect(a.receive(1, '0/0/fc6/fwd', 3)).rejects.toThrow(/worker 1 sent a non-finite '0\/0\/fc6\/fwd' \(NaN at float 1\): its training diverged/);
   });
 
   for (const transport of ['tcp', 'ipc'] as const) {
@@ -81,8 +84,8 @@ describe('between workers: CURVE, and plain over loopback TCP or private ipc', (
       garbage.connect(endpointA);
       for (let i = 0; i < 20; i++) await garbage.send([Buffer.from([0xc1, i]), Buffer.alloc(3)]);
       await pause(300);
-      b.send('0/0/conv3/fwd', new Float32Array([4, 5]));
-      expect([...(await a.receive('0/0/conv3/fwd', 2))]).toEqual([4, 5]);
+      b.send(0, '0/0/conv3/fwd', new Float32Array([4, 5]));
+      expect([...(await a.receive(1, '0/0/conv3/fwd', 2))]).toEqual([4, 5]);
       const total = [...a.dropped.values()].reduce((x, y) => x + y, 0);
       expect(total).toBe(20);
       expect([...a.dropped.keys()][0]).toMatch(/header frame is not msgpack/);
@@ -91,8 +94,8 @@ describe('between workers: CURVE, and plain over loopback TCP or private ipc', (
 
   it('over ipc in the private directory without CURVE, a non-finite activation still fails the receive, naming the peer', async () => {
     const { a, b } = await linkPair(false, 'ipc');
-    b.send('0/0/fc6/fwd', new Float32Array([1, Number.POSITIVE_INFINITY]));
-    await expect(a.receive('0/0/fc6/fwd', 2)).rejects.toThrow(/worker 1 sent a non-finite '0\/0\/fc6\/fwd' \(Infinity at float 1\)/);
+    b.send(0, '0/0/fc6/fwd', new Float32Array([1, Number.POSITIVE_INFINITY]));
+    await expect(a.receive(1, '0/0/fc6/fwd', 2)).rejects.toThrow(/worker 1 sent a non-finite '0\/0\/fc6\/fwd' \(Infinity at float 1\)/);
   });
 
   it('ipc + CURVE, when the config asks for it: a stranger with its own key is refused at ZAP, the link goes on', async () => {
@@ -101,10 +104,10 @@ describe('between workers: CURVE, and plain over loopback TCP or private ipc', (
     const stranger = new zmq.Push({ linger: 0, curveServerKey: keys!.workers[0]!.publicKey, curvePublicKey: own.publicKey, curveSecretKey: own.secretKey });
     open.push(stranger);
     stranger.connect(endpointA);
-    void stranger.send(encodeToPeer({ kind: 'xfer', key: '0/0/conv3/fwd' }, [new Float32Array([666])])).catch(() => {});
+    void stranger.send(encodeToPeer({ kind: 'xfer', from: 1, key: '0/0/conv3/fwd' }, [new Float32Array([666])])).catch(() => {});
     await pause(300);
-    b.send('0/0/conv3/fwd', new Float32Array([1, 2, 3]));
-    expect([...(await a.receive('0/0/conv3/fwd', 3))]).toEqual([1, 2, 3]);
+    b.send(0, '0/0/conv3/fwd', new Float32Array([1, 2, 3]));
+    expect([...(await a.receive(1, '0/0/conv3/fwd', 3))]).toEqual([1, 2, 3]);
     expect(ZapGate.running()!.refused.get("unknown key on 'peer'")).toBeGreaterThanOrEqual(1);
   });
 });

@@ -23,6 +23,7 @@ import { checkHelloProof, curveServer, generateRunKeys, workerKeys, ZapGate, typ
 import { readRunKeys } from '../wire/key-file.js';
 import { createPrivateDir, removePrivateDir } from '../wire/private-dir.js';
 import { Refusals } from '../wire/refusals.js';
+import { SendQueue } from '../wire/send-queue.js';
 import { bindAddress, countRefusedHandshakes, endpoint, Inbox, receiveLoop, socketOptions } from '../wire/transport.js';
 import { startWorker, stopWorkers, type LaunchedWorker, type WorkerCommandOverride } from './launcher.js';
 
@@ -68,6 +69,7 @@ export class Cluster implements Strategy {
   readonly world: number;
   private readonly combine: Combine;
   private readonly router: zmq.Router;
+  private readonly sends: SendQueue;
   /** undefined: plain TCP ("security": "none") */
   private readonly keys: RunKeys | undefined;
   private gate: ZapGate | undefined;
@@ -98,6 +100,7 @@ export class Cluster implements Strategy {
       ...socketOptions(cluster.heartbeat, cluster.maxMessageBytes), mandatory: true,
       ...(this.keys ? curveServer(this.keys.coordinator, this.zapDomain) : {}),
     });
+    this.sends = new SendQueue(this.router);
     this.inboxes = opts.workers.map(() => new Inbox<Msg>());
   }
 
@@ -124,13 +127,9 @@ export class Cluster implements Strategy {
     return err;
   }
 
-  /** zeromq.js allows one send in progress per socket: every send waits for the one before. */
-  private sending: Promise<void> = Promise.resolve();
   private enqueue(rank: number, msg: Parameters<typeof encodeToWorker>[0], tensors: Float32Array[] = []): Promise<void> {
     const frames = [Buffer.from(`w${rank}`), ...encodeToWorker(msg, tensors)];
-    const sent = this.sending.then(() => this.router.send(frames));
-    this.sending = sent.catch(() => {});
-    return sent;
+    return this.sends.send(() => frames);
   }
 
   private async send(rank: number, msg: Parameters<typeof encodeToWorker>[0], tensors: Float32Array[] = []): Promise<void> {

@@ -1,9 +1,9 @@
 /**
  * The worker process (`splitnet worker`, started by the launcher, one per
  * device). It registers with the coordinator, opens its strategy (a
- * data-parallel replica with its ring, or a model-parallel tower with its
- * peer link) and then does what it is told, one command at a time, by
- * calling that strategy. It exits when told to, when the coordinator
+ * data-parallel replica or a model-parallel tower, on its communicator) and
+ * then does what it is told, one command at a time, by calling that
+ * strategy. It exits when told to, when the coordinator
  * disconnects (no orphans), or on any error, which it first reports to the
  * coordinator.
  */
@@ -14,15 +14,15 @@ import { adapterFor } from '../webgpu.js';
 import { flattenState, mergeStates, type TrainState } from '../checkpoint/checkpoint.js';
 import { parseTrainConfig, type TrainConfig } from '../config/train.js';
 import { loadRunData } from '../data/run-data.js';
-import { countParams, type Model } from '../model/build.js';
-import { DataParallelReplica } from '../parallel/data-parallel.js';
-import { ModelParallelTower } from '../parallel/model-parallel.js';
+import { parameterShapes } from '../model/build.js';
+import { specOf } from '../model/alexnet.js';
+import { openWorkerStrategy, placeWorker, planLayout, type Placement } from '../parallel/layouts.js';
 import type { Strategy } from '../parallel/strategy.js';
-import { PeerLink } from '../wire/peer-link.js';
+import { Communicator } from '../wire/communicator.js';
 import { curveClient, helloProof, ZapGate, type WorkerKeys } from '../wire/curve.js';
 import { decodeToWorker, encodeToCoordinator, MAX_STEP_LINKS, MAX_STEP_SPANS, type ToWorker } from '../wire/protocol.js';
 import { Refusals } from '../wire/refusals.js';
-import { openRing } from '../wire/ring-link.js';
+import { SendQueue } from '../wire/send-queue.js';
 import { checkEndpoint } from '../wire/private-dir.js';
 import { Inbox, receiveLoop, socketOptions, watchOutgoing, type Heartbeat } from '../wire/transport.js';
 
@@ -68,7 +68,15 @@ const DEFAULT_HEARTBEAT = { intervalMs: 1000, timeoutMs: 15_000 };
 /** The largest message accepted before the setup says the cluster's limit (1 GiB, the config's default), bytes. */
 const REGISTER_MAX_BYTES = 2 ** 30;
 
-interface Opened { strategy: Strategy; model: Model; checksum: () => string; dropped: Refusals }
+interface Opened {
+  strategy: Strategy;
+  /** the parameters this worker holds (its ready message counts them) */
+  model: { params: Map<string, { size: number }> };
+  checksum: () => string;
+  dropped: Refusals;
+  /** the net's parameter names in order: a loaded state is sorted by them */
+  order: string[];
+}
 
 export async function runWorker(args: WorkerArgs): Promise<number> {
   const dealer = new zmq.Dealer({
@@ -77,13 +85,10 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
   });
   const fromCoordinator = new Inbox<{ msg: ToWorker; tensors: Float32Array[] }>();
   let maxBytes = REGISTER_MAX_BYTES;
-  // zeromq.js allows one send in progress per socket: every send waits for the one before, so no path races two.
-  let sending: Promise<void> = Promise.resolve();
-  const sendUp = (msg: Parameters<typeof encodeToCoordinator>[0], tensors: Float32Array[] = []): Promise<void> => {
-    const sent = sending.then(() => dealer.send(encodeToCoordinator(msg, tensors)));
-    sending = sent.catch(() => {});
-    return sent;
-  };
+  // Every path that reports to the coordinator goes through one queue: no two race a send.
+  const toCoordinator = new SendQueue(dealer);
+  const sendUp = (msg: Parameters<typeof encodeToCoordinator>[0], tensors: Float32Array[] = []): Promise<void> =>
+    toCoordinator.send(() => encodeToCoordinator(msg, tensors));
   let exitCode = 1;
   let coordinatorGone = false;
   let shuttingDown = false;
@@ -105,7 +110,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
   };
   args.launcherGone?.addEventListener('abort', () => orphaned('the launcher is gone (its pipe to this worker closed)'), { once: true });
   if (args.launcherGone?.aborted) orphaned('the launcher is gone (its pipe to this worker closed)');
-  // A peer link broken while no command runs (e.g. a peer stopped during
+  // A communicator broken while no command runs (e.g. a peer stopped during
   // another worker's evaluation) is told to the coordinator at once, not at the next step.
   const linkBroken = (err: Error) => {
     setTimeout(() => {
@@ -138,7 +143,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
     opened = await openStrategy(args, setup, cfg, linkBroken);
     if (coordinatorGone) throw new WorkerFailure('the coordinator left during the set-up');
     const { strategy } = opened;
-    await sendUp({ kind: 'ready', checksum: opened.checksum(), backend: backendLabel(backend), params: countParams(opened.model) });
+    await sendUp({ kind: 'ready', checksum: opened.checksum(), backend: backendLabel(backend), params: [...opened.model.params.values()].reduce((n, v) => n + v.size, 0) });
 
     for (;;) {
       const { msg, tensors } = await fromCoordinator.next(IDLE_MS, 'the next command');
@@ -172,7 +177,7 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
           break;
         }
         case 'load': {
-          const state: TrainState = mergeStates([msg.tensors.map((m, i) => ({ ...m, data: tensors[i]! }))], [...opened.model.params.keys()]);
+          const state: TrainState = mergeStates([msg.tensors.map((m, i) => ({ ...m, data: tensors[i]! }))], opened.order);
           await strategy.load(state);
           await sendUp({ kind: 'loaded', checksum: opened.checksum() });
           break;
@@ -210,33 +215,33 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
   }
 }
 
-/** Builds this worker's replica or tower and opens its peer links. */
+/** Builds this worker's replica or tower and opens its communicator. */
 async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig, onBroken: (err: Error) => void): Promise<Opened> {
   if (setup.rank !== args.rank) throw new WorkerFailure(`setup for rank ${setup.rank} sent to worker ${args.rank}`);
   if (setup.peers.length !== setup.world) throw new WorkerFailure(`setup lists ${setup.peers.length} peers for a world of ${setup.world}`);
   if (setup.rank >= setup.world) throw new WorkerFailure(`setup for rank ${setup.rank} in a world of ${setup.world}`);
-  const data = loadRunData(cfg);
   const { rank, world } = setup;
   if (args.keys && args.keys.workers.length < world) throw new WorkerFailure(`keys for ${args.keys.workers.length} workers, the setup says ${world}`);
-  const wire = { heartbeat: setup.heartbeat, maxMessageBytes: setup.maxMessageBytes, waitMs: setup.peerWaitMs, onBroken };
-  if (setup.mode === 'model') {
-    if (world !== 2) throw new WorkerFailure(`--mode model needs 2 workers (one per tower), the cluster has ${world}`);
-    const link = await PeerLink.open({ bind: setup.peers[rank]!, connect: setup.peers[1 - rank]!, peerRank: 1 - rank, ...wire,
-      ...(args.keys ? { keys: { own: args.keys.own, peer: args.keys.workers[1 - rank]! } } : {}) });
-    try {
-      const tower = new ModelParallelTower(cfg, data, link, rank, setup.microBatches);
-      return { strategy: tower, model: tower.model, checksum: () => `tower${rank}`, dropped: link.dropped };
-    } catch (err) {
-      link.close();
-      throw err;
-    }
-  }
-  const ring = await openRing({ rank, world, peers: setup.peers, ...wire, ...(args.keys ? { keys: { own: args.keys.own, workers: args.keys.workers } } : {}) });
+  // The coordinator checked the layout before it started anyone; a worker checks its setup again (it may come from anywhere).
+  let placement: Placement;
   try {
-    const replica = await DataParallelReplica.open(cfg, data, ring, rank, world, setup.bucketBytes);
-    return { strategy: replica, model: replica.model, checksum: () => replica.checksum(), dropped: ring.dropped };
+    placement = planLayout(setup.mode, cfg, specOf(cfg), world, {
+      ...(setup.mode === 'model' ? { replicas: setup.replicas, microBatches: setup.microBatches } : {}),
+    });
   } catch (err) {
-    ring.close();
+    throw new WorkerFailure(`setup: ${(err as Error).message}`);
+  }
+  const place = placeWorker(placement, rank);
+  const data = loadRunData(cfg);
+  const comm = await Communicator.open({
+    rank, world, peers: setup.peers, talksTo: place.talksTo, heartbeat: setup.heartbeat, maxMessageBytes: setup.maxMessageBytes, waitMs: setup.peerWaitMs, onBroken,
+    ...(args.keys ? { keys: { own: args.keys.own, workers: args.keys.workers } } : {}),
+  });
+  try {
+    const strategy = await openWorkerStrategy({ cfg, data, links: comm, place, placement, microBatches: setup.microBatches, bucketBytes: setup.bucketBytes });
+    return { strategy, model: strategy.model, checksum: () => strategy.checksum(), dropped: comm.dropped, order: [...parameterShapes(specOf(cfg)).keys()] };
+  } catch (err) {
+    comm.close();
     throw err;
   }
 }

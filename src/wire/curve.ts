@@ -9,8 +9,8 @@
  * inproc://zeromq.zap.01) whether that public key may talk to the socket,
  * named by its ZAP domain:
  *   'coordinator@<port>'  the run's worker keys
- *   'peer@<ep>'    the one peer whose messages the socket bound on <ep>
- *                  receives (the ring predecessor, or the other tower)
+ *   'peer@<ep>'    the peers whose messages the socket bound on <ep>
+ *                  receives: every worker its communicator exchanges with
  * Everyone else is refused during the handshake: they never deliver a
  * message, and a refusal is counted by its reason.
  *

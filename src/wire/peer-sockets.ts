@@ -1,48 +1,54 @@
 /**
- * The two sockets of a worker-to-worker link, shared by the ring (data
- * parallel) and the tower link (model parallel): a PULL bound on this
- * worker's endpoint, receiving from one peer, and a PUSH connected to the
- * peer this worker sends to.
+ * The sockets between one worker and the workers it exchanges with (its
+ * communicator's, communicator.ts): a PULL bound on this worker's endpoint,
+ * receiving from all of them, and one PUSH connected to each.
  *
  * Trust:
- * - With keys (CURVE), the PULL admits only the sending peer's key (ZAP
- *   domain 'peer@<endpoint>'); anyone else is refused in the handshake and counted by
+ * - With keys (CURVE), the PULL admits only those peers' keys (ZAP domain
+ *   'peer@<endpoint>'); anyone else is refused in the handshake and counted by
  *   the gate, and never delivers a message. A message that then fails to
- *   decode came from the peer itself: that is a fault, and fails the link.
+ *   decode came from a peer itself: that is a fault, and fails the sockets.
  * - Without keys (a loopback run with "security": "none"), a message cannot
  *   be told from a stranger's: one that fails to decode is dropped and
- *   counted, and the run goes on (a message the peer really sent and that was
+ *   counted, and the run goes on (a message a peer really sent and that was
  *   lost that way ends in the receive's deadline). A well-formed message with
- *   non-finite values fails the link in either case: it is most likely the
- *   peer's diverged training, and summing it would spread NaN everywhere.
- * Liveness comes from the outgoing connection only (see watchOutgoing): a
+ *   non-finite values fails the communicator in either case: it is most
+ *   likely the peer's diverged training, and summing it would spread NaN
+ *   everywhere.
+ * Liveness comes from the outgoing connections only (see watchOutgoing): a
  * port scan on the bound port is a non-event.
  */
 import * as zmq from 'zeromq';
 import { curveClient, curveServer, ZapGate, type KeyPair } from './curve.js';
 import { ToCoordinator, ToPeer, ToWorker } from './protocol.js';
 import { Refusals } from './refusals.js';
+import { SendQueue } from './send-queue.js';
 import { checkEndpoint } from './private-dir.js';
 import { bindAddress, countRefusedHandshakes, receiveLoop, socketOptions, watchOutgoing, type Heartbeat } from './transport.js';
+
+/** A worker this one exchanges with. */
+export interface Peer {
+  rank: number;
+  endpoint: string;
+  /** its CURVE public key (with `own` only) */
+  publicKey?: string;
+}
 
 export interface PeerSocketOptions {
   /** this worker's endpoint (bound) */
   bind: string;
-  /** the endpoint of the worker this one sends to */
-  connect: string;
-  /** names for messages: the peers sent to and received from */
-  sendsTo: string;
-  receivesFrom: string;
+  /** the workers exchanged with: a PUSH connects to each; with keys, the PULL admits each one's key */
+  peers: Peer[];
   heartbeat: Heartbeat;
   maxMessageBytes: number;
-  /** CURVE: this worker's keys, the receive-from peer's public key and the send-to peer's; undefined: plain TCP */
-  keys?: { own: KeyPair; from: string; to: string };
+  /** CURVE: this worker's key pair (every peer then has its publicKey); undefined: plain TCP */
+  own?: KeyPair;
 }
 
 export interface PeerSocketEvents {
   /** a message arrived; throw (any error) to refuse it */
   deliver(frames: Buffer[]): void;
-  /** the link is broken: the reason names the peer */
+  /** the sockets are broken: the reason names the peer when it is known */
   fail(err: Error): void;
 }
 
@@ -67,42 +73,53 @@ export function dropKey(reason: string): string {
 export class PeerSockets {
   /** connections refused in the handshake, and messages dropped (without keys only), by reason */
   readonly dropped = new Refusals();
-  /** zeromq.js allows one send in progress per socket: sends are chained */
-  private sending: Promise<void> = Promise.resolve();
 
-  private constructor(private readonly push: zmq.Push, private readonly pull: zmq.Pull, private readonly release: () => void) {}
+  private constructor(
+    private readonly pull: zmq.Pull,
+    /** by rank: each peer's PUSH and the queue of sends on it */
+    private readonly pushes: Map<number, { push: zmq.Push; queue: SendQueue }>,
+    private readonly release: () => void,
+  ) {}
 
   static async open(opts: PeerSocketOptions, on: PeerSocketEvents): Promise<PeerSockets> {
-    // ipc: both ends in the run's private directory, checked before any socket exists
+    // ipc: every end in the run's private directory, checked before any socket exists
     checkEndpoint(opts.bind);
-    checkEndpoint(opts.connect);
+    for (const p of opts.peers) checkEndpoint(p.endpoint);
+    const { own } = opts;
+    const keyOf = (p: Peer): string => {
+      if (p.publicKey === undefined) throw new Error(`CURVE: expected worker ${p.rank}'s public key, got none`);
+      return p.publicKey;
+    };
     const base = socketOptions(opts.heartbeat, opts.maxMessageBytes);
-    // A domain per bound socket: each admits its own peer (one per process in a run; tests hold several).
+    // A domain per bound socket: each admits its own peers (one per process in a run; tests hold several).
     const domain = `peer@${opts.bind}`;
-    const gate = opts.keys ? await ZapGate.admit(domain, new Set([opts.keys.from])) : undefined;
-    const pull = new zmq.Pull({ ...base, ...(opts.keys ? curveServer(opts.keys.own, domain) : {}) });
-    const push = new zmq.Push({ ...base, sendHighWaterMark: 0, ...(opts.keys ? curveClient(opts.keys.own, opts.keys.to) : {}) });
+    const gate = own ? await ZapGate.admit(domain, new Set(opts.peers.map(keyOf))) : undefined;
+    const pull = new zmq.Pull({ ...base, ...(own ? curveServer(own, domain) : {}) });
+    const pushes = new Map(opts.peers.map((p) => {
+      const push = new zmq.Push({ ...base, sendHighWaterMark: 0, ...(own ? curveClient(own, keyOf(p)) : {}) });
+      return [p.rank, { push, queue: new SendQueue(push) }] as const;
+    }));
+    const sockets = new PeerSockets(pull, pushes, () => gate?.release(domain));
     try {
       await pull.bind(bindAddress(opts.bind));
     } catch (err) {
-      push.close();
-      pull.close();
-      gate?.release(domain);
+      sockets.close();
       throw new Error(`cannot listen on ${opts.bind}: ${(err as Error).message}`);
     }
-    const sockets = new PeerSockets(push, pull, () => gate?.release(domain));
     countRefusedHandshakes(pull, (why) => sockets.drop(why));
-    watchOutgoing(push, opts.sendsTo, (why) => on.fail(new Error(why)));
-    push.connect(opts.connect);
+    for (const p of opts.peers) {
+      const { push } = pushes.get(p.rank)!;
+      watchOutgoing(push, `worker ${p.rank}`, (why) => on.fail(new Error(why)));
+      push.connect(p.endpoint);
+    }
     receiveLoop(pull, (frames) => {
       try {
         on.deliver(frames);
       } catch (err) {
-        const why = `refused a message from ${opts.receivesFrom}: ${(err as Error).message}`;
-        if (opts.keys) on.fail(new Error(why));
+        if (own) on.fail(new Error(`refused a message from a peer: ${(err as Error).message}`));
         else sockets.drop(dropKey((err as Error).message));
       }
-    }, (err) => on.fail(new Error(`link from ${opts.receivesFrom}: ${err.message}`)));
+    }, (err) => on.fail(new Error(`receiving from peers on ${opts.bind}: ${err.message}`)));
     return sockets;
   }
 
@@ -112,24 +129,26 @@ export class PeerSockets {
   }
 
   /**
-   * Queues a message behind the sends before (not awaited: libzmq's I/O
-   * thread sends while the caller computes). `frames` runs when its turn
-   * comes; `handedOver` gets the main thread's part of the send (encoding and
-   * handing the frames to libzmq), ms; a failed send goes to `onError`.
+   * Queues a message to worker `to` behind the sends to it before (not
+   * awaited: libzmq's I/O thread sends while the caller computes); see
+   * SendQueue.send for `frames` and `handedOver`. A failed send goes to `onError`.
    */
-  send(frames: () => Buffer[], handedOver: (t0: number, t1: number) => void, onError: (err: Error) => void): void {
-    this.sending = this.sending.then(() => {
-      const t0 = performance.now();
-      const sent = this.push.send(frames());
-      handedOver(t0, performance.now());
-      return sent;
-    }).catch(onError);
+  send(to: number, frames: () => Buffer[], handedOver: (t0: number, t1: number) => void, onError: (err: Error) => void): void {
+    const peer = this.pushes.get(to);
+    if (peer === undefined) throw new Error(`a send to worker ${to}: this worker sends only to ${describeRanks([...this.pushes.keys()])}`);
+    peer.queue.send(frames, handedOver).catch(onError);
   }
 
   close(): void {
     if (this.pull.closed) return;
     this.pull.close();
-    if (!this.push.closed) this.push.close();
+    for (const { push } of this.pushes.values()) if (!push.closed) push.close();
     this.release();
   }
+}
+
+/** 'workers 0, 2' / 'worker 1' / 'no worker': for messages. */
+export function describeRanks(ranks: number[]): string {
+  if (ranks.length === 0) return 'no worker';
+  return `worker${ranks.length > 1 ? 's' : ''} ${ranks.join(', ')}`;
 }

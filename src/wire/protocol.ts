@@ -15,8 +15,11 @@ import { MAX_WORLD } from '../config/cluster.js';
 import { WIRE_TYPES, type WireType } from '../config/choices.js';
 import { WIRE_BYTES, wireTypeOf, type WireArray } from './bf16.js';
 
-/** 3: setup.peerWaitMs, hello.proof and bye.refused (the hardened cluster); 4: ring and xfer say their frame's wire type and value count. */
-export const PROTOCOL_VERSION = 4;
+/**
+ * 3: setup.peerWaitMs, hello.proof and bye.refused (the hardened cluster); 4: ring and xfer say their frame's wire type and value count;
+ * 5: ring and xfer say their sender's rank (one communicator receives from several workers), xfer keys may name a state gather.
+ */
+export const PROTOCOL_VERSION = 5;
 
 /** The most micro-batches a step may be split into (each has 9 exchanges in flight at most). */
 export const MAX_MICRO_BATCHES = 256;
@@ -136,9 +139,11 @@ export type ToCoordinator = z.infer<typeof ToCoordinator>;
  * encodeToPeer fills both in from the tensor it sends.
  */
 const FrameType = { wire: z.enum(WIRE_TYPES), count: Count };
+/** The sender's rank: a worker's one bound socket receives from every worker it exchanges with. */
+const Sender = { from: Count };
 
 const Ring = z.strictObject({
-  v, kind: z.literal('ring'),
+  v, kind: z.literal('ring'), ...Sender,
   /** collective sequence number: one per training step or state gather, the same on every worker */
   seq: Count, bucket: Count,
   /** reduce-scatter or all-gather */
@@ -147,11 +152,16 @@ const Ring = z.strictObject({
   offset: Count,
   ...FrameType,
 });
-/** A cross-link exchange: '<globalStep>/<micro-batch>/<link>/<fwd|bwd>' in training, 'eval<epoch>/<batch>/<link>/fwd' in evaluation. */
-export const XFER_KEY = /^(\d+\/\d+\/[a-z0-9]+\/(fwd|bwd)|eval\d+\/\d+\/[a-z0-9]+\/fwd)$/;
+/**
+ * A keyed exchange: '<globalStep>/<micro-batch>/<link>/<fwd|bwd>' in training,
+ * 'eval<epoch>/<batch>/<link>/fwd' in evaluation, 'state<n>/<i>/<name>/fwd'
+ * in state gather n. Links are lower-case letters, digits and dots; a state
+ * gather's names also '_' and '-', up to 64 characters.
+ */
+export const XFER_KEY = /^(\d+\/\d+\/[a-z0-9.]+\/(fwd|bwd)|eval\d+\/\d+\/[a-z0-9.]+\/fwd|state\d+\/\d+\/[a-z0-9._-]{1,64}\/fwd)$/;
 const Xfer = z.strictObject({
-  v, kind: z.literal('xfer'),
-  key: z.string().max(128).regex(XFER_KEY, "expected '<step>/<micro>/<link>/<fwd|bwd>' or 'eval<epoch>/<batch>/<link>/fwd'"),
+  v, kind: z.literal('xfer'), ...Sender,
+  key: z.string().max(128).regex(XFER_KEY, "expected '<step>/<micro>/<link>/<fwd|bwd>', 'eval<epoch>/<batch>/<link>/fwd' or 'state<n>/<i>/<name>/fwd'"),
   ...FrameType,
 });
 export const ToPeer = z.discriminatedUnion('kind', [Ring, Xfer]);

@@ -1,7 +1,9 @@
 /**
  * Ring all-reduce (Patarasuk & Yuan 2009; Horovod, NCCL) of gradient buckets
- * over direct worker-to-worker sockets: each worker sends only to its
- * successor (rank + 1) and receives only from its predecessor.
+ * over direct worker-to-worker sockets among a group of workers: each sends
+ * only to its successor in the group and receives only from its predecessor.
+ * `rank` and `world` are the place in the group and its size; `ranks` names
+ * the workers, by place, for messages (the communicator routes the frames).
  *
  * Contract (as PyTorch DDP's reducer): every worker plans the same buckets in
  * the same order from the model description; a bucket of L floats is split
@@ -9,7 +11,8 @@
  * chunk r+1 (`ownedChunk`), N-1 all-gather rounds hand every worker's owned
  * chunk around; each worker sends (N-1)/N × L floats per bucket in each.
  * The two halves are separate calls, so a sharded optimizer (ZeRO stage 1)
- * can update its chunk in between; `allReduce` is both with the average.
+ * can update its chunk in between (the average is a reduce-scatter, the
+ * owned chunk scaled by 1/N, an all-gather).
  *
  * Messages are tagged with a collective sequence number (`begin(seq)`): every
  * worker runs the same collectives in the same order, one training step or
@@ -75,16 +78,15 @@ const mod = (a: number, n: number) => ((a % n) + n) % n;
  */
 export const PIECE_FLOATS = 2 ** 20;
 
-function scale(data: Float32Array, begin: number, end: number, factor: number): void {
-  for (let i = begin; i < end; i++) data[i]! *= factor;
-}
-
 /** [begin, end) of chunk c of a bucket of `size` floats split in `world` chunks. */
 export function chunkRange(size: number, world: number, c: number): [number, number] {
   return [Math.floor((c * size) / world), Math.floor(((c + 1) * size) / world)];
 }
 
-export type SendFrames = (msg: PeerHeader<'ring'>, data: WireArray) => void;
+/** A ring message as the ring sees it: the communicator adds and checks the sender. */
+export type RingHeader = Omit<PeerHeader<'ring'>, 'from'>;
+
+export type SendFrames = (msg: RingHeader, data: WireArray) => void;
 
 /** The chunk of every bucket that worker `rank` holds summed after a reduce-scatter. */
 export const ownedChunk = (rank: number, world: number): number => mod(rank + 1, world);
@@ -109,7 +111,11 @@ export class RingAllReduce {
     readonly world: number,
     private readonly send: SendFrames,
     private readonly waitMs: number,
-  ) {}
+    /** the workers' ranks, by place in the ring (identity when the group is every worker) */
+    private readonly ranks: readonly number[] = Array.from({ length: world }, (_, i) => i),
+  ) {
+    if (ranks.length !== world) throw new Error(`a ring of ${world} named by ${ranks.length} ranks`);
+  }
 
   /** The bucket plan: floats per bucket, in the fixed order every worker uses. */
   configure(bucketSizes: number[]): void {
@@ -138,7 +144,7 @@ export class RingAllReduce {
   }
 
   /** A message from the predecessor (from the socket's receive loop). Throws ProtocolError if unexpected. */
-  deliver(msg: PeerHeader<'ring'>, data: WireArray): void {
+  deliver(msg: RingHeader, data: WireArray): void {
     // The current collective, or the next one: the predecessor may start it before this worker does.
     if (msg.seq !== this.seq && msg.seq !== this.seq + 1) throw new ProtocolError(`ring message for collective ${msg.seq} during collective ${this.seq}`);
     if (msg.bucket >= this.sizes.length) throw new ProtocolError(`ring message for bucket ${msg.bucket}: a step has ${this.sizes.length}`);
@@ -198,7 +204,7 @@ export class RingAllReduce {
    */
   private async receive(bucket: number, phase: 'rs' | 'ag', round: number, length: number, apply: (offset: number, piece: WireArray) => void): Promise<void> {
     const key = `${this.seq}/${bucket}/${phase}/${round}`;
-    const what = `ring ${phase === 'rs' ? 'reduce-scatter' : 'all-gather'} bucket ${bucket} round ${round} from worker ${mod(this.rank - 1, this.world)}`;
+    const what = `ring ${phase === 'rs' ? 'reduce-scatter' : 'all-gather'} bucket ${bucket} round ${round} from worker ${this.ranks[mod(this.rank - 1, this.world)]}`;
     for (let got = 0; got < Math.max(1, length);) {
       if (this.failure) throw this.failure;
       const { offset, data } = await this.box(key).next(this.waitMs, what);
@@ -245,16 +251,5 @@ export class RingAllReduce {
         else data.set(piece, b + offset);
       });
     }
-  }
-
-  /**
-   * Reduce-scatter, the owned chunk scaled by 1/N, all-gather: `data` ends
-   * as the average on every worker. The owner scales before handing the
-   * chunk around, never after (the frames are zero-copy).
-   */
-  async allReduce(bucket: number, data: Float32Array): Promise<void> {
-    const [b, e] = await this.reduceScatter(bucket, data);
-    scale(data, b, e, 1 / this.world);
-    await this.allGather(bucket, data);
   }
 }
