@@ -22,6 +22,8 @@
  * checked by the coordinator: it stops a run whose towers' losses differ by
  * more than 1e-5 relative, which unrounded own halves do (by 3.6e-5 at step 0).
  */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ClusterError } from '../src/run/coordinator.js';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
@@ -63,6 +65,18 @@ function worst(a: Map<string, Float32Array>, b: Map<string, Float32Array>, minus
 }
 
 describe('model-parallel (the 2012 split)', () => {
+  it('2 towers are bit for bit the split before the net could be divided N ways: the recorded losses and weights', async () => {
+    const golden = JSON.parse(readFileSync(new URL('./golden/split-original-tiny.json', import.meta.url), 'utf8')) as { losses: number[]; sha256: string };
+    const s = await split({ ...BASE, init: 'xavier-uniform', augment: true, trainSamples: 24 });
+    expect(s.losses).toEqual(golden.losses);
+    const h = createHash('sha256');
+    for (const name of [...s.params.keys()].sort()) {
+      const d = s.params.get(name)!;
+      h.update(name).update(Buffer.from(d.buffer, d.byteOffset, d.byteLength));
+    }
+    expect(h.digest('hex')).toBe(golden.sha256);
+  });
+
   it('one step: the loss and every parameter gradient match the one-process two-tower net (< 1e-4)', async () => {
     // Plain SGD with lr 1: the update w0 - w1 is the gradient itself.
     const cfg: TrainConfig = { ...BASE, trainSamples: 8, lr: 1, momentum: 0, weightDecay: 0 };
@@ -147,11 +161,11 @@ describe('model-parallel (the 2012 split)', () => {
     expect(r.losses).toHaveLength(64); // 64 steps × 9 exchanges = 576 messages each way
   }, 60_000);
 
-  it('refuses the d2l net or a cluster of three', async () => {
-    await expect(split({ ...BASE, arch: 'd2l', channels: 1 })).rejects.toThrow("--mode model splits the two-tower 'original' net: add --arch original (this run is 'd2l')");
+  it('refuses the d2l net, or a cluster of three for a net of two towers, before any worker starts', async () => {
+    await expect(split({ ...BASE, arch: 'd2l', channels: 1 })).rejects.toThrow("--mode model splits the towered 'original' net: add --arch original (this run is 'd2l')");
     const three = await localCluster(3);
     await expect(train({ cluster: three, workers: three.workers, config: BASE, outDir: tempDir(), mode: 'model', onEvent: spawned.watch(), ...quiet }))
-      .rejects.toThrow('--mode model needs exactly 2 workers, one per tower; the cluster has 3');
+      .rejects.toThrow('--mode model runs 1 replica × 2 towers = 2 workers; the cluster has 3 (set --towers and --replicas so that replicas × towers = workers)');
     expect(spawned.pids, 'workers started for a refused run').toEqual([]);
   });
 });
