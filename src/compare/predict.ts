@@ -26,7 +26,7 @@ import { shapesOf } from '../model/shapes.js';
 import { isWeighted, type LayerSpec, type ModelSpec } from '../model/spec.js';
 import type { Bucket } from '../wire/ring-allreduce.js';
 import {
-  chunkFloats, convLayerNames, firstDense, FLOAT_BYTES, gradientBuckets, hybridExchanges, layerOfParam, modelExchanges,
+  chunkFloats, firstDense, FLOAT_BYTES, gradientBuckets, hybridExchanges, isTrunkParam, layerOfParam, modelExchanges,
   nonNegative, positive, positiveInteger, product, sum, type Exchange, type PredictMode,
 } from './predict-bytes.js';
 import type { ForecastPoint, LayerTiming, LinkMeasure } from './types.js';
@@ -278,10 +278,10 @@ function hybridMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   const scale = i.batch / i.world / i.measuredBatch;
   const convForwardMs = inputMs(i, i.batch / i.world) + sum(conv.map((l) => fwd(l, scale)));
   const fcMs = splitLayersMs(fc, hybridExchanges(i.spec), scale, i.world, i.batch, i.link) + moveMs(hybridExchanges(i.spec), i.batch, i);
-  const convNames = convLayerNames(i.spec);
-  const buckets = gradientBuckets(i.spec, i.bucketBytes, (l) => convNames.has(l));
+  const trunk = isTrunkParam(i.spec);
+  const buckets = gradientBuckets(i.spec, i.bucketBytes, trunk);
   const endMs = backwardWithRing(conv, convForwardMs + fcMs, scale, buckets, i.world, i.link, i.optimizerMsPerParam);
-  const fcParams = sum([...parameterShapes(i.spec)].filter(([n]) => !convNames.has(layerOfParam(n))).map(([, s]) => product(s)));
+  const fcParams = sum([...parameterShapes(i.spec)].filter(([n]) => !trunk(n)).map(([, s]) => product(s)));
   return endMs + i.optimizerMsPerParam * fcParams / i.world + i.overheads.ringMsPerParam * (totalParams(i.spec) - fcParams);
 }
 
