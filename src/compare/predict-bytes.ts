@@ -34,7 +34,7 @@ export interface BytesPerStep {
   sentByLink: Record<string, number>;
 }
 
-/** The ways of training a forecast knows (the runtime's Mode, once it runs hybrid, is the same set). */
+/** The ways of training predicted here, declared here so that a forecast covers hybrid whichever modes the runtime's Mode lists. */
 export type PredictMode = 'single' | 'data' | 'model' | 'hybrid';
 
 export const product = (xs: readonly number[]): number => xs.reduce((a, b) => a * b, 1);
@@ -59,7 +59,7 @@ function equalShards(what: string, batch: number, shards: number): void {
 }
 
 // ---------------------------------------------------------------------------
-// Gradient buckets and the ring (data mode, and the conv half of hybrid)
+// Gradient buckets and the ring (data mode, hybrid's trunk, model mode's replicas)
 // ---------------------------------------------------------------------------
 
 /** The layer a parameter belongs to: `conv1.t0.kernel` → `conv1`. */
