@@ -234,7 +234,7 @@ function ringAndLinks(ring: BytesPerStep | undefined, links: Record<string, numb
 }
 
 /** The names of tower t's parameters (`conv1.t2.kernel`, `conv1.t2.bias`, …): what its replicas all-reduce. */
-export function towerParamNames(spec: ModelSpec, t: number): Set<string> {
+function towerParamNames(spec: ModelSpec, t: number): Set<string> {
   return new Set(spec.layers.filter(isWeighted).flatMap((l) => [paramName(spec, l.name, t, 'kernel'), paramName(spec, l.name, t, 'bias')]));
 }
 
