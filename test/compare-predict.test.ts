@@ -10,6 +10,7 @@ import {
 } from '../bench/split.js';
 import {
   crossLinkFloatsPerSample, dataParallelBytes, FLOAT_BYTES, gradientBuckets, hybridBytes, modelExchanges, modelParallelBytes, predictBytes,
+  predictBytesByRank, ringBytesSent, type PredictMode,
 } from '../src/compare/predict-bytes.js';
 import {
   forecast, forecastLinks, LINK_10_GBIT_S, LINK_100_GBIT_S, predictStepMs, relativeError, transferMs,
@@ -19,7 +20,7 @@ import type { LayerTiming, LinkMeasure } from '../src/compare/types.js';
 import { alexnet } from '../src/model/alexnet.js';
 import { parameterShapes } from '../src/model/build.js';
 import { shapesOf } from '../src/model/shapes.js';
-import type { ModelSpec } from '../src/model/spec.js';
+import { splitUnits, type ModelSpec } from '../src/model/spec.js';
 import { planBuckets, RingAllReduce } from '../src/wire/ring-allreduce.js';
 import type { ToPeer } from '../src/wire/protocol.js';
 
@@ -33,6 +34,56 @@ const SLOW_LINK: LinkMeasure = { latencyMs: 1, bandwidth: 1e6 };
 
 const paramCount = (spec: ModelSpec) => [...parameterShapes(spec).values()].reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
 const sumOf = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a + b, 0);
+const floatsOf = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** The 2012 net small enough to count by hand, in `towers` towers (3 divides conv2, conv5, fc6, fc7 and the 10 classes unevenly). */
+const small = (towers: number) => alexnet({ arch: 'original', width: 1 / 8, resolution: 67, classes: 10, towers });
+
+/**
+ * What model-parallel worker rank = r·T + t of `replicas` rows sends at its
+ * cross links, fp32, counted from the protocol with none of predict-bytes'
+ * helpers: at conv3, fc6, fc7, fc8 its tower's part of the input [b, tw(L−1, t)]
+ * to each of the T−1 others and every other tower's part of the gradient
+ * back; its part of the logits forward. b = batch / replicas.
+ */
+function modelLinksByHand(spec: ModelSpec, replicas: number, rank: number, batch: number): Record<string, number> {
+  const T = spec.towers;
+  const t = rank % T;
+  const b = batch / replicas;
+  const shapes = shapesOf(spec);
+  const tw = (i: number, u: number) => floatsOf(shapes[i]!.towers[u]!.output);
+  const out: Record<string, number> = {};
+  for (const name of ['conv3', 'fc6', 'fc7', 'fc8']) {
+    const i = spec.layers.findIndex((l) => l.name === name);
+    let floats = (T - 1) * b * tw(i - 1, t);
+    for (let u = 0; u < T; u++) if (u !== t) floats += b * tw(i - 1, u);
+    out[name] = floats * 4;
+  }
+  out.logits = (T - 1) * b * tw(spec.layers.length - 1, t) * 4;
+  return out;
+}
+
+/**
+ * What hybrid worker k of N sends at the head, fp32, counted from the
+ * protocol: fc6, its B/N samples' flat features to each of the others and
+ * the others' rows of the gradient back; fc7 and fc8, its units of the
+ * previous dense layer for all B to each of the others and the others' units
+ * of the gradient back; its units of fc8 as logits, forward only.
+ */
+function hybridLinksByHand(spec: ModelSpec, world: number, k: number, batch: number): Record<string, number> {
+  const F = floatsOf(shapesOf(spec)[spec.layers.findIndex((l) => l.kind === 'flatten')]!.outputShape);
+  const dense = spec.layers.filter((l) => l.kind === 'dense');
+  const units = dense.map((l) => splitUnits(l.units, world));
+  const out: Record<string, number> = { fc6: ((world - 1) * (batch / world) * F + (world - 1) * (batch / world) * F) * 4 };
+  for (const [d, name] of [[1, 'fc7'], [2, 'fc8']] as const) {
+    const prev = units[d - 1]!;
+    let floats = (world - 1) * batch * prev[k]!;
+    for (let j = 0; j < world; j++) if (j !== k) floats += batch * prev[j]!;
+    out[name] = floats * 4;
+  }
+  out.logits = (world - 1) * batch * units[2]![k]! * 4;
+  return out;
+}
 
 /**
  * Made-up per-layer times at the measured batch: conv layers dear, dense
@@ -135,7 +186,7 @@ describe('predicted bytes: data-parallel', () => {
 describe('predicted bytes: model-parallel', () => {
   it('equal crossLinkFloatsPerSample × batch × 4, by link conv3, fc6, fc7, fc8, logits for the original net', () => {
     const batch = 128;
-    const predicted = modelParallelBytes(ORIGINAL, batch);
+    const predicted = modelParallelBytes(ORIGINAL, 2, batch, BUCKET_BYTES);
     expect(predicted.bytesSentPerStep).toBe(crossLinkFloatsPerSample(ORIGINAL).total * batch * 4);
     expect(Object.keys(predicted.sentByLink)).toEqual(['conv3', 'fc6', 'fc7', 'fc8', 'logits']);
   });
@@ -145,30 +196,160 @@ describe('predicted bytes: model-parallel', () => {
     expect(links).toEqual({ conv3: 2 * 128 * 13 * 13, fc6: 2 * 128 * 6 * 6, fc7: 2 * 2048, fc8: 2 * 2048, logits: 5 });
   });
 
-  it('on a bf16 wire every bucket and every link of every mode is exactly half of fp32', () => {
-    for (const mode of ['data', 'model', 'hybrid'] as const) {
-      for (const world of [2, 3, 4]) {
-        const fp32 = predictBytes(mode, ORIGINAL, world, 128, BUCKET_BYTES);
-        const bf16 = predictBytes(mode, ORIGINAL, world, 128, BUCKET_BYTES, 'bf16');
-        expect(Object.keys(bf16.sentByLink), `${mode} ×${world}`).toEqual(Object.keys(fp32.sentByLink));
-        for (const [link, bytes] of Object.entries(fp32.sentByLink)) expect(bf16.sentByLink[link], `${mode} ×${world} ${link}`).toBe(bytes / 2);
-        expect(bf16.bytesSentPerStep).toBe(fp32.bytesSentPerStep / 2);
-      }
+  it('the 2012 net on 2 workers: both ranks send what the 2-tower split always has, to the byte', () => {
+    const batch = 128;
+    const perSample = { conv3: 2 * 128 * 13 * 13, fc6: 2 * 128 * 6 * 6, fc7: 2 * 2048, fc8: 2 * 2048, logits: 5 };
+    const expected = Object.fromEntries(Object.entries(perSample).map(([l, f]) => [l, f * batch * 4]));
+    for (const p of predictBytesByRank('model', ORIGINAL, 2, batch, BUCKET_BYTES)) {
+      expect(p.sentByLink).toEqual(expected);
+      expect(p.bytesSentPerStep).toBe(31_066_624);
     }
+  });
+
+  it('T towers, one replica (T = 2, 3, 4, uneven at 3): every rank sends what the rules count, by link', () => {
+    const batch = 24;
+    for (const towers of [2, 3, 4]) {
+      const spec = small(towers);
+      const byRank = predictBytesByRank('model', spec, towers, batch, BUCKET_BYTES);
+      expect(byRank).toHaveLength(towers);
+      byRank.forEach((p, rank) => {
+        expect(p.sentByLink, `${towers} towers, rank ${rank}`).toEqual(modelLinksByHand(spec, 1, rank, batch));
+        expect(Object.keys(p.sentByLink)).toEqual(['conv3', 'fc6', 'fc7', 'fc8', 'logits']);
+        expect(p.bytesSentPerStep).toBe(sumOf(p.sentByLink));
+      });
+      if (towers === 3) expect(new Set(byRank.map((p) => p.bytesSentPerStep)).size, 'uneven towers send different bytes').toBeGreaterThan(1);
+    }
+  });
+
+  it("2 replicas × 2 towers: each worker's exchanges over its row's half of the batch, and a ring of its tower's parameters only", () => {
+    const spec = small(2);
+    const batch = 24;
+    const byRank = predictBytesByRank('model', spec, 4, batch, 2048, 'fp32', 2);
+    byRank.forEach((p, rank) => {
+      const tower = rank % 2;
+      const row = Math.floor(rank / 2);
+      // tower t's parameters in DataParallelReplica's order (reversed), planned alone
+      const planned = planBuckets([...parameterShapes(spec)].filter(([n]) => n.includes(`.t${tower}.`)).reverse()
+        .map(([name, shape]) => ({ name, size: floatsOf(shape) })), 2048);
+      expect(planned.length).toBeGreaterThan(1);
+      const buckets = Object.fromEntries(planned.map((b) => [`bucket ${b.index}`, ringBytesSent(b.size, 2, row)]));
+      expect(p.sentByLink, `rank ${rank}`).toEqual({ ...buckets, ...modelLinksByHand(spec, 2, rank, batch) });
+      expect(p.bytesSentPerStep).toBe(sumOf(p.sentByLink));
+      // on a 2-ring each bucket is its own size once
+      expect(sumOf(buckets)).toBe(planned.reduce((n, b) => n + b.size, 0) * 4);
+    });
+    // the exchanges are one replica's at half the batch
+    expect(byRank[3]!.sentByLink.fc6).toBe(predictBytes('model', spec, 2, batch / 2, 2048, 'fp32', { rank: 1 }).sentByLink.fc6);
+  });
+
+  it("3 replicas × 3 towers: uneven ring chunks by row as well as uneven towers by column", () => {
+    const spec = small(3);
+    const byRank = predictBytesByRank('model', spec, 9, 27, 2048, 'fp32', 3);
+    byRank.forEach((p, rank) => {
+      const tower = rank % 3;
+      const row = Math.floor(rank / 3);
+      const planned = planBuckets([...parameterShapes(spec)].filter(([n]) => n.includes(`.t${tower}.`)).reverse()
+        .map(([name, shape]) => ({ name, size: floatsOf(shape) })), 2048);
+      const buckets = Object.fromEntries(planned.map((b) => [`bucket ${b.index}`, ringBytesSent(b.size, 3, row)]));
+      expect(p.sentByLink, `rank ${rank}`).toEqual({ ...buckets, ...modelLinksByHand(spec, 3, rank, 27) });
+    });
+  });
+
+  it("the mean over a row's ranks is the (N−1)/N form the step-time model prices (crossLinkFloatsPerSample)", () => {
+    const batch = 24;
+    for (const towers of [2, 3, 4]) {
+      const spec = small(towers);
+      const byRank = predictBytesByRank('model', spec, towers, batch, BUCKET_BYTES);
+      const mean = (link: string) => byRank.reduce((n, p) => n + p.sentByLink[link]!, 0) / towers;
+      for (const { link, floats } of crossLinkFloatsPerSample(spec, towers).links) expect(mean(link), `${towers} towers, ${link}`).toBeCloseTo(floats * batch * 4, 6);
+    }
+  });
+
+  it('refuses a world that is not replicas × towers, a one-tower net, a batch the replicas do not divide, a rank outside the world', () => {
+    expect(() => predictBytes('model', small(3), 4, 24, BUCKET_BYTES)).toThrow('model-parallel: expected 1 replica × 3 towers = 3 workers, got 4');
+    expect(() => predictBytes('model', small(2), 6, 24, BUCKET_BYTES, 'fp32', { replicas: 2 })).toThrow('expected 2 replicas × 2 towers = 4 workers, got 6');
+    expect(() => predictBytes('model', D2L, 2, 24, BUCKET_BYTES)).toThrow('expected a net of 2 or more towers');
+    expect(() => predictBytes('model', small(2), 6, 25, BUCKET_BYTES, 'fp32', { replicas: 3 })).toThrow('model-parallel over 3 replicas: expected a batch divisible by 3, got 25');
+    expect(() => predictBytes('model', small(2), 2, 24, BUCKET_BYTES, 'fp32', { rank: 2 })).toThrow('model-parallel rank: expected 0..1, got 2');
+    expect(() => predictBytes('data', small(2), 4, 24, BUCKET_BYTES, 'fp32', { replicas: 2 })).toThrow('data: expected no replicas');
   });
 
   it('bench/split.ts uses the same definition', () => {
     expect(benchCrossLinkFloats).toBe(crossLinkFloatsPerSample);
   });
+});
 
-  it('hybrid sends the conv gradients on the ring plus (N−1)/N of fc6 input, fc6, fc7 outputs both ways and the logits forward', () => {
+describe('predicted bytes: hybrid', () => {
+  it('the conv gradients on the ring plus, on average over the ranks, (N−1)/N of fc6 input, fc6, fc7 outputs both ways and the logits forward', () => {
     const world = 4;
     const batch = 128;
-    const convParams = [...parameterShapes(ORIGINAL)].filter(([n]) => n.startsWith('conv')).reduce((n, [, s]) => n + s.reduce((a, b) => a * b, 1), 0);
+    const convParams = [...parameterShapes(ORIGINAL)].filter(([n]) => n.startsWith('conv')).reduce((n, [, s]) => n + floatsOf(s), 0);
     const fcFloats = 2 * (2 * 128 * 6 * 6 + 2 * 2048 + 2 * 2048) + 10;
-    const predicted = hybridBytes(ORIGINAL, world, batch, BUCKET_BYTES);
-    expect(Object.keys(predicted.sentByLink)).toEqual(['bucket 0', 'fc6', 'fc7', 'fc8', 'logits']);
-    expect(predicted.bytesSentPerStep).toBeCloseTo((2 * (world - 1) / world * convParams + (world - 1) / world * fcFloats * batch) * 4, -2);
+    const byRank = predictBytesByRank('hybrid', ORIGINAL, world, batch, BUCKET_BYTES);
+    for (const p of byRank) expect(Object.keys(p.sentByLink)).toEqual(['bucket 0', 'fc6', 'fc7', 'fc8', 'logits']);
+    const mean = byRank.reduce((n, p) => n + p.bytesSentPerStep, 0) / world;
+    expect(mean).toBeCloseTo((2 * (world - 1) / world * convParams + (world - 1) / world * fcFloats * batch) * 4, 6);
+    expect(byRank[0]).toEqual(hybridBytes(ORIGINAL, world, batch, BUCKET_BYTES));
+  });
+
+  it('N = 2, 3, 4 on d2l and the original net (10 classes over 3 or 4: uneven units): every rank sends what the rules count, by link and bucket', () => {
+    const batch = 24;
+    const bucketBytes = 4096;
+    for (const spec of [D2L, small(2), small(3)]) {
+      for (const world of [2, 3, 4]) {
+        const trunk = new Set(spec.layers.slice(0, spec.layers.findIndex((l) => l.kind === 'dense')).map((l) => l.name));
+        // every tower's conv parameters, in DataParallelReplica's order (reversed), planned over the trunk alone
+        const planned = planBuckets([...parameterShapes(spec)].filter(([n]) => trunk.has(n.split('.')[0]!)).reverse()
+          .map(([name, shape]) => ({ name, size: floatsOf(shape) })), bucketBytes);
+        expect(planned.flatMap((b) => b.params.map((q) => q.name)).some((n) => n.startsWith('fc'))).toBe(false);
+        const byRank = predictBytesByRank('hybrid', spec, world, batch, bucketBytes);
+        byRank.forEach((p, rank) => {
+          const buckets = Object.fromEntries(planned.map((b) => [`bucket ${b.index}`, ringBytesSent(b.size, world, rank)]));
+          expect(p.sentByLink, `${spec.arch} ×${spec.towers} towers on ${world}, rank ${rank}`).toEqual({ ...buckets, ...hybridLinksByHand(spec, world, rank, batch) });
+          expect(p.bytesSentPerStep).toBe(sumOf(p.sentByLink));
+        });
+        if (world !== 2) expect(new Set(byRank.map((p) => p.sentByLink.logits)).size, `10 classes over ${world}`).toBeGreaterThan(1);
+      }
+    }
+  });
+
+  it("divides the head by units over the whole layer, whatever the towers: the 2-, 3- and 4-tower nets' head bytes are the same", () => {
+    const head = (towers: number, rank: number) => {
+      const { sentByLink } = predictBytes('hybrid', small(towers), 3, 24, BUCKET_BYTES, 'fp32', { rank });
+      return ['fc6', 'fc7', 'fc8', 'logits'].map((l) => sentByLink[l]);
+    };
+    for (const rank of [0, 1, 2]) {
+      expect(head(3, rank)).toEqual(head(2, rank));
+      expect(head(4, rank)).toEqual(head(2, rank));
+    }
+  });
+
+  it('refuses a batch the workers do not divide and more workers than the narrowest dense layer has units', () => {
+    expect(() => predictBytes('hybrid', small(2), 4, 30, BUCKET_BYTES)).toThrow('hybrid over 4 workers: expected a batch divisible by 4, got 30');
+    expect(() => predictBytes('hybrid', small(2), 11, 22, BUCKET_BYTES)).toThrow('hybrid: expected at most 10 workers (fc8 has 10 units, one or more per worker), got 11');
+    expect(() => predictBytes('data', small(2), 4, 30, BUCKET_BYTES)).toThrow('data-parallel over 4 workers: expected a batch divisible by 4, got 30');
+    expect(() => predictBytes('single', small(2), 2, 30, BUCKET_BYTES)).toThrow('single: expected 1 worker, got 2');
+  });
+});
+
+describe('predicted bytes: every mode', () => {
+  it('on a bf16 wire every bucket and every link of every rank is exactly half of fp32', () => {
+    const cases: Array<{ mode: PredictMode; spec: ModelSpec; world: number; replicas?: number }> = [
+      ...[2, 3, 4].map((world) => ({ mode: 'data' as const, spec: ORIGINAL, world })),
+      ...[2, 3, 4].flatMap((world) => [D2L, ORIGINAL, small(3)].map((spec) => ({ mode: 'hybrid' as const, spec, world }))),
+      ...[2, 3, 4].flatMap((towers) => [1, 2].map((replicas) => ({ mode: 'model' as const, spec: small(towers), world: towers * replicas, replicas }))),
+    ];
+    for (const { mode, spec, world, replicas } of cases) {
+      const fp32 = predictBytesByRank(mode, spec, world, 96, 4096, 'fp32', replicas);
+      const bf16 = predictBytesByRank(mode, spec, world, 96, 4096, 'bf16', replicas);
+      fp32.forEach((f, rank) => {
+        const what = `${mode} ${spec.arch} ×${spec.towers} on ${world}, rank ${rank}`;
+        const b = bf16[rank]!;
+        expect(Object.keys(b.sentByLink), what).toEqual(Object.keys(f.sentByLink));
+        for (const [link, bytes] of Object.entries(f.sentByLink)) expect(b.sentByLink[link], `${what} ${link}`).toBe(bytes / 2);
+        expect(b.bytesSentPerStep, what).toBe(f.bytesSentPerStep / 2);
+      });
+    }
   });
 });
 
@@ -228,7 +409,7 @@ describe('predicted step time', () => {
   it('model on a slow link is the halved compute plus every exchange sent in turn, dominated by the link', () => {
     const batch = 64;
     const i = inputs({ link: SLOW_LINK, batch });
-    const bytes = modelParallelBytes(ORIGINAL, batch).bytesSentPerStep;
+    const bytes = modelParallelBytes(ORIGINAL, 2, batch, BUCKET_BYTES).bytesSentPerStep;
     const exchanges = 4 * 2 + 1; // conv3, fc6, fc7, fc8 both ways; the logits forward
     const linkMs = (bytes / SLOW_LINK.bandwidth) * 1000 + exchanges * SLOW_LINK.latencyMs;
     const step = predictStepMs('model', i);

@@ -9,14 +9,26 @@
  * Modes:
  *   single - one process, the whole batch.
  *   data   - N replicas, ZeRO-1 over a ring (src/parallel/data-parallel.ts).
- *   model  - the 2012 split (src/parallel/model-parallel.ts); the
- *            implementation runs exactly 2 towers on 2 workers. For N ≠ 2
- *            (forecasts only) the split is generalized: every layer's units
- *            are divided N ways, and each cross link becomes a ring
- *            all-gather forward and a ring reduce-scatter backward.
- *   hybrid - forecasts only (no implementation): Krizhevsky 2014, "One weird
- *            trick for parallelizing convolutional neural networks":
- *            data-parallel conv layers, model-parallel fc layers.
+ *   model  - the 2012 split (src/parallel/model-parallel.ts), R × T workers:
+ *            the net divided into T ≥ 2 towers (--towers), one worker each,
+ *            in R replicas (rows) that each train B/R samples and all-reduce
+ *            each tower's gradients over a ring of its R copies. At each
+ *            cross link a worker sends its tower's part of the input to the
+ *            other T−1 towers of its row forward and their parts of the
+ *            gradient back. The step time here prices one row (R = 1) of
+ *            T = N towers (the forecast's N workers), every worker at the
+ *            mean over the row's ranks; a one-tower net (d2l), never run
+ *            split, is priced as if its layers were divided N ways.
+ *   hybrid - Krizhevsky 2014, "One weird trick for parallelizing
+ *            convolutional neural networks" (src/parallel/hybrid.ts), N
+ *            workers: every worker holds the whole trunk (the conv layers,
+ *            all towers) for its B/N samples, its gradients on a ring over
+ *            all N; the dense layers (the head) are divided N ways by units
+ *            and run on all B samples, their inputs exchanged between the
+ *            workers forward and their gradients backward.
+ * predict-bytes.ts counts each rank's bytes exactly; the time here uses the
+ * mean over the ranks ((N−1)/N of each exchanged tensor), which is what
+ * those exact counts average to.
  *
  * Units: ms for time, bytes for volume, bytes per second for bandwidth;
  * "floats" are float32 values (4 bytes).
@@ -26,7 +38,7 @@ import { shapesOf } from '../model/shapes.js';
 import { isWeighted, type LayerSpec, type ModelSpec } from '../model/spec.js';
 import type { Bucket } from '../wire/ring-allreduce.js';
 import {
-  chunkFloats, convLayerNames, firstDense, FLOAT_BYTES, gradientBuckets, hybridExchanges, layerOfParam, modelExchanges,
+  chunkFloats, firstDense, FLOAT_BYTES, gradientBuckets, hybridExchanges, isTrunkParam, layerOfParam, modelExchanges,
   nonNegative, positive, positiveInteger, product, sum, type Exchange, type PredictMode,
 } from './predict-bytes.js';
 import type { ForecastPoint, LayerTiming, LinkMeasure } from './types.js';
@@ -180,7 +192,7 @@ function backwardWithRing(
   return Math.max(backwardEndMs, linkFreeMs);
 }
 
-/** An exchange over `world` workers at global batch `batch`: N−1 ring rounds of 1/N of the tensor. */
+/** An exchange over `world` workers at global batch `batch`: N−1 sends (one to each other worker) of 1/N of the tensor, the mean part. */
 function exchangeMs(x: Exchange, world: number, batch: number, link: LinkMeasure): number {
   return (world - 1) * transferMs((x.floatsPerSample * batch * FLOAT_BYTES) / world, link);
 }
@@ -241,10 +253,11 @@ function dataMs(layers: TimedLayer[], i: Required<StepInputs>): number {
 }
 
 /**
- * model: every worker computes 1/N of every layer on the whole batch
- * (layer time × B/B₀ / N), and waits at each cross link, forward and
- * backward, for (N−1)·(latency + (floats per sample)·B/N·4 / bandwidth)
- * — for N = 2 one send of the link's bytes; then updates its P/N parameters.
+ * model, one row of N towers: every worker computes its tower, 1/N of every
+ * layer, on the whole batch (layer time × B/B₀ / N), and waits at each cross
+ * link, forward and backward, for (N−1)·(latency + (floats per sample)·B/N·4
+ * / bandwidth) — its tower's part to each other tower, at the mean part; for
+ * N = 2 one send of the link's bytes; then updates its P/N parameters.
  */
 function modelMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   const scale = i.batch / i.measuredBatch / i.world;
@@ -258,11 +271,12 @@ function modelMs(layers: TimedLayer[], i: Required<StepInputs>): number {
  * hybrid (Krizhevsky 2014), N workers, global batch B, B₀ the timed batch:
  *   conv forward on B/N samples:                 Σ_conv fwd × (B/N)/B₀
  *   fc forward on all B, 1/N of each fc's units:  Σ_fc fwd × B/B₀ / N
- *     + before fc6: all-gather x6 [B, D]          (N−1)·(lat + B/N·D·4/bw)
- *     + before fc7, fc8: all-gather h [B, H]      (N−1)·(lat + B/N·H·4/bw)
+ *     + before fc6: x6 [B, D], B/N rows each      (N−1)·(lat + B/N·D·4/bw)
+ *     + before fc7, fc8: h [B, H], H/N units each (N−1)·(lat + B/N·H·4/bw)
  *     + the logits [B, C]                         (N−1)·(lat + B/N·C·4/bw)
- *   fc backward, the same compute and the same exchanges (reduce-scatter)
- *     but none for the logits
+ *     (each worker's part to each other worker, at the mean part)
+ *   fc backward, the same compute and the same exchanges (the others'
+ *     parts of the gradient back to them) but none for the logits
  *   conv backward on B/N samples, with the conv gradients' buckets on the
  *     ring overlapped as in data mode (backwardWithRing); the link is free
  *     for them only once the fc exchanges are over
@@ -278,10 +292,10 @@ function hybridMs(layers: TimedLayer[], i: Required<StepInputs>): number {
   const scale = i.batch / i.world / i.measuredBatch;
   const convForwardMs = inputMs(i, i.batch / i.world) + sum(conv.map((l) => fwd(l, scale)));
   const fcMs = splitLayersMs(fc, hybridExchanges(i.spec), scale, i.world, i.batch, i.link) + moveMs(hybridExchanges(i.spec), i.batch, i);
-  const convNames = convLayerNames(i.spec);
-  const buckets = gradientBuckets(i.spec, i.bucketBytes, (l) => convNames.has(l));
+  const trunk = isTrunkParam(i.spec);
+  const buckets = gradientBuckets(i.spec, i.bucketBytes, trunk);
   const endMs = backwardWithRing(conv, convForwardMs + fcMs, scale, buckets, i.world, i.link, i.optimizerMsPerParam);
-  const fcParams = sum([...parameterShapes(i.spec)].filter(([n]) => !convNames.has(layerOfParam(n))).map(([, s]) => product(s)));
+  const fcParams = sum([...parameterShapes(i.spec)].filter(([n]) => !trunk(n)).map(([, s]) => product(s)));
   return endMs + i.optimizerMsPerParam * fcParams / i.world + i.overheads.ringMsPerParam * (totalParams(i.spec) - fcParams);
 }
 
@@ -360,8 +374,8 @@ const FORECAST_MODES = ['data', 'model', 'hybrid'] as const;
  * Predicted step times of data, model and hybrid at every (workers, link,
  * batch), in that nesting order, with the fastest marked (ties go to the
  * first of data, model, hybrid). Every worker is assumed as fast as the
- * process the layers were timed in; model mode beyond 2 workers is the
- * generalized split (see the file's comment). Batches need not divide
+ * process the layers were timed in; model mode at N workers is one row of
+ * N towers (see the file's comment). Batches need not divide
  * evenly: shards are taken as B/N samples.
  */
 export function forecast(
