@@ -10,6 +10,7 @@ import { splitBench } from './split.js';
 import { transportBench } from './transport.js';
 import { webGpuKernelBench } from './webgpu-kernels.js';
 import { linksBench } from './links.js';
+import { layoutsBench } from './layouts.js';
 
 const program = new Command('bench').description('splitnet benchmarks').showHelpAfterError();
 
@@ -52,6 +53,12 @@ sized('split', 'the 2012 two-tower split over 2 workers vs the two towers in one
   .addOption(num('--micro <m>', 'micro-batches for the second split variant', 4))
   .addOption(dataOption())
   .action(async (o: Sized & { warmup: number; passes: number; micro: number; data: Data }) => splitBench(o));
+
+sized('layouts', 'every layout of the original net (data, the split, hybrid; with --four N-way towers, hybrid ×4 and 2 × 2) vs one process: img/s, bytes vs the shapes, equivalence', { resolution: 99, batch: 64, steps: 4 })
+  .addOption(num('--warmup <n>', 'untimed steps first', 2))
+  .option('--four', 'also the 4-worker layouts (oversubscribed on 2 cores)')
+  .addOption(dataOption())
+  .action(async (o: Sized & { warmup: number; four?: boolean; data: Data }) => layoutsBench({ ...o, four: o.four === true }));
 
 sized('links', 'each mode over a shaped link vs loopback: overlap, micro-batches (and the wire type) where the network costs (root: namespaces and tc)', { resolution: 96, batch: 64, steps: 4 })
   .option('--link <rate>', 'the rate each worker\'s link is shaped to', '1gbit')
