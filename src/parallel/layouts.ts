@@ -160,7 +160,7 @@ export interface OpenContext {
 }
 
 /** A worker's strategy for its layout. */
-export async function openWorkerStrategy(c: OpenContext): Promise<Strategy & { checksum(): string; model: { params: Map<string, { size: number }> } }> {
+export async function openWorkerStrategy(c: OpenContext): Promise<Strategy & { checksum(): string | undefined; model: { params: Map<string, { size: number }> } }> {
   const close = () => c.links.close();
   switch (c.placement.layout) {
     case 'data':

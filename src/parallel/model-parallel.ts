@@ -335,8 +335,9 @@ export class ModelParallelTower implements Strategy {
     else loadModelState(this.model, this.opt!, state);
   }
 
-  checksum(): string {
-    return this.replicated?.checksum() ?? `tower ${this.place.tower}`;
+  /** with replicas, of this tower's weights (its replicas must agree); a tower of its own has nothing to agree with */
+  checksum(): string | undefined {
+    return this.replicated?.checksum();
   }
 
   async close(): Promise<void> {

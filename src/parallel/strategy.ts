@@ -5,10 +5,11 @@
  *
  *   single          the whole net in this process (parallel/single.ts)
  *   data-parallel   one replica per worker (parallel/data-parallel.ts)
- *   model-parallel  one tower per worker (parallel/model-parallel.ts)
+ *   model-parallel  one tower per worker, rows of towers replicated (parallel/model-parallel.ts)
+ *   hybrid          conv layers replicated, fc units split (parallel/hybrid.ts)
  *   a cluster       the coordinator (run/coordinator.ts): fans each call out
  *                   to its workers' strategies and combines their replies
- *                   with the mode's `Combine`
+ *                   with the layout's `Combine` (parallel/combine.ts)
  *
  * Every call is asynchronous; the step is addressed by (epoch, step): each
  * process builds its own batch (or shard) from the run's keyed data order.
@@ -20,9 +21,9 @@ export interface StepInput {
   epoch: number;
   step: number;
   lr: number;
-  /** also report a weight checksum (data-parallel replicas compare them) */
+  /** also report a checksum of the replicated weights (the coordinator compares replicas'; a layout without replicas reports none) */
   checksum?: boolean;
-  /** data-parallel: start each gradient bucket's reduction while backward still runs (default) */
+  /** a layout with a ring (data, hybrid's conv layers): start each gradient bucket's reduction while backward still runs (default) */
   overlap?: boolean;
 }
 

@@ -255,7 +255,7 @@ export class Cluster implements Strategy {
   }
 
   /** Workers that replicate parameters (a ring's members) must hold the same ones. */
-  private checkReplicas(sums: string[], what: string): void {
+  private checkReplicas(sums: Array<string | undefined>, what: string): void {
     const rings = new Set(sums.map((_, r) => placeWorker(this.opts.placement, r).ring.join(',')));
     for (const ring of rings) {
       const ranks = ring.split(',').map(Number);

@@ -72,7 +72,8 @@ interface Opened {
   strategy: Strategy;
   /** the parameters this worker holds (its ready message counts them) */
   model: { params: Map<string, { size: number }> };
-  checksum: () => string;
+  /** of the weights it replicates; undefined where it holds weights no other worker holds */
+  checksum: () => string | undefined;
   dropped: Refusals;
   /** the net's parameter names in order: a loaded state is sorted by them */
   order: string[];
@@ -143,7 +144,8 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
     opened = await openStrategy(args, setup, cfg, linkBroken);
     if (coordinatorGone) throw new WorkerFailure('the coordinator left during the set-up');
     const { strategy } = opened;
-    await sendUp({ kind: 'ready', checksum: opened.checksum(), backend: backendLabel(backend), params: [...opened.model.params.values()].reduce((n, v) => n + v.size, 0) });
+    const checksum = opened.checksum();
+    await sendUp({ kind: 'ready', ...(checksum !== undefined ? { checksum } : {}), backend: backendLabel(backend), params: [...opened.model.params.values()].reduce((n, v) => n + v.size, 0) });
 
     for (;;) {
       const { msg, tensors } = await fromCoordinator.next(IDLE_MS, 'the next command');
@@ -179,7 +181,8 @@ export async function runWorker(args: WorkerArgs): Promise<number> {
         case 'load': {
           const state: TrainState = mergeStates([msg.tensors.map((m, i) => ({ ...m, data: tensors[i]! }))], opened.order);
           await strategy.load(state);
-          await sendUp({ kind: 'loaded', checksum: opened.checksum() });
+          const checksum = opened.checksum();
+          await sendUp({ kind: 'loaded', ...(checksum !== undefined ? { checksum } : {}) });
           break;
         }
         case 'shutdown':

@@ -83,7 +83,8 @@ const Hello = z.strictObject({
   v, kind: z.literal('hello'), rank: Count, pid: z.number().int().positive(), host: z.string(), device: z.string(),
   proof: z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 hex characters').optional(),
 });
-const Ready = z.strictObject({ v, kind: z.literal('ready'), checksum: z.string(), backend: z.string(), params: Count });
+/** `checksum`: of the weights a worker replicates (absent for a tower of its own: nothing to compare it with) */
+const Ready = z.strictObject({ v, kind: z.literal('ready'), checksum: z.string().optional(), backend: z.string(), params: Count });
 /** Spans one step may report: enough for every ring piece of AlexNet's buckets, bounded so a report cannot balloon. */
 export const MAX_STEP_SPANS = 10_000;
 /** Links and buckets one step may report per link (AlexNet has 5 cross links; the default 25 MiB buckets make 10 of the full net). */
@@ -117,7 +118,7 @@ const StepDone = z.strictObject({
 });
 const EvalDone = z.strictObject({ v, kind: z.literal('evalDone'), epoch: Count, correct: Count, lossSum: z.number(), samples: Count });
 const State = z.strictObject({ v, kind: z.literal('state'), tensors: z.array(TensorMeta) });
-const Loaded = z.strictObject({ v, kind: z.literal('loaded'), checksum: z.string() });
+const Loaded = z.strictObject({ v, kind: z.literal('loaded'), checksum: z.string().optional() });
 const WorkerError = z.strictObject({ v, kind: z.literal('error'), reason: z.string() });
 /** Reasons a refusal may be counted under, at most: a flood of garbage cannot make a report balloon. */
 export const MAX_REFUSAL_REASONS = 64;
