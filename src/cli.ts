@@ -18,8 +18,9 @@ import { WIRE_TYPES, type WireType } from './config/choices.js';
 import { LAYOUTS } from './parallel/layouts.js';
 import { commandLineConfig, newRunConfig, type RecipeName } from './config/train-flags.js';
 import { train, type Mode } from './run/loop.js';
-import { loadClusterConfig, type ClusterConfig, type WorkerSpec } from './config/cluster.js';
-import { planDevices, type WorkerCommandOverride } from './run/launcher.js';
+import { loadClusterConfig, type ClusterConfig } from './config/cluster.js';
+import type { WorkerCommandOverride } from './run/launcher.js';
+import { placeRun } from './run/placement-plan.js';
 import { readSlurmStep, slurmRole } from './run/slurm.js';
 import { runSlurmWorker } from './run/slurm-worker.js';
 import { runWorker } from './run/worker.js';
@@ -27,7 +28,6 @@ import { readWorkerStdin } from './run/worker-secrets.js';
 import type { Heartbeat } from './wire/transport.js';
 import { readWorkerKeys, writeRunKeys } from './wire/key-file.js';
 import { formatRunSummary } from './run/summary.js';
-import { parseLinkRate, shapeLinks } from './run/shaped-network.js';
 import { parseEchoPlan, runEcho } from './wire/link-probe.js';
 import { createInterface } from 'node:readline';
 
@@ -307,43 +307,21 @@ async function runTrain(o: TrainFlags, g: GlobalFlags, placed?: { cluster: Clust
   const config: TrainConfig = o.resume !== undefined ? CPU_DEFAULTS : newRunConfig(given, o.recipe);
   if (o.resume === undefined) specOf(config); // checks the size now, not after loading data
   const outDir = o.resume ?? o.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
-  let mode = o.mode;
-  let workers: WorkerSpec[] = [];
-  let cluster: ClusterConfig | undefined;
-  if (mode !== 'single' && placed !== undefined) {
-    cluster = placed.cluster;
-    workers = cluster.workers;
-  } else if (mode !== 'single') {
-    cluster = loadClusterConfig(o.config ?? 'cluster.config.json');
-    const plan = planDevices(cluster);
-    if (plan.single !== undefined) {
-      console.log(`splitnet: ${plan.single}`);
-      mode = 'single';
-    } else {
-      if (plan.note !== undefined) console.log(`splitnet: ${plan.note}`);
-      workers = plan.workers;
-    }
-  }
-  // Flags for a mode the run does not have are refused (loop.ts), except after a fallback to one process, which says so above.
-  const fellBack = mode !== o.mode;
-  const link = o.link === undefined ? undefined : parseLinkRate(o.link);
-  if (link !== undefined && (mode === 'single' || cluster === undefined)) throw new UsageError(`--link ${link.text}: a one-process run has no link to shape`);
-  const shaped = link !== undefined && cluster !== undefined ? shapeLinks(cluster, workers, link, o.insecure === true) : undefined;
-  if (shaped !== undefined) {
-    console.log(`splitnet: ${workers.length} workers in network namespaces, each behind a ${link!.text} link (tc tbf)`);
-    cluster = shaped.cluster;
-    workers = shaped.cluster.workers;
-  }
+  const where = placeRun({
+    mode: o.mode as Mode, ...(o.config !== undefined ? { config: o.config } : {}), ...(placed ? { placed } : {}),
+    ...(o.link !== undefined ? { link: o.link } : {}), insecure: o.insecure === true, log: (l) => console.log(l),
+  });
+  // Flags for a mode the run does not have are refused (layouts.ts), except after a fallback to one process, which says so above.
+  const kept = !where.fellBack;
   const result = await train({
-    config, outDir, resume: o.resume !== undefined, mode: mode as Mode, progress: o.progress, insecure: o.insecure === true,
+    config, outDir, resume: o.resume !== undefined, mode: where.mode, progress: o.progress, insecure: o.insecure === true,
     ...(o.resume !== undefined ? { resumeGiven: given } : {}),
-    ...(cluster && !fellBack ? { cluster, workers } : {}),
-    ...(o.microBatches !== undefined && !fellBack ? { microBatches: o.microBatches } : {}),
-    ...(o.replicas !== undefined && !fellBack ? { replicas: o.replicas } : {}),
-    ...(o.overlap === false && !fellBack ? { overlap: false } : {}),
-    ...(placed ? { workerCommand: placed.workerCommand } : {}),
-    ...(shaped ? { workerCommand: shaped.network.workerCommand } : {}),
-  }).finally(() => shaped?.network.close());
+    ...(where.cluster ? { cluster: where.cluster, workers: where.workers } : {}),
+    ...(o.microBatches !== undefined && kept ? { microBatches: o.microBatches } : {}),
+    ...(o.replicas !== undefined && kept ? { replicas: o.replicas } : {}),
+    ...(o.overlap === false && kept ? { overlap: false } : {}),
+    ...(where.workerCommand ? { workerCommand: where.workerCommand } : {}),
+  }).finally(() => where.network?.close());
   console.log(formatRunSummary(result, outDir));
   if (result.stoppedBy !== undefined) throw new RunStopped(result.stoppedBy, `stopped by ${result.stoppedBy}: continue with --resume ${outDir}`);
 }

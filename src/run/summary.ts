@@ -13,7 +13,7 @@ export function formatRunSummary(r: TrainResult, outDir: string): string {
     last ? `  final test accuracy ${(last.accuracy * 100).toFixed(2)}% on ${last.samples} images` : '  no epoch finished in this run',
     `  run directory    ${outDir} (metrics.jsonl; checkpoint.manifest.json names the checkpoint's .safetensors and .json)`,
     r.finished ? '' : `  not finished: continue with --resume ${outDir}`,
-    `splitnet compare runs single, data- and model-parallel side by side on this net and explains the difference: npx splitnet compare`,
+    `splitnet compare runs single, data, model and hybrid side by side on this net and explains the difference: npx splitnet compare`,
   ];
   return lines.filter((l, i) => l !== '' || i === 0).join('\n');
 }
