@@ -19,7 +19,7 @@ import { lossAndGrads } from '../model/engine.js';
 import type { RingAllReduce } from '../wire/ring-allreduce.js';
 import { evaluate } from './evaluate.js';
 import { ReplicatedParams } from './replicated-params.js';
-import { StepTimeline } from './step-timing.js';
+import { StepMeter } from './step-timing.js';
 import { testShard } from './test-shard.js';
 import type { EvalResult, StepInput, StepResult, Strategy } from './strategy.js';
 
@@ -58,16 +58,14 @@ export class DataParallelReplica implements Strategy {
   }
 
   async step(s: StepInput): Promise<StepResult> {
-    const timeline = new StepTimeline();
+    // Waiting is the event loop's idle time: the chunk updates and sends that run
+    // between ring rounds after backward are work, not waiting.
+    const meter = new StepMeter(this.ring, [this.ring.traffic]);
+    const { timeline } = meter;
     const { t0 } = timeline;
     const shard = this.cfg.batch / this.world;
     const { x, y } = this.batches.batch(s.epoch, s.step, this.rank * shard, shard);
     timeline.span('compute', 'input batch', t0, performance.now());
-    const sentBefore = this.ring.bytesSent;
-    this.ring.traffic.take(); // what arrived between steps (late pieces of the last all-gather) is not this step's
-    // Waiting is the event loop's idle time: the chunk updates and sends that run
-    // between ring rounds after backward are work, not waiting (as in model-parallel).
-    const loopBefore = performance.eventLoopUtilization();
     this.replicated.begin(s.lr, s.overlap !== false, timeline);
     try {
       const { loss, grads: produced } = await lossAndGrads(this.model, x, y, {
@@ -88,15 +86,14 @@ export class DataParallelReplica implements Strategy {
       const reduced = performance.now();
       this.replicated.loadIntoModel();
       const loaded = performance.now();
-      const waitMs = performance.eventLoopUtilization(loopBefore).idle;
-      const traffic = this.ring.traffic.take();
+      const { waitMs, bytesSent, traffic } = meter.finish();
       timeline.span('compute', 'forward + backward', t0, backwardEnd);
       // the ring after backward: its idle share is waitMs, the chunk updates and sends inside it are drawn too
       timeline.span('wait', 'all-reduce after backward', backwardEnd, reduced);
       timeline.span('optimizer', 'weights into the model', reduced, loaded);
       timeline.traffic({ sends: traffic.sends, waits: [] }); // the ring's waits are inside 'all-reduce after backward'
       return {
-        loss: value, samples: shard, computeMs: performance.now() - t0 - waitMs, waitMs, bytesSent: this.ring.bytesSent - sentBefore,
+        loss: value, samples: shard, computeMs: performance.now() - t0 - waitMs, waitMs, bytesSent,
         tensors: tf.memory().numTensors,
         ...(s.checksum ? { checksum: this.replicated.checksum() } : {}),
         detail: timeline.detail({

@@ -64,7 +64,7 @@ import { evaluate } from './evaluate.js';
 import { firstDenseIndex, headSpec, initialHead, netOf, shardOf, trunkSpec } from './head-shards.js';
 import { crossLinks, type Peers } from './model-parallel.js';
 import { ReplicatedParams } from './replicated-params.js';
-import { StepTimeline } from './step-timing.js';
+import { StepMeter } from './step-timing.js';
 import type { EvalResult, StepInput, StepResult, Strategy } from './strategy.js';
 
 export class HybridWorker implements Strategy {
@@ -116,18 +116,15 @@ export class HybridWorker implements Strategy {
   }
 
   async step(s: StepInput): Promise<StepResult> {
-    const timeline = new StepTimeline();
-    const { t0 } = timeline;
     const { cfg, peers, ring } = this;
+    const meter = new StepMeter(peers, [peers.traffic, ring.traffic]);
+    const { timeline } = meter;
+    const { t0 } = timeline;
     const n = this.world;
     const shard = cfg.batch / n;
     const { x, y } = this.batches.batch(s.epoch, s.step, this.rank * shard, shard);
     timeline.span('compute', 'input batch', t0, performance.now());
-    const sentBefore = peers.bytesSent;
-    peers.traffic.take();
-    ring.traffic.take();
     peers.forgetSeen();
-    const loopBefore = performance.eventLoopUtilization();
     const spans = timeline.layers();
     const dropout = (firstSample: number) => ({ seed: cfg.seed, step: s.globalStep, firstSample });
     const prefix = `${s.globalStep}/0`;
@@ -175,22 +172,19 @@ export class HybridWorker implements Strategy {
       this.replicated.loadIntoModel();
       const loaded = performance.now();
       const value = await readScalar(loss);
-      const waitMs = performance.eventLoopUtilization(loopBefore).idle;
-      const traffic = peers.traffic.take();
-      const rt = ring.traffic.take();
-      for (const [k, v] of Object.entries(rt.sentBy)) traffic.sentBy[k] = (traffic.sentBy[k] ?? 0) + v;
+      const { waitMs, bytesSent, traffic } = meter.finish();
       timeline.span('compute', 'forward + backward', t0, backwardEnd);
       timeline.span('optimizer', 'sgd (fc units)', u0, u1);
       timeline.span('wait', 'all-reduce (conv) after backward', u1, reduced);
       timeline.span('optimizer', 'weights into the model', reduced, loaded);
-      timeline.traffic({ sends: [...traffic.sends, ...rt.sends], waits: traffic.waits });
+      timeline.traffic(traffic);
       return {
         loss: value, samples: cfg.batch, computeMs: performance.now() - t0 - waitMs, waitMs,
-        bytesSent: peers.bytesSent - sentBefore, tensors: tf.memory().numTensors,
+        bytesSent, tensors: tf.memory().numTensors,
         ...(s.checksum ? { checksum: this.replicated.checksum() } : {}),
         detail: timeline.detail({
-          sendMs: traffic.sendMs + rt.sendMs, optimizerMs: (u1 - u0) + this.replicated.optimizerMs + (loaded - reduced),
-          bytesReceived: traffic.receivedBytes + rt.receivedBytes, sentByLink: traffic.sentBy, backendBytes,
+          sendMs: traffic.sendMs, optimizerMs: (u1 - u0) + this.replicated.optimizerMs + (loaded - reduced),
+          bytesReceived: traffic.receivedBytes, sentByLink: traffic.sentBy, backendBytes,
         }),
       };
     } catch (err) {

@@ -54,7 +54,7 @@ import type { RingAllReduce } from '../wire/ring-allreduce.js';
 import type { Traffic } from '../wire/traffic.js';
 import { evaluate } from './evaluate.js';
 import { ReplicatedParams } from './replicated-params.js';
-import { StepTimeline } from './step-timing.js';
+import { StepMeter, type StepTimeline } from './step-timing.js';
 import { testShard } from './test-shard.js';
 import type { EvalResult, StepInput, StepResult, Strategy } from './strategy.js';
 
@@ -189,16 +189,11 @@ export class ModelParallelTower implements Strategy {
   get rank(): number { return this.place.row[this.place.tower]!; }
 
   async step(s: StepInput): Promise<StepResult> {
-    const timeline = new StepTimeline();
+    // Time this process sat idle, awaiting the other towers (and its replicas' ring).
+    const meter = new StepMeter(this.link, [this.link.traffic, ...(this.replicated ? [this.replicated.traffic] : [])]);
+    const { timeline } = meter;
     const { t0 } = timeline;
-    const { link, cfg } = this;
-    // Time this process sat idle, awaiting the other tower: with pipelined
-    // micro-batches the waits overlap each other and other micro-batches' compute,
-    // so they are measured as the event loop's idle time, not summed.
-    const loopBefore = performance.eventLoopUtilization();
-    const sentBefore = link.bytesSent;
-    link.traffic.take(); // evaluation's exchanges are not this step's
-    this.replicated?.traffic.take();
+    const { link } = this;
     link.forgetSeen();
     const { micro, deferred } = await this.runMicroBatches(s, timeline);
     const backendBytes = tf.memory().numBytes;
@@ -215,15 +210,7 @@ export class ModelParallelTower implements Strategy {
     let lossSum = 0;
     for (const r of micro) lossSum += await readScalar(r.loss);
     tf.dispose(micro.map((r) => r.loss));
-    const waitMs = performance.eventLoopUtilization(loopBefore).idle;
-    const traffic = link.traffic.take();
-    if (this.replicated) {
-      const ring = this.replicated.traffic.take();
-      traffic.sends.push(...ring.sends);
-      traffic.sendMs += ring.sendMs;
-      traffic.receivedBytes += ring.receivedBytes;
-      for (const [k, v] of Object.entries(ring.sentBy)) traffic.sentBy[k] = (traffic.sentBy[k] ?? 0) + v;
-    }
+    const { waitMs, bytesSent, traffic } = meter.finish();
     // The micro-batches' compute and their waits on the other tower interleave: one span around them, each layer's inside it.
     timeline.span('compute', `forward + backward (${this.microBatches} micro-batch${this.microBatches > 1 ? 'es' : ''}, waits inside)`, t0, g0);
     timeline.span('compute', 'average gradients', g0, u0);
@@ -232,7 +219,7 @@ export class ModelParallelTower implements Strategy {
     timeline.traffic(traffic);
     return {
       loss: lossSum / micro.length, samples: this.rowBatch, computeMs: Math.max(0, performance.now() - t0 - waitMs), waitMs,
-      bytesSent: link.bytesSent - sentBefore, tensors: tf.memory().numTensors,
+      bytesSent, tensors: tf.memory().numTensors,
       ...(s.checksum && this.replicated ? { checksum: this.replicated.checksum() } : {}),
       detail: timeline.detail({ sendMs: traffic.sendMs, optimizerMs, bytesReceived: traffic.receivedBytes, sentByLink: traffic.sentBy, backendBytes }),
     };

@@ -45,3 +45,38 @@ export class StepTimeline {
     return { ...figures, rssBytes: process.memoryUsage().rss, spans: [...layers, ...this.spans] };
   }
 }
+
+/**
+ * What a step sent and how long it sat idle awaiting peers, measured the same
+ * way by every strategy that talks: bytes from the communicator's counter
+ * (keyed tensors and ring pieces alike), waits as the event loop's idle time
+ * (with pipelined micro-batches or a ring running behind backward, the waits
+ * overlap each other and compute, so they are not summed), and the traffic of
+ * every source merged into one report.
+ */
+export class StepMeter {
+  readonly timeline = new StepTimeline();
+  private readonly loop = performance.eventLoopUtilization();
+  private readonly sentBefore: number;
+
+  constructor(private readonly counter: { bytesSent: number }, private readonly sources: Array<{ take(): TrafficReport }>) {
+    this.sentBefore = counter.bytesSent;
+    for (const s of sources) s.take(); // what arrived between steps (evaluation's exchanges, the last all-gather's late pieces) is not this step's
+  }
+
+  /** The step's waits, bytes and traffic so far; call once, at its end. */
+  finish(): { waitMs: number; bytesSent: number; traffic: TrafficReport } {
+    const waitMs = performance.eventLoopUtilization(this.loop).idle;
+    const traffic: TrafficReport = { sentBytes: 0, receivedBytes: 0, sendMs: 0, sentBy: {}, sends: [], waits: [] };
+    for (const s of this.sources) {
+      const t = s.take();
+      traffic.sentBytes += t.sentBytes;
+      traffic.receivedBytes += t.receivedBytes;
+      traffic.sendMs += t.sendMs;
+      for (const [k, v] of Object.entries(t.sentBy)) traffic.sentBy[k] = (traffic.sentBy[k] ?? 0) + v;
+      traffic.sends.push(...t.sends);
+      traffic.waits.push(...t.waits);
+    }
+    return { waitMs, bytesSent: this.counter.bytesSent - this.sentBefore, traffic };
+  }
+}
