@@ -73,9 +73,11 @@ export function estimateMemory(spec: ModelSpec, batch: number, evalBatch: number
   };
 }
 
-/** The samples one process computes at once: the global batch, or its shard in data mode. */
-export function perProcessBatch(mode: string, batch: number, workers: number): number {
-  return mode === 'data' && workers > 0 ? Math.ceil(batch / workers) : batch;
+/** The samples one process computes at once: the global batch, or its shard (data, hybrid; a row's in model mode with replicas). */
+export function perProcessBatch(mode: string, batch: number, workers: number, replicas = 1): number {
+  // data: a replica's shard; hybrid: the conv layers' shard (they hold the activations that count); model: a row's shard
+  if ((mode === 'data' || mode === 'hybrid') && workers > 0) return Math.ceil(batch / workers);
+  return mode === 'model' ? Math.ceil(batch / replicas) : batch;
 }
 
 /**
