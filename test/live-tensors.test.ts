@@ -1,7 +1,8 @@
 /**
  * No mode leaks backend tensors: the live tensor count after each step is
  * the same from the second step on (the first creates the momentum buffers),
- * in one process and on every worker of a data- or model-parallel run.
+ * in one process and on every worker of every layout: data, the split
+ * (with micro-batches), hybrid, and 2 replicas × 2 towers.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
@@ -41,6 +42,21 @@ describe('the live tensor count stays flat over a run', () => {
       cluster: await localCluster(2), ...quiet,
     });
     expect(r.stats[0]!.tensors).toHaveLength(2);
+    for (const counts of countsAfterFirst(r)) expect(new Set(counts).size, `counts ${counts}`).toBe(1);
+  });
+
+  it('hybrid, 2 workers, 4 steps', async () => {
+    const r = await train({ config: CONFIG, outDir: tempDir(), mode: 'hybrid', cluster: await localCluster(2), ...quiet });
+    expect(r.stats[0]!.tensors).toHaveLength(2);
+    for (const counts of countsAfterFirst(r)) expect(new Set(counts).size, `counts ${counts}`).toBe(1);
+  });
+
+  it('2 replicas × 2 towers, 4 workers, 4 steps', async () => {
+    const r = await train({
+      config: { ...CONFIG, arch: 'original', channels: 3, init: 'xavier-uniform' }, outDir: tempDir(), mode: 'model', replicas: 2,
+      cluster: await localCluster(4), ...quiet,
+    });
+    expect(r.stats[0]!.tensors).toHaveLength(4);
     for (const counts of countsAfterFirst(r)) expect(new Set(counts).size, `counts ${counts}`).toBe(1);
   });
 });
