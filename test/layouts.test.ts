@@ -98,6 +98,17 @@ describe('every layout trains the one-process net', () => {
     }
   });
 
+  it('a hybrid checkpoint (its fc units and momentum gathered into the net\'s names) resumes in the 2 × 2 grid to the weights of a run that never stopped', async () => {
+    const cfg = { ...ORIGINAL, batch: 8, trainSamples: 24 };
+    const whole = await train({ config: cfg, outDir: tempDir(), ...quiet });
+    const dir = tempDir();
+    await cluster('hybrid', 2, cfg, { outDir: dir, maxSteps: 1 });
+    const resumed = await cluster('model', 4, cfg, { outDir: dir, resume: true, replicas: 2 });
+    const err = worst(resumed.params, whole.params);
+    console.log(`hybrid, 1 step, resumed in 2 × 2: worst relative weight error ${err.toExponential(2)}`);
+    expect(err).toBeLessThan(TOLERANCE);
+  });
+
   it('refuses a grid whose replicas × towers is not the worker count, naming both', async () => {
     await expect(cluster('model', 4, { ...ORIGINAL, batch: 8 }, { replicas: 3 }))
       .rejects.toThrow('--mode model runs 3 replicas × 2 towers = 6 workers; the cluster has 4 (set --towers and --replicas so that replicas × towers = workers)');
