@@ -18,7 +18,9 @@
  *      mutations of valid ones (made with the project's own encoders: bits
  *      flipped, frames truncated, duplicated, added, dropped, resized,
  *      headers swapped for other msgpack), and some valid forgeries as they
- *      are (a 'stepDone' under routing id w0);
+ *      are (a 'stepDone' under routing id w0); headers carry the current
+ *      protocol version as well as others, so well-versioned garbage is
+ *      part of the mix;
  *  (c) the same with CURVE and a key of their own, against the real server
  *      public keys (the run's keys come from a key file, as a stranger who
  *      read a public key somewhere would know them).
@@ -59,7 +61,7 @@ import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
 import { train, type TrainResult } from '../src/run/loop.js';
 import type { RunKeys } from '../src/wire/curve.js';
 import { writeRunKeys } from '../src/wire/key-file.js';
-import { decodeToCoordinator, decodeToPeer, encodeToCoordinator, encodeToPeer } from '../src/wire/protocol.js';
+import { decodeToCoordinator, decodeToPeer, encodeToCoordinator, encodeToPeer, PROTOCOL_VERSION } from '../src/wire/protocol.js';
 import { endpoint } from '../src/wire/transport.js';
 import { alive, localCluster, Spawned } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';
@@ -149,11 +151,12 @@ function validToPeer(r: Rand): Buffer[] {
   return encodeToPeer({ kind: 'xfer', from: r.int(3), key: `${r.int(STEPS + 2)}/0/${r.pick(['conv3', 'fc6', 'fc7', 'fc8', 'logits'])}/${r.pick(['fwd', 'bwd'])}` }, [r.floats(n)]);
 }
 
-/** A random msgpack value where a header goes: right version and kinds, wrong everything else. */
+/** A random msgpack value where a header goes: mostly the right version (the current one) and kinds, wrong everything else. */
 function randomHeader(r: Rand): Buffer {
+  const V = PROTOCOL_VERSION;
   const kinds = ['hello', 'ready', 'stepDone', 'bye', 'ring', 'xfer', 'setup', 'step', '', 'x'.repeat(300)];
-  const any = (): unknown => r.pick<unknown>([null, true, -1, 2 ** 40, 1.5, NaN, 'w0', r.hex(8), [1, 2], { v: 2 }, Buffer.alloc(3)]);
-  const h: Record<string, unknown> = { v: r.pick([2, 2, 2, 1, 99, '2', null]), kind: r.pick(kinds) };
+  const any = (): unknown => r.pick<unknown>([null, true, -1, 2 ** 40, 1.5, NaN, 'w0', r.hex(8), [1, 2], { v: V }, Buffer.alloc(3)]);
+  const h: Record<string, unknown> = { v: r.pick([V, V, V, V - 1, 2, 1, 99, String(V), null]), kind: r.pick(kinds) };
   for (let i = r.int(6); i > 0; i--) h[r.pick(['rank', 'seq', 'key', 'loss', 'tensors', 'refused', 'proof', 'zzz'])] = any();
   return r.int(8) === 0 ? packr.pack(r.pick<unknown>([[1, 2, 3], 'text', 42, null, h])) : packr.pack(h);
 }
@@ -642,6 +645,8 @@ async function fuzzedPlain(overrides: Record<string, unknown>, seed: number, tit
   // Messages that do not decode are dropped by the workers, counted by reason.
   const undecodable = sum(refusals, 'workers') - sum(refusals, 'workers', /^handshake /);
   expect(undecodable).toBeGreaterThan(0);
+  // Garbage of the current protocol version gets past the version check and is refused by the schema.
+  expect(sum(refusals, 'workers', /^bad '.*' message/)).toBeGreaterThan(0);
   // A reason is the decoder's words, not the stranger's (what it quoted is left out): printable ASCII.
   for (const x of refusals) expect(x.reason).toMatch(/^[\x20-\x7e…]*$/);
   // Port scans and garbage are handshake failures.
