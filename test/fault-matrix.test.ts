@@ -1,8 +1,9 @@
 /**
- * The fault matrix: a worker SIGKILLed or SIGSTOPped in each phase of each
- * mode fails the run with a ClusterError that names it and the reason, soon
- * after the signal, and leaves no process behind (a stopped worker cannot
- * exit by itself: the coordinator's close() must kill it).
+ * The fault matrix: a worker SIGKILLed or SIGSTOPped in a phase of a layout
+ * (the phases chosen below) fails the run with a ClusterError that names it
+ * and the reason, soon after the signal, and leaves no process behind (a
+ * stopped worker cannot exit by itself: the coordinator's close() must kill
+ * it) and no port taken.
  *
  * The fault lands inside its phase, not near it: test/fixtures/fault-hook.mjs,
  * preloaded into the workers, makes worker 1 send itself the signal at a
@@ -19,6 +20,32 @@
  * - stop: the signal to train()'s rejection, once every worker has exited;
  *   for a stopped worker that is an abort nobody reads, shutdownGraceMs for
  *   the exits, SIGTERM (held while stopped), shutdownGraceMs, SIGKILL.
+ * After each case every port of the run (the coordinator's and each worker's
+ * peer port) binds again.
+ *
+ * Which phases, per layout. Not every combination: each case costs a run
+ * (3-8 s here), so the layouts after data and model cover the exchanges
+ * their own code adds, where a fault reaches a peer by another path:
+ * - data (2 workers): the step's compute and its ring, the evaluation, the
+ *   checkpoint's momentum gather on the ring.
+ * - model (2 towers): the step's cross-link exchange, the evaluation's, the
+ *   checkpoint's state gather.
+ * - hybrid (2 workers): the step's feature all-gather ('<step>/0/fc6/fwd',
+ *   the exchange no other layout makes), the same step's conv ring (the
+ *   ring sharing one communicator with keyed exchanges: its pieces come
+ *   after the head's backward), the checkpoint's gather of the head's units
+ *   at worker 0 ('state<n>/<0|1>/<name>/fwd', keyed, after the trunk's ring
+ *   gather), and the evaluation (the trunk on every worker, then the head's
+ *   exchanges over all workers). Its head's cross links in the step are the
+ *   towers' code (model covers it).
+ * - the 2 × 2 grid (model, 4 workers, replicas 2): a fault in the ring among
+ *   a tower's replicas during the step (worker 1's column ring with worker 3),
+ *   the one link a 2-worker run has not: the lost worker has two peers (its
+ *   row's other tower, worker 0, and its column's replica, worker 3), and
+ *   either may be the one that notices. Its cross links, evaluation and
+ *   checkpoint are model's with a row index.
+ * A send fault may name the message it waits for (test/fixtures/fault-hook.mjs:
+ * '@ring', '@xfer <key>'): hybrid's step sends features before ring pieces.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -59,10 +86,14 @@ const BASE: TrainConfig = {
   ...CPU_DEFAULTS, backend: 'wasm', data: 'synthetic', width: 1 / 8, resolution: 67, batch: 8, epochs: 1,
   trainSamples: 16, testSamples: 16, checkpointEvery: 1,
 };
-const CONFIGS = { data: BASE, model: { ...BASE, arch: 'original', init: 'xavier-uniform' } } satisfies Record<'data' | 'model', TrainConfig>;
+const CONFIGS = {
+  data: BASE, model: { ...BASE, arch: 'original', init: 'xavier-uniform' }, hybrid: BASE,
+} satisfies Record<'data' | 'model' | 'hybrid', TrainConfig>;
 
 interface Phase {
-  mode: 'data' | 'model';
+  mode: 'data' | 'model' | 'hybrid';
+  /** model: replicas of each tower (a grid of replicas × 2 towers); 1 elsewhere */
+  replicas?: number;
   phase: string;
   /** where the hook fires (see test/fixtures/fault-hook.mjs) */
   at: string;
@@ -81,16 +112,40 @@ const PHASES: Phase[] = [
   { mode: 'model', phase: 'step exchange', at: 'send:step:1', where: /^before the first peer send of 'step 1'/, stood: 'epoch 0 step 1' },
   { mode: 'model', phase: 'evaluation (cross-link exchange)', at: 'send:evaluate', where: /^before the first peer send of 'evaluate'/, stood: 'evaluation of epoch 0' },
   { mode: 'model', phase: 'checkpoint (state gather)', at: 'receive:getState', where: /^on receipt of 'getState'/, stood: 'the checkpoint after epoch 0 step 0' },
+  {
+    mode: 'hybrid', phase: 'step exchange (features all-gather)', at: 'send:step:1@xfer 1/0/fc6/fwd',
+    where: /^before the first peer send of 'step 1' that is 'xfer 1\/0\/fc6\/fwd…': xfer 1\/0\/fc6\/fwd$/, stood: 'epoch 0 step 1',
+  },
+  {
+    mode: 'hybrid', phase: 'conv all-reduce (ring exchange)', at: 'send:step:1@ring',
+    where: /^before the first peer send of 'step 1' that is 'ring…': ring bucket \d+ rs round 0$/, stood: 'epoch 0 step 1',
+  },
+  {
+    mode: 'hybrid', phase: 'checkpoint (fc units gathered at worker 0)', at: 'send:getState@xfer state',
+    where: /^before the first peer send of 'getState' that is 'xfer state…': xfer state0\/0\/fc\S+\/fwd$/, stood: 'the checkpoint after epoch 0 step 0',
+  },
+  { mode: 'hybrid', phase: 'evaluation (fc exchange)', at: 'send:evaluate', where: /^before the first peer send of 'evaluate'/, stood: 'evaluation of epoch 0' },
+  {
+    mode: 'model', replicas: 2, phase: 'ring among a tower\'s replicas', at: 'send:step:1@ring',
+    where: /^before the first peer send of 'step 1' that is 'ring…': ring bucket \d+ rs round 0$/, stood: 'epoch 0 step 1',
+  },
 ];
 
+const workersOf = (p: Phase): number => (p.mode === 'model' ? 2 * (p.replicas ?? 1) : 2);
+const layoutOf = (p: Phase): string =>
+  p.mode === 'hybrid' ? 'hybrid' : p.replicas !== undefined ? `${p.replicas} × 2 grid (model-parallel)` : `${p.mode}-parallel`;
+/** Those who send to worker 1, and so may notice first that it is gone: its row's towers and its ring's neighbours. */
+const peersOf1 = (p: Phase): number[] => (p.mode === 'model' && p.replicas === 2 ? [0, 3] : [0]);
+
 const W = (rank: number) => `worker ${rank} \\(127\\.0\\.0\\.1, cpu, pid \\d+\\)`;
-const LOST_1 = `${W(0)} failed: worker 1 disconnected \\(it exited, or sent no heartbeat\\)`;
+const lost1 = (by: number[]) => `(?:${by.map(W).join('|')}) failed: worker 1 disconnected \\(it exited, or sent no heartbeat\\)`;
 /**
  * Worker 1 named as the one that failed, with the reason: a killed one by its exit (and the phase), or by
- * worker 0, whose link to it broke first; a stopped one by worker 0 (a stopped process neither exits nor answers).
+ * a peer (worker 0; in the grid, 0 or 3), whose link to it broke first; a stopped one by a peer (a stopped
+ * process neither exits nor answers).
  */
 const namesWorker1 = (signal: 'SIGKILL' | 'SIGSTOP', p: Phase): RegExp =>
-  new RegExp(signal === 'SIGKILL' ? `^(${W(1)} exited on SIGKILL at ${p.stood}(: .*)?|${LOST_1})$` : `^${LOST_1}$`);
+  new RegExp(signal === 'SIGKILL' ? `^(${W(1)} exited on SIGKILL at ${p.stood}(: .*)?|${lost1(peersOf1(p))})$` : `^${lost1(peersOf1(p))}$`);
 
 const spawned = new Spawned();
 /** When the failure reached the loop: the first call of the coordinator's close(). */
@@ -124,12 +179,13 @@ async function bindWithin(ep: string, ms: number): Promise<void> {
 describe('fault matrix: a worker killed or stopped in any phase stops the run, names it, and leaves nothing running', () => {
   for (const signal of ['SIGKILL', 'SIGSTOP'] as const) {
     for (const p of PHASES) {
-      it(`${signal} during ${p.mode}-parallel ${p.phase}`, async () => {
-        const cluster = await localCluster(2, { heartbeat: HEARTBEAT, timeouts: TIMEOUTS });
+      it(`${signal} during ${layoutOf(p)} ${p.phase}`, async () => {
+        const cluster = await localCluster(workersOf(p), { heartbeat: HEARTBEAT, timeouts: TIMEOUTS });
         const mark = join(tempDir(), 'fault.json');
         let pids: number[] = [];
         const err = await train({
           config: CONFIGS[p.mode], outDir: tempDir(), mode: p.mode, cluster, workers: cluster.workers, log: () => {}, progress: false,
+          ...(p.replicas !== undefined ? { replicas: p.replicas } : {}),
           workerEnv: {
             NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import ${HOOK}`.trim(),
             FAULT_RANK: '1', FAULT_AT: p.at, FAULT_SIGNAL: signal, FAULT_MARK: mark,
@@ -144,13 +200,15 @@ describe('fault matrix: a worker killed or stopped in any phase stops the run, n
         const detectMs = closeCalledAt! - fault.t;
         const stopMs = rejectedAt - fault.t;
         const message = (err as Error).message;
-        console.log(`fault-matrix: ${signal} | ${p.mode} | ${p.phase} | detected ${detectMs} ms | stopped ${stopMs} ms | ${message}`);
+        console.log(`fault-matrix: ${signal} | ${layoutOf(p)} | ${p.phase} | ${fault.where} | detected ${detectMs} ms | stopped ${stopMs} ms | ${message}`);
         expect(err).toBeInstanceOf(ClusterError);
         expect(message).toMatch(namesWorker1(signal, p));
         expect(detectMs).toBeLessThan(signal === 'SIGKILL' ? KILL_DETECT_MS : HEARTBEAT.timeoutMs + STOP_MARGIN_MS);
         expect(stopMs - detectMs).toBeLessThan(CLOSE_MS);
-        expect(pids).toHaveLength(2);
+        expect(pids).toHaveLength(workersOf(p));
         expect(pids.filter(alive), 'workers still running after the run failed').toEqual([]);
+        // Every port of the run binds again (see bindWithin for the 1 s a closing socket may take).
+        for (const port of [cluster.coordinator.port, ...cluster.workers.map((w) => w.port)]) await bindWithin(`tcp://127.0.0.1:${port}`, 1_000);
       });
     }
   }
