@@ -126,7 +126,9 @@ const ROWS: Row[] = [
     line: /^splitnet: --resume .*: --width 0\.5 differs from the run's saved width 0\.125: a resumed run keeps the config it was started with/,
     args: async (d) => ['train', '--resume', await checkpointed(d), '--width', '0.5'],
   },
-  { name: '--micro-batches in single mode', code: 2, line: /^splitnet: --micro-batches 3: micro-batches pipeline the split \(--mode model\); this run is --mode single$/, args: (d) => ['train', '--micro-batches', '3', '--out', join(d, 'run')] },
+  { name: '--micro-batches in single mode', code: 2, line: /^splitnet: --micro-batches 3: micro-batches pipeline the towers \(--mode model\); this run is --mode single$/, args: (d) => ['train', '--micro-batches', '3', '--out', join(d, 'run')] },
+  { name: '--towers for the one-tower d2l net', code: 2, line: /^splitnet: --towers 2: d2l's AlexNet is one tower; the towers divide --arch original$/, args: (d) => ['train', '--arch', 'd2l', '--towers', '2', '--out', join(d, 'run')] },
+  { name: 'a grid of replicas × towers that is not the cluster', code: 2, line: /^splitnet: --mode model runs 2 replicas × 2 towers = 4 workers; the cluster has 2 \(set --towers and --replicas so that replicas × towers = workers\)$/, args: (d) => ['launch', '--mode', 'model', '--replicas', '2', '--out', join(d, 'run')] },
   { name: 'a resolution whose net outgrows the wasm heap', code: 2, line: /^splitnet: d2l AlexNet at 3000×3000, width 0\.25, 64 samples per process would need about [\d.]+ GiB per process, more than the wasm backend's heap/, args: (d) => ['--backend', 'wasm', 'train', '--resolution', '3000', '--out', join(d, 'run')] },
   { name: 'a resolution past what one array holds', code: 2, line: /^splitnet: d2l AlexNet at 20000×20000, width 0\.25: conv1's output would have [\d.e+]+ elements, more than one array can hold/, args: (d) => ['train', '--resolution', '20000', '--out', join(d, 'run')] },
   {

@@ -250,8 +250,9 @@ export class Cluster implements Strategy {
     const backends = new Set(labels).size === 1 ? `${labels[0]} backend` : labels.map((b, r) => `worker ${r}: ${b}`).join('; ');
     this.checkReplicas(readies.map((m) => m.msg.checksum), 'replicas start from different weights');
     const params = readies.map((m) => m.msg.params);
-    log(`  ${new Set(params).size === 1 ? `${params[0]!.toLocaleString('en-US')} parameters per worker` : params.map((n, r) => `worker ${r}: ${n.toLocaleString('en-US')}`).join(', ')}` +
-      `${this.opts.placement.layout === 'data' ? `, weights identical (checksum ${readies[0]!.msg.checksum})` : ''}, ${backends}`);
+    const data = this.opts.placement.layout === 'data';
+    log(`  ${new Set(params).size === 1 ? `${params[0]!.toLocaleString('en-US')} parameters per ${data ? 'replica' : 'worker'}` : params.map((n, r) => `worker ${r}: ${n.toLocaleString('en-US')} parameters`).join(', ')}` +
+      `${data ? `, weights identical (checksum ${readies[0]!.msg.checksum})` : ''}, ${backends}`);
   }
 
   /** Workers that replicate parameters (a ring's members) must hold the same ones. */
