@@ -130,7 +130,6 @@ export class HybridWorker implements Strategy {
     const prefix = `${s.globalStep}/0`;
     const fc6 = this.head.spec.layers[0]!.name;
     const owned: tf.Tensor[] = [x, y];
-    let labels: tf.Tensor1D;
     let trunkTape: Awaited<ReturnType<typeof forward>> | undefined;
     let headTape: Awaited<ReturnType<typeof forward>> | undefined;
     try {
@@ -140,7 +139,7 @@ export class HybridWorker implements Strategy {
       const all = await this.gatherRows(`${prefix}/${fc6}/fwd`, trunkTape.logits, shard);
       owned.push(all);
       // Labels follow the keyed data order, the same on every worker: the whole batch's are built here, not sent.
-      labels = this.batches.labels(s.epoch, s.step);
+      const labels = this.batches.labels(s.epoch, s.step);
       owned.push(labels);
       const links = crossLinks(peers, this.group, this.rank, prefix, cfg.wire);
       headTape = await forward(this.head, all, { dropout: dropout(0), links, layerSpans: spans }, true);
