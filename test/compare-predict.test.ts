@@ -10,7 +10,7 @@ import {
 } from '../bench/split.js';
 import {
   crossLinkFloatsPerSample, dataParallelBytes, FLOAT_BYTES, gradientBuckets, hybridBytes, modelExchanges, modelParallelBytes, predictBytes,
-  predictBytesByRank, ringBytesSent, type PredictMode,
+  predictBytesByRank, ringBytesSent, towerBuckets, type PredictMode,
 } from '../src/compare/predict-bytes.js';
 import {
   forecast, forecastLinks, LINK_10_GBIT_S, LINK_100_GBIT_S, predictStepMs, relativeError, transferMs,
@@ -415,6 +415,18 @@ describe('predicted step time', () => {
     const step = predictStepMs('model', i);
     expect(step).toBeCloseTo(computeMs(i.layers) / 2 + linkMs, 6);
     expect(linkMs / step).toBeGreaterThan(0.9);
+  });
+
+  it("model with replicas (R × T): a row of T towers on B/R samples, then each tower's ring over its R replicas, not overlapped", () => {
+    const grid = (link: LinkMeasure) => predictStepMs('model', inputs({ world: 4, replicas: 2, batch: 128, link }));
+    const row = (link: LinkMeasure) => predictStepMs('model', inputs({ world: 2, batch: 64, link }));
+    // nothing to wait for: one row's step on its half of the batch
+    expect(grid(INFINITE_LINK)).toBeCloseTo(row(INFINITE_LINK), 9);
+    // on a slow link the ring adds 2(R−1) rounds of each bucket's largest chunk (the 2012 net's towers are equal)
+    const ringMs = towerBuckets(ORIGINAL, BUCKET_BYTES, 0).reduce((n, b) => n + 2 * transferMs(Math.ceil(b.size / 2) * FLOAT_BYTES, SLOW_LINK), 0);
+    expect(grid(SLOW_LINK)).toBeCloseTo(row(SLOW_LINK) + ringMs, 6);
+    expect(() => predictStepMs('model', inputs({ world: 6, replicas: 2 }))).toThrow('replicas 2: expected 2 × 2 towers = 4 workers, got 6');
+    expect(() => predictStepMs('data', inputs({ world: 4, replicas: 2 }))).toThrow('data: expected no replicas (only model mode replicates its towers), got 2');
   });
 
   it('every mode grows with the latency; model and hybrid, which overlap nothing, strictly', () => {

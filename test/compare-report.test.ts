@@ -36,7 +36,8 @@ function stepSpans(step: number, stepStartMs: number, split: StepSplit): Span[] 
   return spans;
 }
 
-function worker(rank: number, split: StepSplit, bytesSent: number): WorkerMeasure {
+/** A worker that sent `bytesSent` per step where `predicted` were expected (exact unless given). */
+function worker(rank: number, split: StepSplit, bytesSent: number, predicted = bytesSent): WorkerMeasure {
   const stepMs = split.compute + split.send + split.wait + split.optimizer;
   return {
     rank,
@@ -47,6 +48,7 @@ function worker(rank: number, split: StepSplit, bytesSent: number): WorkerMeasur
     cpuMsPerStep: stepMs * 1.1,
     peakRssBytes: 900e6 + rank * 1e6,
     peakBackendBytes: 310e6,
+    predicted: { bytesSentPerStep: predicted, sentByLink: predicted > 0 ? { 'bucket 0': predicted } : {} },
     spans: Array.from({ length: STEPS }, (_, i) => stepSpans(i + 1, 5.25 + i * (stepMs + 0.4), split)).flat(),
   };
 }
@@ -88,7 +90,7 @@ function fixture(): CompareResult {
     predicted: { bytesSentPerStep: 7_300_000, sentByLink: { 'bucket 0': 7_300_000 }, stepMs: 49 },
   });
   const model = mode({
-    mode: 'model', world: 2, imagesPerSec: 530.125,
+    mode: 'model', replicas: 1, towers: 2, world: 2, imagesPerSec: 530.125,
     workers: [
       worker(0, { compute: 36.25, send: 1.5, wait: 14.75, optimizer: 3.25 }, 1_240_000),
       worker(1, { compute: 35.5, send: 1.75, wait: 15.5, optimizer: 3.5 }, 1_310_000),
@@ -96,6 +98,23 @@ function fixture(): CompareResult {
     losses: losses(-1e-7),
     predicted: { bytesSentPerStep: 1_179_648, sentByLink: { conv3: 393_216, fc6: 786_432 }, stepMs: 58 },
   });
+  const hybrid = mode({
+    mode: 'hybrid', world: 2, imagesPerSec: 601.5,
+    workers: [
+      worker(0, { compute: 37.5, send: 2, wait: 6.25, optimizer: 4.5 }, 2_100_000),
+      worker(1, { compute: 37.25, send: 2.25, wait: 6.5, optimizer: 4.75 }, 2_140_000),
+    ],
+    losses: losses(2e-7),
+    predicted: { bytesSentPerStep: 2_120_000, sentByLink: { 'bucket 0': 2_120_000 }, stepMs: 51 },
+  });
+  // rows × towers: rank r·2 + t; worker 3's bytes 4 short of its prediction, to show an error
+  const grid = mode({
+    mode: 'grid', replicas: 2, towers: 2, world: 4, imagesPerSec: 700.75,
+    workers: [0, 1, 2, 3].map((rank) => worker(rank, { compute: 20.5 + rank, send: 1.25, wait: 9.5, optimizer: 2.5 }, 3_000_000 - (rank === 3 ? 4 : 0), 3_000_000)),
+    losses: losses(-2e-7),
+    predicted: { bytesSentPerStep: 3_000_000, sentByLink: { 'bucket 0': 3_000_000 }, stepMs: 40 },
+  });
+
   const forecast = [2, 4, 8, 16].flatMap((w) => LINKS.map((link, li) => forecastPoint(w, link, li)));
   // a point at another batch, which the report (drawn at the run's batch) leaves out
   forecast.push(forecastPoint(2, LINKS[0]!, 0, BATCH * 2));
@@ -110,11 +129,13 @@ function fixture(): CompareResult {
       { name: 'conv1', forwardMs: 4.1, backwardMs: 7.9, params: 34_944, outputFloats: 74_400 },
       { name: 'fc6', forwardMs: 2.2, backwardMs: 4.5, params: 9_438_208, outputFloats: 1024 },
     ],
-    modes: [single, data, model],
+    modes: [single, data, model, hybrid, grid],
     forecast,
     forecastCheck: [
       { mode: 'data', link: 'loopback', workers: 2, oversubscribed: false, measuredMs: data.stepMs, predictedMs: 49, error: (49 - data.stepMs) / data.stepMs },
       { mode: 'model', link: 'loopback', workers: 2, oversubscribed: true, measuredMs: model.stepMs, predictedMs: 58, error: (58 - model.stepMs) / model.stepMs },
+      { mode: 'hybrid', link: 'loopback', workers: 2, oversubscribed: false, measuredMs: hybrid.stepMs, predictedMs: 51, error: (51 - hybrid.stepMs) / hybrid.stepMs },
+      { mode: 'grid', link: 'loopback', workers: 4, oversubscribed: true, measuredMs: grid.stepMs, predictedMs: 40, error: (40 - grid.stepMs) / grid.stepMs },
     ],
   };
 }
@@ -160,6 +181,16 @@ describe('chromeTrace', () => {
     const tidOf = (name: string) => complete.find((e) => e.pid === 1 && e.name === name)!.tid;
     expect(tidOf('conv3 bwd')).toBe(tidOf('backward'));
     expect(tidOf('sgd')).not.toBe(tidOf('backward'));
+  });
+
+  it("draws every worker of a 4-worker grid as a process of its own, named by its row and tower", () => {
+    const grid = fixture().modes.find((m) => m.mode === 'grid')!;
+    const t = chromeTrace(grid);
+    const names = t.traceEvents.filter((e) => e.name === 'process_name').map((e) => [e.pid, (e.args as { name: string }).name]);
+    expect(names).toEqual([[1, 'worker 0 · row 0, tower 0'], [2, 'worker 1 · row 0, tower 1'], [3, 'worker 2 · row 1, tower 0'], [4, 'worker 3 · row 1, tower 1']]);
+    expect(new Set(t.traceEvents.filter((e) => e.ph === 'X').map((e) => e.pid))).toEqual(new Set([1, 2, 3, 4]));
+    const model = chromeTrace(fixture().modes.find((m) => m.mode === 'model')!);
+    expect(model.traceEvents.filter((e) => e.name === 'process_name').map((e) => (e.args as { name: string }).name)).toEqual(['worker 0 · tower 0', 'worker 1 · tower 1']);
   });
 
   it('moves a span that partly overlaps another of its kind to a second thread', () => {
@@ -224,14 +255,15 @@ describe('report.html in chromium', () => {
     const { page, charts, errors, requests, dir } = await openReport(result);
     expect(Object.keys(charts).sort()).toEqual([...CHART_IDS].sort());
     const series = (id: string) => Object.fromEntries(charts[id]!.datasets.map((d) => [d.label, d.data]));
-    const [single, data, model] = result.modes as [ModeMeasure, ModeMeasure, ModeMeasure];
+    const [single, data, model, hybrid, grid] = result.modes as [ModeMeasure, ModeMeasure, ModeMeasure, ModeMeasure, ModeMeasure];
+    const label = (m: ModeMeasure) => (m.mode === 'grid' ? 'grid 2×2' : m.mode);
 
     // throughput: one bar per mode, its images/s
-    expect(charts['chart-throughput']!.labels).toEqual(['single', 'data', 'model']);
+    expect(charts['chart-throughput']!.labels).toEqual(['single', 'data', 'model', 'hybrid', 'grid 2×2']);
     expect(charts['chart-throughput']!.datasets[0]!.data).toEqual(result.modes.map((m) => m.imagesPerSec));
 
     // breakdown: a stacked bar per worker of each mode, a dataset per part of the step
-    const workers = result.modes.flatMap((m) => m.workers.map((w) => ({ label: `${m.mode} · worker ${w.rank}`, w })));
+    const workers = result.modes.flatMap((m) => m.workers.map((w) => ({ label: `${label(m)} · worker ${w.rank}`, w })));
     expect(charts['chart-breakdown']!.labels).toEqual(workers.map((x) => x.label));
     for (const part of ['compute', 'send', 'wait', 'optimizer'] as const) {
       expect(series('chart-breakdown')[part]).toEqual(workers.map((x) => x.w.stepMs[part]));
@@ -239,14 +271,14 @@ describe('report.html in chromium', () => {
 
     // loss: x is the step, one line per mode with that mode's losses
     expect(charts['chart-loss']!.labels).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));
-    expect(series('chart-loss')).toEqual({ single: single.losses, data: data.losses, model: model.losses });
+    expect(series('chart-loss')).toEqual({ single: single.losses, data: data.losses, model: model.losses, hybrid: hybrid.losses, 'grid 2×2': grid.losses });
 
     // bytes: predicted against the mean the workers measured
     expect(series('chart-bytes')).toEqual({
       'predicted': result.modes.map((m) => m.predicted.bytesSentPerStep),
       'measured (mean of workers)': result.modes.map((m) => mean(m.workers.map((w) => w.bytesSentPerStep))),
     });
-    expect(series('chart-bytes')['measured (mean of workers)']).toEqual([0, 7_500_000, 1_275_000]);
+    expect(series('chart-bytes')['measured (mean of workers)']).toEqual([0, 7_500_000, 1_275_000, 2_120_000, 2_999_999]);
 
     // forecast: at the run's batch only, a line per (mode, link) over the worker counts
     expect(charts['chart-forecast']!.labels).toEqual([2, 4, 8, 16]);
@@ -277,8 +309,14 @@ describe('report.html in chromium', () => {
       forecast: document.querySelectorAll('#chart-forecast-table tbody tr').length,
       bestCells: document.querySelectorAll('#chart-forecast-table td.best').length,
       check: document.querySelectorAll('#forecast-check tbody tr').length,
+      bytes: [...document.querySelectorAll('#chart-bytes-table tbody tr')].map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent)),
     }));
-    expect(rows).toEqual({ throughput: 3, forecast: 16, bestCells: 16, check: 2 });
+    expect(rows).toMatchObject({ throughput: 5, forecast: 16, bestCells: 16, check: 4 });
+    // bytes: every worker against the prediction for its rank
+    expect(rows.bytes).toHaveLength(11);
+    expect(rows.bytes[1]).toEqual(['data', '0', '7,480,000', '7,480,000', '0', '0.00 %']);
+    expect(rows.bytes.at(-1)).toEqual(['grid 2×2', '3', '3,000,000', '2,999,996', '-4', '-0.00 %']);
+    expect(await page.locator('#forecast-winners').textContent()).toContain('predicted / measured');
 
     expect(errors).toEqual([]);
     expect(requests.filter((u) => !u.startsWith('file://'))).toEqual([]);
@@ -291,16 +329,18 @@ describe('report.html in chromium', () => {
 
   it('shows a skipped mode as skipped, with no bar, and draws the rest', async () => {
     const result = fixture();
-    result.modes[2] = {
-      mode: 'model', link: 'loopback', world: 0, skipped: 'model mode needs the two-tower net', imagesPerSec: 0, stepMs: 0, workers: [], losses: [],
+    const skipped = (mode: 'model' | 'grid'): ModeMeasure => ({
+      mode, link: 'loopback', world: 0, skipped: 'the d2l net has one tower: the split needs --arch original', imagesPerSec: 0, stepMs: 0, workers: [], losses: [],
       testAccuracy: 0, predicted: { bytesSentPerStep: 0, sentByLink: {}, stepMs: 0 },
-    };
+    });
+    result.modes[2] = skipped('model');
+    result.modes[4] = skipped('grid');
     const { page, charts, errors } = await openReport(result);
-    expect(charts['chart-throughput']!.labels).toEqual(['single', 'data', 'model (skipped)']);
-    expect(charts['chart-throughput']!.datasets[0]!.data).toEqual([412.5, 655.25, null]);
-    expect(charts['chart-loss']!.datasets.map((d) => d.label)).toEqual(['single', 'data']);
-    expect(charts['chart-bytes']!.labels).toEqual(['single', 'data']);
-    expect(await page.locator('#chart-throughput-table').textContent()).toContain('skipped: model mode needs the two-tower net');
+    expect(charts['chart-throughput']!.labels).toEqual(['single', 'data', 'model (skipped)', 'hybrid', 'grid (skipped)']);
+    expect(charts['chart-throughput']!.datasets[0]!.data).toEqual([412.5, 655.25, null, 601.5, null]);
+    expect(charts['chart-loss']!.datasets.map((d) => d.label)).toEqual(['single', 'data', 'hybrid']);
+    expect(charts['chart-bytes']!.labels).toEqual(['single', 'data', 'hybrid']);
+    expect(await page.locator('#chart-throughput-table').textContent()).toContain('skipped: the d2l net has one tower: the split needs --arch original');
     expect(errors).toEqual([]);
     await page.close();
   });

@@ -178,22 +178,27 @@ describe.skipIf(skip !== undefined)('--link: a shaped network', () => {
     expect(leftBy(run.child.pid!)).toEqual([]);
   }, 120_000);
 
-  it('compare --link loopback,200mbit runs the cluster modes over both links and checks the forecast on each', async () => {
+  it('compare --link loopback,200mbit runs the cluster modes over both links, the 4-worker grid of a 2-worker config too, and checks the forecast on each', async () => {
     const dir = tempDir();
     const cfg = await clusterFile(dir, 2);
     const out = join(dir, 'out');
     mkdirSync(out);
-    const r = splitnet(['compare', '--link', 'loopback,200mbit', '--modes', 'single,data', '--config', cfg, '--arch', 'original', '--width', '0.0625',
+    const r = splitnet(['compare', '--link', 'loopback,200mbit', '--modes', 'single,data,grid', '--config', cfg, '--arch', 'original', '--width', '0.0625',
       '--batch', '8', '--steps', '2', '--test-samples', '8', '--no-progress', '--no-forecast-check', '--out', out], {}, 240_000);
     expect(r.code, r.stderr).toBe(0);
     const result = JSON.parse(readFileSync(join(out, 'compare.json'), 'utf8')) as CompareResult;
-    expect(result.modes.map((m) => `${m.mode}@${m.link}`)).toEqual(['single@loopback', 'data@loopback', 'data@200mbit']);
+    expect(result.modes.map((m) => `${m.mode}×${m.world}@${m.link}`)).toEqual(['single×1@loopback', 'data×2@loopback', 'grid×4@loopback', 'data×2@200mbit', 'grid×4@200mbit']);
+    expect(r.stdout).toMatch(/^link 200mbit: up to 4 workers in network namespaces/m);
+    // behind the shaped links as on loopback, each worker sends what its rank is predicted to
+    for (const m of result.modes) for (const w of m.workers) expect(w.sentByLink, `${m.mode}@${m.link} worker ${w.rank}`).toEqual(w.predicted.sentByLink);
     expect(result.links.map((l) => l.name)).toEqual(['loopback', '200mbit']);
     expect(result.links[1]!.bandwidth).toBeLessThan(25e6 * 1.1);
-    expect(result.forecastCheck.map((c) => `${c.mode}×${c.workers}@${c.link}`)).toEqual(['single×1@loopback', 'data×2@loopback', 'data×2@200mbit']);
+    expect(result.forecastCheck.map((c) => `${c.mode}×${c.workers}@${c.link}`)).toEqual(['single×1@loopback', 'data×2@loopback', 'grid×4@loopback', 'data×2@200mbit', 'grid×4@200mbit']);
     // the same run over a slower link: the same losses, and its own trace
-    expect(result.modes[2]!.losses).toEqual(result.modes[1]!.losses);
+    expect(result.modes[3]!.losses).toEqual(result.modes[1]!.losses);
+    expect(result.modes[4]!.losses).toEqual(result.modes[2]!.losses);
     expect(() => readFileSync(join(out, 'trace-data-200mbit.json'))).not.toThrow();
+    expect(() => readFileSync(join(out, 'trace-grid-200mbit.json'))).not.toThrow();
     expect(r.stdout).toMatch(/^step-time model +loopback: predicted \/ measured ms \(error\) +200mbit: predicted \/ measured ms \(error\)$/m);
   }, 260_000);
 });

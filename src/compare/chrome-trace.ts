@@ -7,6 +7,7 @@
  * the running process (it stamps every event with its own pid and
  * process.hrtime), emits a bare array through a Node stream, and has no
  * metadata events; here the spans are already measured and only need mapping.
+ * However many workers a mode ran, each is a process track of its own.
  */
 import type { ModeMeasure, Span, StepSplit } from './types.js';
 
@@ -31,12 +32,20 @@ export function pidOf(rank: number): number {
   return rank + 1;
 }
 
+/** 'worker 3', and where it sits in model mode's grid: 'worker 3 · tower 1', 'worker 3 · row 1, tower 1'. */
+export function workerName(mode: ModeMeasure, rank: number): string {
+  const { replicas, towers } = mode;
+  if (towers === undefined || replicas === undefined) return `worker ${rank}`;
+  const tower = `tower ${rank % towers}`;
+  return `worker ${rank} · ${replicas > 1 ? `row ${Math.floor(rank / towers)}, ${tower}` : tower}`;
+}
+
 export function chromeTrace(mode: ModeMeasure): ChromeTrace {
   const traceEvents: TraceEvent[] = [];
   for (const worker of mode.workers) {
     const pid = pidOf(worker.rank);
     traceEvents.push(
-      { ph: 'M', name: 'process_name', pid, tid: 0, args: { name: `worker ${worker.rank}` } },
+      { ph: 'M', name: 'process_name', pid, tid: 0, args: { name: workerName(mode, worker.rank) } },
       { ph: 'M', name: 'process_sort_index', pid, tid: 0, args: { sort_index: worker.rank } },
     );
     let tid = 1; // tid 0 is left out for the same reason as pid 0

@@ -9,7 +9,7 @@ import type { BackendChoice, WireType } from '../config/choices.js';
 import type { Arch } from '../config/choices.js';
 import { UsageError } from '../errors.js';
 import { specOf } from '../model/alexnet.js';
-import type { Mode } from '../run/loop.js';
+import { COMPARE_MODES, type CompareMode } from './types.js';
 import { formatCompareTable, writeCompareOutputs } from './output.js';
 import { LOOPBACK, runCompare } from './run-compare.js';
 import { parseLinkRate, whyNoShaping } from '../run/shaped-network.js';
@@ -20,20 +20,20 @@ import { adapterFor } from '../webgpu.js';
 import { createInterface } from 'node:readline';
 
 export interface CompareFlags {
-  arch: Arch; width: number; resolution?: number; batch: number; steps?: number; epochs?: number;
+  arch: Arch; width: number; resolution?: number; towers?: number; batch: number; steps?: number; epochs?: number;
   modes: string; link: string; config: string; testSamples: number; seed: number; wire: WireType; out?: string; forecastCheck: boolean; progress: boolean;
 }
 
-const MODES: readonly Mode[] = ['single', 'data', 'model'];
+const MODES: readonly string[] = COMPARE_MODES;
 
-/** '--modes single,data,model' → the modes, in the order given, each once. */
-export function parseModes(text: string): Mode[] {
+/** '--modes single,data,model,hybrid,grid' → the modes, in the order given, each once. */
+export function parseModes(text: string): CompareMode[] {
   const modes = text.split(',').map((m) => m.trim()).filter((m) => m !== '');
   if (modes.length === 0) throw new UsageError(`--modes: expected a comma list of ${MODES.join(', ')}, got '${text}'`);
-  for (const m of modes) if (!MODES.includes(m as Mode)) throw new UsageError(`--modes: '${m}' is not a mode: expected ${MODES.join(', ')}`);
+  for (const m of modes) if (!MODES.includes(m)) throw new UsageError(`--modes: '${m}' is not a mode: expected ${MODES.join(', ')}`);
   const dup = modes.find((m, i) => modes.indexOf(m) !== i);
   if (dup !== undefined) throw new UsageError(`--modes: '${dup}' is given twice`);
-  return modes as Mode[];
+  return modes as CompareMode[];
 }
 
 /** '--link loopback,1gbit,200mbit' → the links, each once; each rate checked (shaped-network.ts). */
@@ -63,6 +63,7 @@ export async function compareCommand(o: CompareFlags, backend: BackendChoice, ad
     ...CPU_DEFAULTS, arch: o.arch, width: o.width, batch: o.batch, seed: o.seed, wire: o.wire, backend, checkpointEvery: 0,
     testSamples: o.testSamples, epochs: o.epochs ?? 1, trainSamples: steps === undefined ? 0 : steps * o.batch,
     ...(o.resolution !== undefined ? { resolution: o.resolution } : {}),
+    ...(o.towers !== undefined ? { towers: o.towers } : {}),
     // The 2012 net takes RGB (the grey images repeated) and, at CPU width, Xavier weights (see `train --mode model`).
     ...(o.arch === 'original' ? { channels: 3 as const, init: 'xavier-uniform' as const } : {}),
     ...(adapter !== undefined ? { adapter } : {}),

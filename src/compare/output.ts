@@ -20,9 +20,21 @@ function pad(cells: string[], widths: number[]): string {
 /** A mode's name with the link it ran over, where that was not loopback: 'data @ 1gbit'. */
 export const modeName = (m: ModeMeasure): string => (m.link === undefined || m.link === 'loopback' ? m.mode : `${m.mode} @ ${m.link}`);
 
+/** Measured against predicted bytes: 'exact' (the expectation), else the difference in bytes and as a signed percentage. */
+export function bytesError(measured: number, predicted: number): string {
+  if (measured === predicted) return 'exact';
+  const diff = `${measured > predicted ? '+' : ''}${(measured - predicted).toLocaleString('en-US', { maximumFractionDigits: 1 })} B`;
+  if (predicted === 0) return `${diff}, none predicted`;
+  const e = ((measured - predicted) / predicted) * 100;
+  return `${diff}, ${e >= 0 ? '+' : ''}${e.toFixed(2)}%`;
+}
+
+/** 'grid' with its shape, 2×2 (rows × towers); every other mode by its name. */
+const shapeOf = (m: ModeMeasure): string => (m.mode === 'grid' && m.replicas !== undefined ? ` ${m.replicas}×${m.towers}` : '');
+
 function modeRows(m: ModeMeasure): string[][] {
   if (m.skipped !== undefined) return [[modeName(m), '-', `skipped: ${m.skipped}`]];
-  const label = m.fallback !== undefined ? `${modeName(m)} (in one process)` : modeName(m);
+  const label = m.fallback !== undefined ? `${modeName(m)} (in one process)` : `${modeName(m)}${shapeOf(m)}`;
   const sent = m.workers.length ? m.workers.reduce((n, w) => n + w.bytesSentPerStep, 0) / m.workers.length : 0;
   const head = [
     label, String(m.world), m.imagesPerSec.toFixed(1), m.stepMs.toFixed(1), m.predicted.stepMs.toFixed(1),
@@ -31,10 +43,12 @@ function modeRows(m: ModeMeasure): string[][] {
   const rows = [head];
   for (const w of m.workers) {
     const s = w.stepMs;
+    const predicted = w.predicted.bytesSentPerStep;
     rows.push([
       `  worker ${w.rank}`, '', '', (s.compute + s.send + s.wait + s.optimizer).toFixed(1),
       `c ${s.compute.toFixed(1)} s ${s.send.toFixed(1)} w ${s.wait.toFixed(1)} o ${s.optimizer.toFixed(1)}`,
-      mb(w.bytesSentPerStep), `recv ${mb(w.bytesReceivedPerStep)}`, `cpu ${(w.cpuMsPerStep ?? 0).toFixed(0)} ms`, `rss ${mb(w.peakRssBytes)}`, `tensors ${mb(w.peakBackendBytes)}`,
+      mb(w.bytesSentPerStep), `${mb(predicted)} (${bytesError(w.bytesSentPerStep, predicted)})`,
+      `recv ${mb(w.bytesReceivedPerStep)}`, `cpu ${(w.cpuMsPerStep ?? 0).toFixed(0)} ms`, `rss ${mb(w.peakRssBytes)}`, `tensors ${mb(w.peakBackendBytes)}`,
     ]);
   }
   return rows;
@@ -55,6 +69,7 @@ export function formatCompareTable(r: CompareResult): string {
     '',
     ...formatCheckGrid(r),
     `forecast at batch ${r.config.batch} (workers: fastest mode): ${[...wins].map(([link, w]) => `${link} ${w.join(', ')}`).join(' | ')}`,
+    `  (its data, hybrid and N-way model points come from the step-time model checked above against measured runs of those layouts)`,
   ].join('\n');
 }
 

@@ -238,6 +238,12 @@ function towerParamNames(spec: ModelSpec, t: number): Set<string> {
   return new Set(spec.layers.filter(isWeighted).flatMap((l) => [paramName(spec, l.name, t, 'kernel'), paramName(spec, l.name, t, 'bias')]));
 }
 
+/** The buckets tower t's replicas all-reduce (model mode with replicas): its gradients only, planned as data mode plans all of them. */
+export function towerBuckets(spec: ModelSpec, bucketBytes: number, tower: number): Bucket[] {
+  const mine = towerParamNames(spec, tower);
+  return gradientBuckets(spec, bucketBytes, (p) => mine.has(p));
+}
+
 /**
  * Bytes worker `rank` = r·T + t of the model-parallel grid sends per step:
  * `replicas` (R) rows of T = spec.towers workers, row r training samples
@@ -272,8 +278,7 @@ export function modelParallelBytes(
     const parts = shapes[x.index - 1]!.towers.map((s) => rows * product(s.output));
     links[x.link] = partFloats(parts, tower, x.backward) * WIRE_BYTES[wire];
   }
-  const mine = towerParamNames(spec, tower);
-  const ring = replicas > 1 ? bucketBytesSent(gradientBuckets(spec, bucketBytes, (p) => mine.has(p)), replicas, row, wire) : undefined;
+  const ring = replicas > 1 ? bucketBytesSent(towerBuckets(spec, bucketBytes, tower), replicas, row, wire) : undefined;
   return ringAndLinks(ring, links);
 }
 

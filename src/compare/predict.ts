@@ -16,9 +16,11 @@
  *            cross link a worker sends its tower's part of the input to the
  *            other T−1 towers of its row forward and their parts of the
  *            gradient back. The step time here prices one row (R = 1) of
- *            T = N towers (the forecast's N workers), every worker at the
- *            mean over the row's ranks; a one-tower net (d2l), never run
- *            split, is priced as if its layers were divided N ways.
+ *            T = N/R towers (the forecast's N workers in one row, R = 1), every
+ *            worker at the mean over the row's ranks, with each tower's
+ *            ring over its R replicas after backward (R > 1, the net's own
+ *            towers); a one-tower net (d2l), never run split, is priced as
+ *            if its layers were divided N ways.
  *   hybrid - Krizhevsky 2014, "One weird trick for parallelizing
  *            convolutional neural networks" (src/parallel/hybrid.ts), N
  *            workers: every worker holds the whole trunk (the conv layers,
@@ -39,7 +41,7 @@ import { isWeighted, type LayerSpec, type ModelSpec } from '../model/spec.js';
 import type { Bucket } from '../wire/ring-allreduce.js';
 import {
   chunkFloats, firstDense, FLOAT_BYTES, gradientBuckets, hybridExchanges, isTrunkParam, layerOfParam, modelExchanges,
-  nonNegative, positive, positiveInteger, product, sum, type Exchange, type PredictMode,
+  nonNegative, positive, positiveInteger, product, sum, towerBuckets, type Exchange, type PredictMode,
 } from './predict-bytes.js';
 import type { ForecastPoint, LayerTiming, LinkMeasure } from './types.js';
 import type { StepOverheads } from './profile-overheads.js';
@@ -75,6 +77,8 @@ export interface StepInputs {
   overheads?: StepOverheads;
   /** how values travel (default fp32): bf16 sends every bucket and exchange in half the bytes */
   wire?: WireType;
+  /** model: rows of world/replicas towers (the net's own towers when above 1), each training batch/replicas samples; default 1 */
+  replicas?: number;
 }
 
 /**
@@ -253,18 +257,30 @@ function dataMs(layers: TimedLayer[], i: Required<StepInputs>): number {
 }
 
 /**
- * model, one row of N towers: every worker computes its tower, 1/N of every
- * layer, on the whole batch (layer time × B/B₀ / N), and waits at each cross
- * link, forward and backward, for (N−1)·(latency + (floats per sample)·B/N·4
- * / bandwidth) — its tower's part to each other tower, at the mean part; for
- * N = 2 one send of the link's bytes; then updates its P/N parameters.
+ * model, R rows (`replicas`) of T = N/R towers, each row on b = B/R samples:
+ * every worker computes its tower, 1/T of every layer, on its row's batch
+ * (layer time × b/B₀ / T), and waits at each cross link, forward and
+ * backward, for (T−1)·(latency + (floats per sample)·b/T·4 / bandwidth) —
+ * its tower's part to each other tower of its row, at the mean part; for
+ * T = 2 one send of the link's bytes. Then R = 1: it updates its P/T
+ * parameters; R > 1: its tower's buckets go round the ring of the tower's R
+ * replicas once backward is done (model-parallel.ts does not overlap them),
+ * each bucket's owned chunk updated between the halves (ZeRO-1); the step
+ * waits for the slowest tower's ring.
  */
 function modelMs(layers: TimedLayer[], i: Required<StepInputs>): number {
-  const scale = i.batch / i.measuredBatch / i.world;
+  const replicas = i.replicas;
+  const towers = i.world / replicas;
+  const rowBatch = i.batch / replicas;
+  const scale = rowBatch / i.measuredBatch / towers;
   const indexed = layers.map((l, index) => ({ ...l, index }));
   const exchanges = modelExchanges(i.spec);
-  return inputMs(i, i.batch) + splitLayersMs(indexed, exchanges, scale, i.world, i.batch, i.link) + moveMs(exchanges, i.batch, i) +
-    i.optimizerMsPerParam * totalParams(i.spec) / i.world;
+  const params = totalParams(i.spec);
+  const updateMs = replicas === 1
+    ? i.optimizerMsPerParam * params / towers
+    : Math.max(...Array.from({ length: towers }, (_, t) => sum(towerBuckets(i.spec, i.bucketBytes, t).map((b) => ringBucketMs(b.size, replicas, i.link, i.optimizerMsPerParam))))) +
+      i.overheads.ringMsPerParam * params / towers;
+  return inputMs(i, rowBatch) + splitLayersMs(indexed, exchanges, scale, towers, rowBatch, i.link) + moveMs(exchanges, rowBatch, i) + updateMs;
 }
 
 /**
@@ -313,7 +329,13 @@ function checkInputs(i: StepInputs): Required<StepInputs> {
   positive('halfBatch', halfBatch);
   const overheads = i.overheads ?? NO_OVERHEADS;
   for (const [k, v] of Object.entries(overheads)) nonNegative(`overheads ${k}`, v);
-  return { ...i, optimizerMsPerParam, layersAtHalfBatch: i.layersAtHalfBatch ?? [], halfBatch, overheads, wire: i.wire ?? 'fp32' };
+  const replicas = i.replicas ?? 1;
+  positiveInteger('replicas', replicas);
+  // Rows of the net's own towers: a ring of tower t's replicas needs tower t's parameters.
+  if (replicas > 1 && i.world !== replicas * i.spec.towers) {
+    throw new Error(`replicas ${replicas}: expected ${replicas} × ${i.spec.towers} towers = ${replicas * i.spec.towers} workers, got ${i.world}`);
+  }
+  return { ...i, optimizerMsPerParam, layersAtHalfBatch: i.layersAtHalfBatch ?? [], halfBatch, overheads, wire: i.wire ?? 'fp32', replicas };
 }
 
 /**
@@ -328,6 +350,7 @@ function checkInputs(i: StepInputs): Required<StepInputs> {
  */
 export function predictStepMs(mode: PredictMode, inputs: StepInputs): number {
   const checked = checkInputs(inputs);
+  if (mode !== 'model' && checked.replicas !== 1) throw new Error(`${mode}: expected no replicas (only model mode replicates its towers), got ${checked.replicas}`);
   // The same values in half the bytes take as long as on a link of twice the bandwidth, same latency
   // (the encode and decode passes, ~2 ns a value on one core, are left out).
   const i = checked.wire === 'bf16' ? { ...checked, link: { ...checked.link, bandwidth: checked.link.bandwidth * (FLOAT_BYTES / WIRE_BYTES.bf16) } } : checked;
@@ -366,7 +389,7 @@ export function forecastLinks(measured: LinkMeasure): NamedLink[] {
 
 export const FORECAST_WORKERS: readonly number[] = [2, 4, 8, 16];
 
-export type ForecastInputs = Omit<StepInputs, 'world' | 'batch' | 'optimizerMsPerParam'> & { optimizerMsPerParam: number };
+export type ForecastInputs = Omit<StepInputs, 'world' | 'batch' | 'optimizerMsPerParam' | 'replicas'> & { optimizerMsPerParam: number };
 
 const FORECAST_MODES = ['data', 'model', 'hybrid'] as const;
 

@@ -30,8 +30,9 @@ ${header(result)}
 ${chartSection('chart-throughput', 'Throughput', 'Images per second, each mode on the same config. A skipped mode has no bar.')}
 ${chartSection('chart-breakdown', 'Step time by worker', 'Mean milliseconds of a timed step, split by what each worker was doing.')}
 ${chartSection('chart-loss', 'Loss', 'Training loss per step; the modes compute the same step, so the curves should coincide.')}
-${chartSection('chart-bytes', 'Bytes sent per step', 'Per worker: what the model predicted before the run against the mean measured over the workers.')}
-${chartSection('chart-forecast', 'Forecast', `Predicted step time against workers at batch ${result.config.batch}, per link (line style) and mode (colour); the largest marker at each point is the best mode.`)}
+${chartSection('chart-bytes', 'Bytes sent per step', 'Per worker: what the layer shapes predicted before the run against what the workers measured, the mean of each mode drawn; the table has every worker against the prediction for its rank, exact to the byte (0.00 %) as expected.')}
+${chartSection('chart-forecast', 'Forecast', `Predicted step time against workers at batch ${result.config.batch}, per link (line style) and mode (colour); the largest marker at each point is the best mode. ` +
+  'Every point, hybrid and model at N workers (one worker per tower) included, comes from the step-time model that the forecast check below sets against measured runs of those layouts here.')}
 ${forecastCheckSection(result)}
 </main>
 <script type="application/json" id="compare-data">${jsonForHtml(pageData(result))}</script>
@@ -153,7 +154,7 @@ ${rows.map((row) => `<tr><td>${esc(row.mode)}</td><td>${row.workers}</td><td>${r
 </tbody>
 </table>`;
   const picks = winners(r);
-  const pickLine = picks.length === 0 ? '' : `<p class="caption" id="forecast-winners">Fastest at 2 workers, predicted / measured: ${picks.map((p) =>
+  const pickLine = picks.length === 0 ? '' : `<p class="caption" id="forecast-winners">Fastest as compared (every mode at its workers, the same global batch), predicted / measured: ${picks.map((p) =>
     `${esc(p.link)} ${esc(p.predicted)} / ${esc(p.measured)}${p.predicted === p.measured ? '' : ' <b>(missed)</b>'}`).join(', ')}</p>`;
   return `<section class="check">
 <h2>Forecast check</h2>
@@ -224,13 +225,15 @@ const PAGE_SCRIPT = `
   var data = JSON.parse(document.getElementById('compare-data').textContent);
   var PARTS = ['compute', 'send', 'wait', 'optimizer'];
   var PART_COLORS = { compute: '#4e79a7', send: '#f28e2b', wait: '#e15759', optimizer: '#76b7b2' };
-  var MODE_COLORS = { single: '#4e79a7', data: '#f28e2b', model: '#59a14f', hybrid: '#b07aa1' };
+  var MODE_COLORS = { single: '#4e79a7', data: '#f28e2b', model: '#59a14f', hybrid: '#b07aa1', grid: '#9c755f' };
   // The loss curves coincide: single is a wide pale band drawn beneath, the
   // parallel modes dashed and dotted lines on top of it (a higher order draws first).
   var LOSS_STYLE = {
     single: { borderDash: [], borderWidth: 6, order: 2, alpha: '66' },
     data: { borderDash: [8, 4], borderWidth: 2, order: 1, alpha: '' },
     model: { borderDash: [2, 3], borderWidth: 2, order: 0, alpha: '' },
+    hybrid: { borderDash: [12, 4, 2, 4], borderWidth: 2, order: 0, alpha: '' },
+    grid: { borderDash: [4, 2], borderWidth: 2, order: 0, alpha: '' },
   };
   var LINK_DASH = [[], [8, 4], [2, 3], [12, 4, 2, 4]];
   var FORECAST_MODES = ['data', 'model', 'hybrid'];
@@ -238,7 +241,8 @@ const PAGE_SCRIPT = `
   var ran = data.modes.filter(function (m) { return !m.skipped; });
 
   function modeLabel(m) {
-    var name = m.link && m.link !== 'loopback' ? m.mode + ' @ ' + m.link : m.mode;
+    var mode = m.mode === 'grid' && m.replicas ? 'grid ' + m.replicas + '×' + m.towers : m.mode;
+    var name = m.link && m.link !== 'loopback' ? mode + ' @ ' + m.link : mode;
     if (m.skipped) return name + ' (skipped)';
     if (m.fallback) return name + ' (1 process)';
     return name;
@@ -357,11 +361,15 @@ const PAGE_SCRIPT = `
       ],
       scales: { y: axis('bytes sent per step per worker', bytes) },
       table: {
-        head: ['mode', 'predicted', 'measured (mean)', 'measured / predicted', 'per worker'],
-        rows: ran.map(function (m, i) {
-          var perWorker = m.workers.map(function (w) { return 'worker ' + w.rank + ': ' + bytes(w.bytesSentPerStep); }).join(', ');
-          return [modeLabel(m), bytes(predicted[i]), bytes(measured[i]), predicted[i] > 0 ? num(measured[i] / predicted[i], 3) : '–', perWorker];
-        }),
+        head: ['mode', 'worker', 'predicted bytes', 'measured bytes', 'difference', 'error'],
+        rows: [].concat.apply([], ran.map(function (m) {
+          return m.workers.map(function (w) {
+            var p = w.predicted.bytesSentPerStep;
+            var diff = w.bytesSentPerStep - p;
+            var error = p > 0 ? (diff / p * 100).toFixed(2) + ' %' : (diff === 0 ? '0.00 %' : 'none predicted');
+            return [modeLabel(m), String(w.rank), num(p, 1), num(w.bytesSentPerStep, 1), (diff > 0 ? '+' : '') + num(diff, 1), (diff > 0 ? '+' : '') + error];
+          });
+        })),
       },
     };
   }

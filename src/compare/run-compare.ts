@@ -4,7 +4,9 @@
  * and the measured link and layer times, and forecast beyond this machine.
  *
  *   1. probe the link (latency, bandwidth) and time every layer in one process
- *   2. run each mode with train(): the same config, its own run directory
+ *   2. run each mode with train(): the same config, its own run directory,
+ *      on the workers mode-plan.ts gives it (model and grid on as many as
+ *      the net's towers need, local ones where the config names fewer)
  *   3. run data-parallel again at 3 and 4 workers (oversubscribed on small
  *      machines) so the prediction is checked against every size measurable here
  *   4. the forecast: 2–16 workers, four link speeds, data vs model vs hybrid,
@@ -12,29 +14,30 @@
  */
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { parseClusterConfig, type ClusterConfig, type WorkerSpec } from '../config/cluster.js';
+import { parseClusterConfig, type ClusterConfig } from '../config/cluster.js';
 import type { TrainConfig } from '../config/train.js';
 import { initBackend } from '../backend.js';
 import { specOf } from '../model/alexnet.js';
-import { RunStopped, UsageError } from '../errors.js';
+import { RunStopped } from '../errors.js';
 import { adapterFor } from '../webgpu.js';
 import { planDevices } from '../run/launcher.js';
 import { train, type Mode, type TrainResult } from '../run/loop.js';
 import { freePorts } from '../wire/free-ports.js';
 import { probeLink, type LinkProbe } from '../wire/link-probe.js';
-import { parseLinkRate, shapeLinks, type LinkRate } from '../run/shaped-network.js';
-import { predictBytes } from './predict-bytes.js';
+import { parseLinkRate, ShapedNetwork, type LinkRate } from '../run/shaped-network.js';
+import { predictBytesByRank } from './predict-bytes.js';
 import { forecast, predictStepMs, relativeError, type StepInputs } from './predict.js';
 import { measureContention } from './contention.js';
 import { calibrate, type Calibration } from './calibrate.js';
 import { profileLayers } from './profile-layers.js';
 import { profileOverheads, type StepOverheads } from './profile-overheads.js';
-import type { CompareResult, LayerTiming, ModeMeasure, Span, StepSplit, WorkerMeasure } from './types.js';
+import { checkModePlan, planMode, type ModePlan } from './mode-plan.js';
+import type { BytesSent, CompareMode, CompareResult, LayerTiming, ModeMeasure, Span, StepSplit, WorkerMeasure } from './types.js';
 
 export interface CompareOptions {
   /** the config every mode trains: trainSamples = steps × batch, one epoch */
   config: TrainConfig;
-  modes: Mode[];
+  modes: CompareMode[];
   /** each link the cluster modes run over: LOOPBACK, or a rate the workers' links are shaped to ('1gbit') */
   links: string[];
   cluster: ClusterConfig;
@@ -60,8 +63,15 @@ function timed<T>(xs: T[]): T[] {
   return xs.slice(Math.max(1, Math.floor(xs.length / 3)));
 }
 
-/** One worker's figures over a run's timed steps. */
-function workerMeasure(r: TrainResult, rank: number): WorkerMeasure {
+/** The mean over the ranks' bytes, in all and by link (a link a rank lacks counts 0 for it). */
+function meanBytes(ranks: BytesSent[]): BytesSent {
+  const sentByLink: Record<string, number> = {};
+  for (const r of ranks) for (const [k, v] of Object.entries(r.sentByLink)) sentByLink[k] = (sentByLink[k] ?? 0) + v / ranks.length;
+  return { bytesSentPerStep: mean(ranks.map((r) => r.bytesSentPerStep)), sentByLink };
+}
+
+/** One worker's figures over a run's timed steps, beside the bytes predicted for its rank. */
+function workerMeasure(r: TrainResult, rank: number, predicted: BytesSent): WorkerMeasure {
   const steps = timed(r.stats);
   const details = steps.map((s) => s.detail[rank]);
   const sendMs = mean(details.map((d) => d?.sendMs ?? 0));
@@ -90,6 +100,7 @@ function workerMeasure(r: TrainResult, rank: number): WorkerMeasure {
     cpuMsPerStep: mean(details.map((d) => d?.cpuMs ?? 0)),
     peakRssBytes: Math.max(0, ...r.stats.map((s) => s.detail[rank]?.rssBytes ?? 0)),
     peakBackendBytes: Math.max(0, ...r.stats.map((s) => s.detail[rank]?.backendBytes ?? 0)),
+    predicted,
     spans,
   };
 }
@@ -109,14 +120,15 @@ const slowedOverheads = (o: StepOverheads, slowdown: number): StepOverheads =>
 /** The name of the unshaped link (--link's default). */
 export const LOOPBACK = 'loopback';
 
-type Shaped = ReturnType<typeof shapeLinks>;
-
-/** The cluster's workers behind `rate`: all of them (data-parallel uses every one; the split the first two). */
-async function shapedFor(o: CompareOptions, rate: LinkRate, log: (line: string) => void): Promise<Shaped | undefined> {
-  const plan = planDevices(o.cluster);
-  if (plan.single !== undefined) return undefined; // one process: nothing to shape (the mode says so)
-  log(`link ${rate.text}: ${plan.workers.length} workers in network namespaces, each behind a ${rate.text} link`);
-  return shapeLinks(o.cluster, plan.workers, rate);
+/**
+ * Namespaces behind `rate` for the widest mode on the link (`workers`): each
+ * mode's workers are placed in the first of them. The workers are all on
+ * this host (command.ts refused remote ones; local clusters are local).
+ */
+function shapedFor(o: CompareOptions, rate: LinkRate, workers: number, log: (line: string) => void): ShapedNetwork | undefined {
+  if (planDevices(o.cluster).single !== undefined) return undefined; // one process: nothing to shape (the mode says so)
+  log(`link ${rate.text}: up to ${workers} workers in network namespaces, each behind a ${rate.text} link`);
+  return ShapedNetwork.create(workers, rate);
 }
 /** Steps of each check run (the first is not timed). */
 const CHECK_STEPS = 4;
@@ -136,22 +148,23 @@ async function localCluster(base: ClusterConfig, n: number): Promise<ClusterConf
   }, `a local cluster of ${n} workers`);
 }
 
-/** What would fail halfway is refused before anything runs: a batch the cluster's workers cannot share evenly. */
-function refuseUnrunnable(o: CompareOptions): void {
-  if (!o.modes.includes('data')) return;
-  const plan = planDevices(o.cluster);
-  if (plan.single !== undefined) return;
-  const world = plan.workers.length;
-  if (o.config.batch % world !== 0) {
-    throw new UsageError(`--batch ${o.config.batch} does not split evenly over the ${world} workers of the data-parallel run`);
-  }
+/** The workers a mode runs on: the cluster's first `world`, or a local cluster of `world` where the config names fewer. */
+async function workersFor(o: CompareOptions, world: number): Promise<ClusterConfig> {
+  const usable = planDevices(o.cluster).workers;
+  if (usable.length >= world) return { ...o.cluster, workers: usable.slice(0, world) };
+  return localCluster(o.cluster, world);
 }
 
 export async function runCompare(o: CompareOptions): Promise<CompareResult> {
   const { config: cfg, log } = o;
   const spec = specOf(cfg);
   const cores = availableParallelism();
-  refuseUnrunnable(o);
+  const devices = planDevices(o.cluster);
+  const plans = o.modes.map((m) => planMode(m, cfg, spec, devices.workers.length));
+  // What would fail halfway is refused before anything runs (in one process for want of devices, the cluster modes check nothing).
+  if (devices.single === undefined) for (const p of plans) if (p.skipped === undefined) checkModePlan(p, cfg, spec);
+  /** Worker counts of the cluster runs, as they will run. */
+  const clusterWorlds = devices.single === undefined ? plans.filter((p) => p.skipped === undefined && p.layout !== 'single').map((p) => p.world) : [];
   log(`compare: ${cfg.arch} AlexNet ${cfg.resolution}×${cfg.resolution}×${cfg.channels}, width ${cfg.width}, batch ${cfg.batch}, seed ${cfg.seed}, ` +
     `${cfg.trainSamples / cfg.batch} steps per mode; modes ${o.modes.join(', ')}`);
 
@@ -172,14 +185,16 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
     `its batch ${overheads.inputMs.toFixed(1)} ms; host work ${(overheads.moveMsPerFloat * 1e6).toFixed(2)} ms per Mfloat moved, ${(overheads.ringMsPerParam * 1e6).toFixed(2)} ms per Mparam reduced`);
 
   // Workers on this machine compute at once and slow each other down: measured, not assumed.
-  const checkSizes = o.checkForecast ? CHECK_SIZES.filter((n) => cfg.batch >= n) : [];
+  // A size the data run measures already is not run again.
+  const dataWorld = plans.some((p) => p.mode === 'data' && p.skipped === undefined) && devices.single === undefined ? devices.workers.length : undefined;
+  const checkSizes = o.checkForecast ? CHECK_SIZES.filter((n) => cfg.batch >= n && n !== dataWorld) : [];
   const clusterModes = o.modes.some((m) => m !== 'single');
-  const sizes = [...new Set([...(clusterModes ? [2] : []), ...checkSizes])];
+  const sizes = [...new Set([...(clusterModes ? [2] : []), ...clusterWorlds, ...checkSizes])].sort((a, b) => a - b);
   const contention = await measureContention(cfg, sizes, device);
   log(`  compute slowdown with n processes computing at once: ${[...contention].map(([n, c]) => `${n}: ×${c.toFixed(2)}`).join(', ')}`);
   // A worker among two computes slower still than two plain processes do (calibrate.ts): measured in a short run.
   let calibration: Calibration | undefined;
-  if (clusterModes && planDevices(o.cluster).single === undefined && halfBatch * 2 === cfg.batch) {
+  if (clusterModes && devices.single === undefined && halfBatch * 2 === cfg.batch) {
     calibration = await calibrate(cfg, await localCluster(o.cluster, 2), halfBatch, layersAtHalfBatch);
     log(`  a worker among 2 in a run: layers ×${calibration.slowdown.toFixed(2)} their time alone; ${calibration.envelopeMs.toFixed(1)} ms per step through the coordinator`);
     // The n-process figures keep their proportion to 2's.
@@ -200,45 +215,48 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
   const params = layers.reduce((n, l) => n + l.params, 0);
   const optimizerMsPerParam = optimizerMs / params;
 
-  /** One mode over one link: its run, measured, beside what the model predicted for it. */
-  const runMode = async (mode: Mode, linkName: string, shaped: Shaped | undefined, at: (world: number, batch: number) => StepInputs): Promise<ModeMeasure> => {
+  /** One mode over one link: its run, measured, beside what the models predicted for it (for each worker's rank). */
+  const runMode = async (p: ModePlan, linkName: string, network: ShapedNetwork | undefined, at: (world: number, batch: number) => StepInputs): Promise<ModeMeasure> => {
+    const { mode } = p;
     log(`mode: ${mode}${linkName === LOOPBACK ? '' : ` over ${linkName}`}`);
     const link = linkName;
-    if (mode === 'model' && spec.towers < 2) {
-      const skipped = `the ${cfg.arch} net has one tower: the split needs --arch original`;
-      log(`  skipped: ${skipped}`);
-      return { mode, link, world: 0, skipped, imagesPerSec: 0, stepMs: 0, workers: [], losses: [], testAccuracy: 0, predicted: { bytesSentPerStep: 0, sentByLink: {}, stepMs: 0 } };
+    const grid = p.replicas !== undefined ? { replicas: p.replicas, towers: p.towers! } : {};
+    if (p.skipped !== undefined) {
+      log(`  skipped: ${p.skipped}`);
+      return { mode, layout: p.layout, link, world: 0, skipped: p.skipped, imagesPerSec: 0, stepMs: 0, workers: [], losses: [], testAccuracy: 0, predicted: { bytesSentPerStep: 0, sentByLink: {}, stepMs: 0 } };
     }
-    let runMode: Mode = mode;
+    let layout: Mode = p.layout;
     let fallback: string | undefined;
-    let workers: WorkerSpec[] = [];
-    if (mode !== 'single') {
-      const plan = planDevices(o.cluster);
-      if (plan.single !== undefined) {
-        fallback = plan.single;
-        runMode = 'single';
+    let cluster: ClusterConfig | undefined;
+    if (layout !== 'single') {
+      if (devices.single !== undefined) {
+        fallback = devices.single;
+        layout = 'single';
         log(`  ${fallback}`);
       } else {
-        workers = mode === 'model' ? plan.workers.slice(0, 2) : plan.workers;
+        const workers = await workersFor(o, p.world);
+        // Over a shaped link the workers run in their namespaces, over TCP with CURVE (ShapedNetwork.place).
+        cluster = network !== undefined ? network.place(workers) : workers;
       }
     }
-    const world = runMode === 'single' ? 1 : workers.length;
-    const predictedBytes = predictBytes(runMode, spec, world, cfg.batch, o.cluster.bucketBytes, cfg.wire);
-    const predictedMs = predictStepMs(runMode, at(world, cfg.batch));
-    // Over a shaped link the workers run in their namespaces, over TCP with CURVE (ShapedNetwork.place).
-    const cluster = shaped !== undefined && runMode !== 'single' ? shaped.network.place({ ...o.cluster, workers }) : o.cluster;
+    const world = cluster?.workers.length ?? 1;
+    const replicas = layout === 'model' ? p.replicas : undefined;
+    const predictedBytes = predictBytesByRank(layout, spec, world, cfg.batch, o.cluster.bucketBytes, cfg.wire, replicas);
+    const predictedMs = predictStepMs(layout, { ...at(world, cfg.batch), ...(replicas !== undefined ? { replicas } : {}) });
     const r = await train({
-      config: cfg, outDir: join(o.outDir, 'runs', linkName === LOOPBACK ? mode : `${mode}-${linkName}`), mode: runMode, progress: o.progress, log: (l) => log(`  ${l}`),
-      ...(runMode === 'single' ? {} : { cluster, workers: cluster.workers }),
-      ...(shaped !== undefined && runMode !== 'single' ? { workerCommand: shaped.network.workerCommand } : {}),
+      config: cfg, outDir: join(o.outDir, 'runs', linkName === LOOPBACK ? mode : `${mode}-${linkName}`), mode: layout, progress: o.progress, log: (l) => log(`  ${l}`),
+      ...(cluster !== undefined ? { cluster, workers: cluster.workers } : {}),
+      ...(replicas !== undefined && replicas > 1 ? { replicas } : {}),
+      ...(network !== undefined && cluster !== undefined ? { workerCommand: network.workerCommand } : {}),
     });
     if (!r.finished) throw stoppedCompare(r, `the ${mode} run${linkName === LOOPBACK ? '' : ` over ${linkName}`}`);
+    if (r.world !== world) throw new Error(`compare: the ${mode} run trained on ${r.world} workers, expected ${world}`);
     return {
-      mode, link, world: r.world, ...(fallback !== undefined ? { fallback } : {}),
+      mode, layout, ...(layout === 'model' ? grid : {}), link, world: r.world, ...(fallback !== undefined ? { fallback } : {}),
       imagesPerSec: r.imagesPerSec, stepMs: mean(timed(r.stats).map((s) => s.wallMs)),
-      workers: Array.from({ length: r.world }, (_, rank) => workerMeasure(r, rank)),
+      workers: Array.from({ length: r.world }, (_, rank) => workerMeasure(r, rank, predictedBytes[rank]!)),
       losses: r.losses, testAccuracy: r.epochs.at(-1)?.accuracy ?? NaN,
-      predicted: { ...predictedBytes, stepMs: predictedMs },
+      predicted: { ...meanBytes(predictedBytes), stepMs: predictedMs },
     };
   };
 
@@ -247,25 +265,26 @@ export async function runCompare(o: CompareOptions): Promise<CompareResult> {
   const forecastCheck: CompareResult['forecastCheck'] = [];
   for (const [li, linkName] of o.links.entries()) {
     // Single runs once: one process has no link.
-    const todo = o.modes.filter((m) => m !== 'single' || li === 0);
-    const shaped = linkName === LOOPBACK || todo.every((m) => m === 'single') ? undefined : await shapedFor(o, parseLinkRate(linkName), log);
+    const todo = plans.filter((p) => p.mode !== 'single' || li === 0);
+    const widest = Math.max(0, ...todo.filter((p) => p.skipped === undefined && p.layout !== 'single').map((p) => p.world));
+    const shaped = linkName === LOOPBACK || widest === 0 ? undefined : shapedFor(o, parseLinkRate(linkName), widest, log);
     try {
       let linkHere = link;
       if (shaped !== undefined) {
-        linkHere = await shaped.network.probe(0, shaped.cluster.security === 'curve');
+        linkHere = await shaped.probe(0); // CURVE, as place() makes the workers' links
         links.push({ name: linkName, ...linkHere });
         log(`link ${linkName}: ${linkHere.latencyMs.toFixed(3)} ms latency, ${(linkHere.bandwidth / 1e9).toFixed(3)} GB/s (workers in network namespaces, tc tbf)`);
       }
-      for (const mode of todo) {
+      for (const p of todo) {
         // One process has no link: single is labelled loopback, whichever link it ran beside.
-        const m = await runMode(mode, mode === 'single' ? LOOPBACK : linkName, shaped, (world, batch) => inputs(world, batch, optimizerMsPerParam, linkHere));
+        const m = await runMode(p, p.mode === 'single' ? LOOPBACK : linkName, shaped, (world, batch) => inputs(world, batch, optimizerMsPerParam, linkHere));
         modes.push(m);
         if (m.skipped !== undefined || m.fallback !== undefined) continue;
         const predictedMs = m.predicted.stepMs;
-        forecastCheck.push({ mode: m.mode as 'single' | 'data' | 'model', link: m.link, workers: m.world, oversubscribed: m.world > cores, measuredMs: m.stepMs, predictedMs, error: relativeError(m.stepMs, predictedMs) });
+        forecastCheck.push({ mode: m.mode, link: m.link, workers: m.world, oversubscribed: m.world > cores, measuredMs: m.stepMs, predictedMs, error: relativeError(m.stepMs, predictedMs) });
       }
     } finally {
-      shaped?.network.close();
+      shaped?.close();
     }
   }
 

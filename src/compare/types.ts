@@ -6,6 +6,19 @@
 import type { Mode } from '../run/loop.js';
 import type { StepOverheads } from './profile-overheads.js';
 
+/**
+ * What compare runs: every layout, and 'grid', the layout model with
+ * replicas (rows of the net's towers; mode-plan.ts says how many workers each takes).
+ */
+export const COMPARE_MODES = ['single', 'data', 'model', 'hybrid', 'grid'] as const;
+export type CompareMode = (typeof COMPARE_MODES)[number];
+
+/** Bytes one worker sends per step, in all and by link or bucket. */
+export interface BytesSent {
+  bytesSentPerStep: number;
+  sentByLink: Record<string, number>;
+}
+
 /** Milliseconds of one step, split by what the process was doing (means over the timed steps). */
 export interface StepSplit {
   /** forward and backward kernels (and the data pipeline) */
@@ -43,11 +56,18 @@ export interface WorkerMeasure {
   peakRssBytes: number;
   /** the backend's own tensor memory at its peak (tf.memory().numBytes) */
   peakBackendBytes: number;
+  /** what predict-bytes.ts said this rank would send, exact to the byte */
+  predicted: BytesSent;
   spans: Span[];
 }
 
 export interface ModeMeasure {
-  mode: Mode;
+  mode: CompareMode;
+  /** the layout it trained (grid: model); absent in files from before hybrid and grid were compared */
+  layout?: Mode;
+  /** model and grid: rows of the net's towers (rank = row · towers + tower) */
+  replicas?: number;
+  towers?: number;
   /** the link its workers talked over: 'loopback', or the rate their links were shaped to ('1gbit') */
   link: string;
   /** processes that trained */
@@ -63,8 +83,12 @@ export interface ModeMeasure {
   /** one loss per step */
   losses: number[];
   testAccuracy: number;
-  /** what the model of src/compare/predict.ts said before the run */
-  predicted: { bytesSentPerStep: number; sentByLink: Record<string, number>; stepMs: number };
+  /**
+   * what the models of predict.ts and predict-bytes.ts said before the run:
+   * the step time, and the bytes of a worker, as the mean over the ranks
+   * (each rank's exact figure is its WorkerMeasure's `predicted`)
+   */
+  predicted: BytesSent & { stepMs: number };
 }
 
 /** Per-layer compute time of one training step in one process (the prediction's input). */
@@ -113,5 +137,5 @@ export interface CompareResult {
   modes: ModeMeasure[];
   forecast: ForecastPoint[];
   /** the forecast model against every configuration measured: relative error of the predicted step time */
-  forecastCheck: Array<{ mode: 'single' | 'data' | 'model'; link: string; workers: number; oversubscribed: boolean; measuredMs: number; predictedMs: number; error: number }>;
+  forecastCheck: Array<{ mode: CompareMode; link: string; workers: number; oversubscribed: boolean; measuredMs: number; predictedMs: number; error: number }>;
 }
