@@ -44,7 +44,7 @@ import {
   nonNegative, positive, positiveInteger, product, sum, towerBuckets, type Exchange, type PredictMode,
 } from './predict-bytes.js';
 import type { ForecastPoint, LayerTiming, LinkMeasure } from './types.js';
-import type { StepOverheads } from './profile-overheads.js';
+import type { StepOverheads } from './types.js';
 import { WIRE_BYTES } from '../wire/bf16.js';
 import type { WireType } from '../config/choices.js';
 

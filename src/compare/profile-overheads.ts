@@ -18,6 +18,7 @@
  *
  * Each is the median of a few repetitions, after one untimed run.
  */
+import type { StepOverheads } from './types.js';
 import * as tf from '@tensorflow/tfjs';
 import type { TrainConfig } from '../config/train.js';
 import { TrainBatches } from '../data/run-data.js';
@@ -26,18 +27,6 @@ import { readFloats } from '../kernels/read.js';
 import { median } from './profile-layers.js';
 
 const REPEATS = 5;
-
-export interface StepOverheads {
-  /** building a batch of `batch` samples, ms, and of `halfBatch` (the fixed and per-sample parts follow from the two) */
-  inputMs: number;
-  inputMsAtHalfBatch: number;
-  /** main-thread ms per float that crosses a cross link (read out, made a tensor, concatenated or added) */
-  moveMsPerFloat: number;
-  /** main-thread ms per parameter of data-parallel's host side (gradient out, chunk added, weight back in) */
-  ringMsPerParam: number;
-  /** a cluster step's round trip through the coordinator beyond its slowest worker, ms (calibrate.ts; 0 where not measured) */
-  envelopeMs?: number;
-}
 
 
 async function timeMs(run: () => Promise<void> | void): Promise<number> {

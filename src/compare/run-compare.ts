@@ -30,7 +30,8 @@ import { forecast, predictStepMs, relativeError, type StepInputs } from './predi
 import { measureContention } from './contention.js';
 import { calibrate, type Calibration } from './calibrate.js';
 import { profileLayers } from './profile-layers.js';
-import { profileOverheads, type StepOverheads } from './profile-overheads.js';
+import { profileOverheads } from './profile-overheads.js';
+import type { StepOverheads } from './types.js';
 import { checkModePlan, planMode, type ModePlan } from './mode-plan.js';
 import type { BytesSent, CompareMode, CompareResult, LayerTiming, ModeMeasure, Span, StepSplit, WorkerMeasure } from './types.js';
 

@@ -4,7 +4,6 @@
  * this one object.
  */
 import type { Mode } from '../run/loop.js';
-import type { StepOverheads } from './profile-overheads.js';
 
 /**
  * What compare runs: every layout, and 'grid', the layout model with
@@ -138,4 +137,17 @@ export interface CompareResult {
   forecast: ForecastPoint[];
   /** the forecast model against every configuration measured: relative error of the predicted step time */
   forecastCheck: Array<{ mode: CompareMode; link: string; workers: number; oversubscribed: boolean; measuredMs: number; predictedMs: number; error: number }>;
+}
+
+/** A step's host work besides its layers, measured before the runs (profile-overheads.ts). */
+export interface StepOverheads {
+  /** building a batch of `batch` samples, ms, and of `halfBatch` (the fixed and per-sample parts follow from the two) */
+  inputMs: number;
+  inputMsAtHalfBatch: number;
+  /** main-thread ms per float that crosses a cross link (read out, made a tensor, concatenated or added) */
+  moveMsPerFloat: number;
+  /** main-thread ms per parameter of data-parallel's host side (gradient out, chunk added, weight back in) */
+  ringMsPerParam: number;
+  /** a cluster step's round trip through the coordinator beyond its slowest worker, ms (calibrate.ts; 0 where not measured) */
+  envelopeMs?: number;
 }
