@@ -31,9 +31,8 @@ import { measureContention } from './contention.js';
 import { calibrate, type Calibration } from './calibrate.js';
 import { profileLayers } from './profile-layers.js';
 import { profileOverheads } from './profile-overheads.js';
-import type { StepOverheads } from './types.js';
 import { checkModePlan, planMode, type ModePlan } from './mode-plan.js';
-import type { BytesSent, CompareMode, CompareResult, LayerTiming, ModeMeasure, Span, StepSplit, WorkerMeasure } from './types.js';
+import type { BytesSent, CompareMode, CompareResult, LayerTiming, ModeMeasure, Span, StepOverheads, StepSplit, WorkerMeasure } from './types.js';
 
 export interface CompareOptions {
   /** the config every mode trains: trainSamples = steps × batch, one epoch */
