@@ -177,4 +177,29 @@ describe('who a communicator takes messages from', () => {
     await expect(Communicator.open({ rank: 3, world: 3, peers, talksTo: [], ...COMMON })).rejects.toThrow('rank 3 in a world of 3: expected 0 to 2');
     await expect(Communicator.open({ rank: 0, world: 2, peers, talksTo: [], ...COMMON })).rejects.toThrow('3 peer endpoints for a world of 2: expected one per worker');
   });
+
+  it('plain: a duplicate of a key is refused, also one of the next step that arrived before this worker began it', async () => {
+    const { comms, peers } = await communicators(2, [[1], [0]]);
+    const [a, b] = comms as [Communicator, Communicator];
+    const twin = new zmq.Push({ linger: 0 });
+    open.push(twin);
+    twin.connect(peers[0]!);
+    // the faster peer's first message of step 6 arrives while this worker is still in step 5
+    b.send(0, '6/0/conv3/fwd', Float32Array.of(1));
+    await pause(200);
+    a.forgetSeen(6); // step 6 begins here: step 5's keys go, step 6's stay
+    await twin.send(encodeToPeer({ kind: 'xfer', from: 1, key: '6/0/conv3/fwd' }, [Float32Array.of(666)]));
+    await pause(200);
+    expect([...(await a.receive(1, '6/0/conv3/fwd', 1))]).toEqual([1]);
+    expect(Object.fromEntries(a.dropped)).toEqual({ '… from worker N arrived twice': 1 });
+  });
+
+  it('plain: more unclaimed messages than its bound (the layout\'s, given at open) are dropped and counted', async () => {
+    const { comms } = await communicators(2, [[1], [0]], false, { maxUnclaimed: 3 });
+    const [a, b] = comms as [Communicator, Communicator];
+    for (let i = 0; i < 5; i++) b.send(0, `0/${i}/fc6/fwd`, Float32Array.of(i));
+    await pause(300);
+    for (let i = 0; i < 3; i++) expect([...(await a.receive(1, `0/${i}/fc6/fwd`, 1))]).toEqual([i]);
+    expect(Object.fromEntries(a.dropped)).toEqual({ 'more than N unclaimed messages': 2 });
+  });
 });

@@ -17,7 +17,10 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { CPU_DEFAULTS, type TrainConfig } from '../src/config/train.js';
+import { specOf } from '../src/model/alexnet.js';
+import { planLayout, unclaimedBound } from '../src/parallel/layouts.js';
 import { train, type Mode, type TrainOptions } from '../src/run/loop.js';
+import { MAX_UNCLAIMED } from '../src/wire/communicator.js';
 import { relError } from './helpers/backends.js';
 import { localCluster, Spawned } from './helpers/cluster.js';
 import { tempDir } from './helpers/idx-files.js';
@@ -114,5 +117,13 @@ describe('every layout trains the one-process net', () => {
       .rejects.toThrow('--mode model runs 3 replicas × 2 towers = 6 workers; the cluster has 4 (set --towers and --replicas so that replicas × towers = workers)');
     await expect(cluster('hybrid', 3, { ...ORIGINAL, batch: 8 }))
       .rejects.toThrow('global batch 8 does not split evenly over 3 workers');
+  });
+
+  it('bounds the unclaimed messages a worker may hold by what its layout has in flight: 256 micro-batches over 6 towers', () => {
+    const cfg = { ...ORIGINAL, towers: 6, batch: 256 };
+    const placement = planLayout('model', cfg, specOf(cfg), 6, { microBatches: 256 });
+    // per micro-batch and other tower: conv3, fc6, fc7, fc8 both ways and the logits forward
+    expect(unclaimedBound(placement, specOf(cfg), 256, MAX_UNCLAIMED)).toBe(256 * 9 * 5);
+    expect(unclaimedBound(planLayout('model', ORIGINAL, specOf(ORIGINAL), 2, {}), specOf(ORIGINAL), 1, MAX_UNCLAIMED)).toBe(MAX_UNCLAIMED);
   });
 });

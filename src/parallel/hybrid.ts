@@ -100,9 +100,11 @@ export class HybridWorker implements Strategy {
     const hs = headSpec(spec, n);
     // The head's shard, cut from the net's own initial weights: the same start as one process.
     const init = shardOf(spec, n, ring.rank, initialHead(spec, cfg.seed));
+    const shapes = parameterShapes(hs);
     const head: Model = {
       spec: hs, towers: [ring.rank],
-      params: new Map([...init].map(([name, data]) => [name, tf.variable(tf.tensor(data, parameterShapes(hs).get(name)!))])),
+      // tidy: a variable shares its initial tensor's data, which would otherwise stay referenced for the worker's life
+      params: new Map([...init].map(([name, data]) => [name, tf.tidy(() => tf.variable(tf.tensor(data, shapes.get(name)!)))])),
     };
     try {
       const sgd = { lr: cfg.lr, momentum: cfg.momentum, weightDecay: cfg.weightDecay };
@@ -124,7 +126,7 @@ export class HybridWorker implements Strategy {
     const shard = cfg.batch / n;
     const { x, y } = this.batches.batch(s.epoch, s.step, this.rank * shard, shard);
     timeline.span('compute', 'input batch', t0, performance.now());
-    peers.forgetSeen();
+    peers.forgetSeen(s.globalStep);
     const spans = timeline.layers();
     const dropout = (firstSample: number) => ({ seed: cfg.seed, step: s.globalStep, firstSample });
     const prefix = `${s.globalStep}/0`;

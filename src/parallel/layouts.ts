@@ -124,7 +124,8 @@ export function planLayout(layout: LayoutName, cfg: TrainConfig, spec: ModelSpec
       if (cfg.batch % workers !== 0) throw new UsageError(`global batch ${cfg.batch} does not split evenly over ${workers} workers`);
       return { layout, world: workers, replicas: workers, towers: 1 };
     case 'model': {
-      if (spec.towers < 2) throw new UsageError(`--mode model splits the towered 'original' net: add --arch original (this run is '${cfg.arch}')`);
+      if (cfg.arch !== 'original') throw new UsageError(`--mode model splits the towered 'original' net: add --arch original (this run is '${cfg.arch}')`);
+      if (spec.towers < 2) throw new UsageError(`--mode model needs at least 2 towers, one per worker: this net has ${spec.towers} (--towers)`);
       if (replicas * spec.towers !== workers) {
         throw new UsageError(`--mode model runs ${replicas} replica${replicas > 1 ? 's' : ''} × ${spec.towers} towers = ${replicas * spec.towers} workers; the cluster has ${workers} (set --towers and --replicas so that replicas × towers = workers)`);
       }
@@ -140,6 +141,26 @@ export function planLayout(layout: LayoutName, cfg: TrainConfig, spec: ModelSpec
       if (narrow) throw new UsageError(`--mode hybrid splits every fc layer's units over the workers: ${narrow.name} has ${narrow.units}, fewer than the ${workers} workers`);
       return { layout, world: workers, replicas: 1, towers: 1 };
     }
+  }
+}
+
+/**
+ * The most keyed messages a worker of `p` may hold unclaimed at once: every
+ * exchange one step (or one test batch, or one state gather) may have in
+ * flight from every peer it exchanges with. Towers: each micro-batch sends,
+ * per cross link, its output forward and the gradient slice backward, and
+ * its logits forward, to each other tower of the row; all m micro-batches run
+ * at once. Hybrid: the features and each later fc layer both ways, the
+ * logits forward, and at a checkpoint every fc parameter and its momentum
+ * to worker 0. Never below MAX_UNCLAIMED.
+ */
+export function unclaimedBound(p: Placement, spec: ModelSpec, microBatches: number, floor: number): number {
+  const crossLinks = spec.layers.filter((l, i) => i > 0 && (l.kind === 'conv' || l.kind === 'dense') && l.link === 'cross').length;
+  const dense = denseLayers(spec).length;
+  switch (p.layout) {
+    case 'model': return Math.max(floor, microBatches * (2 * crossLinks + 1) * (p.towers - 1));
+    case 'hybrid': return Math.max(floor, (2 * dense + 1 + 2 * 2 * dense) * (p.world - 1));
+    default: return floor;
   }
 }
 

@@ -70,8 +70,8 @@ export interface Peers {
   receive(from: number, key: string, floats: number, wire?: WireType): Promise<Float32Array>;
   /** fails every pending and future receive (a local step failed) */
   fail(err: Error): void;
-  /** forgets the keys seen so far (as each step begins) */
-  forgetSeen(): void;
+  /** forgets the keys seen before global step `step` (as each step begins) */
+  forgetSeen(step: number): void;
   /** bytes handed to peers since it opened: keyed tensors and its ring's pieces */
   bytesSent: number;
   /** the keyed tensors' sends and waits, per step */
@@ -194,7 +194,7 @@ export class ModelParallelTower implements Strategy {
     const { timeline } = meter;
     const { t0 } = timeline;
     const { link } = this;
-    link.forgetSeen();
+    link.forgetSeen(s.globalStep);
     const { micro, deferred } = await this.runMicroBatches(s, timeline);
     const backendBytes = tf.memory().numBytes;
     const g0 = performance.now();

@@ -239,7 +239,7 @@ export class Cluster implements Strategy {
     });
     for (let r = 0; r < world; r++) {
       await this.send(r, {
-        kind: 'setup', rank: r, world, mode, replicas: this.opts.placement.replicas, microBatches: micro, train: cfg as unknown as Record<string, unknown>, peers,
+        kind: 'setup', rank: r, world, mode, replicas: mode === 'model' ? this.opts.placement.replicas : 1, microBatches: micro, train: cfg as unknown as Record<string, unknown>, peers,
         bucketBytes: cluster.bucketBytes, heartbeat: cluster.heartbeat, maxMessageBytes: cluster.maxMessageBytes,
         peerWaitMs: cluster.timeouts.stepMs,
       });

@@ -92,7 +92,8 @@ export async function preflight(opts: RunRequest, log: (line: string) => void): 
   // the processes on this host (a remote host's memory is its own: its workers find out there).
   const local = workers.filter((w) => isLocal(w.host));
   const here = mode === 'single' ? { count: 1, gpu: true } : { count: local.length, gpu: local.some((w) => w.device !== 'cpu') };
-  // (hybrid holds all of the conv layers and 1/N of the fc units: checked as a replica, which over-counts the fc layers)
+  // Hybrid is checked as a replica: that over-counts its fc weights (it holds 1/N of them) and under-counts its
+  // fc activations (the head runs on the whole batch); the conv layers' activations, which dominate, are counted right.)
   if (here.count > 0) checkMemory(spec, cfg, perProcessBatch(mode, cfg.batch, workers.length, placement.replicas), mode === 'model' ? 1 : spec.towers, here);
   const counts = loadRunDataCounts(cfg);
   const { available } = counts;

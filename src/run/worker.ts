@@ -16,9 +16,9 @@ import { parseTrainConfig, type TrainConfig } from '../config/train.js';
 import { loadRunData } from '../data/run-data.js';
 import { parameterShapes } from '../model/build.js';
 import { specOf } from '../model/alexnet.js';
-import { openWorkerStrategy, placeWorker, planLayout, type Placement } from '../parallel/layouts.js';
+import { openWorkerStrategy, placeWorker, planLayout, unclaimedBound, type Placement } from '../parallel/layouts.js';
 import type { Strategy } from '../parallel/strategy.js';
-import { Communicator } from '../wire/communicator.js';
+import { Communicator, MAX_UNCLAIMED } from '../wire/communicator.js';
 import { curveClient, helloProof, ZapGate, type WorkerKeys } from '../wire/curve.js';
 import { decodeToWorker, encodeToCoordinator, MAX_STEP_LINKS, MAX_STEP_SPANS, type ToWorker } from '../wire/protocol.js';
 import { Refusals } from '../wire/refusals.js';
@@ -228,8 +228,10 @@ async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig, on
   // The coordinator checked the layout before it started anyone; a worker checks its setup again (it may come from anywhere).
   let placement: Placement;
   try {
+    // 1 is the protocol's default for both: only another value is a request planLayout may refuse
     placement = planLayout(setup.mode, cfg, specOf(cfg), world, {
-      ...(setup.mode === 'model' ? { replicas: setup.replicas, microBatches: setup.microBatches } : {}),
+      ...(setup.replicas !== 1 || setup.mode === 'model' ? { replicas: setup.replicas } : {}),
+      ...(setup.microBatches !== 1 || setup.mode === 'model' ? { microBatches: setup.microBatches } : {}),
     });
   } catch (err) {
     throw new WorkerFailure(`setup: ${(err as Error).message}`);
@@ -238,6 +240,7 @@ async function openStrategy(args: WorkerArgs, setup: Setup, cfg: TrainConfig, on
   const data = loadRunData(cfg);
   const comm = await Communicator.open({
     rank, world, peers: setup.peers, talksTo: place.talksTo, heartbeat: setup.heartbeat, maxMessageBytes: setup.maxMessageBytes, waitMs: setup.peerWaitMs, onBroken,
+    maxUnclaimed: unclaimedBound(placement, specOf(cfg), setup.microBatches, MAX_UNCLAIMED),
     ...(args.keys ? { keys: { own: args.keys.own, workers: args.keys.workers } } : {}),
   });
   try {

@@ -42,12 +42,15 @@ export interface CommunicatorOptions {
   keys?: { own: KeyPair; workers: string[] };
   /** told once when the communicator breaks from outside (a lost peer, a refused or poisoned message), even between steps */
   onBroken?: (err: Error) => void;
+  /** keyed messages that may wait unclaimed (default MAX_UNCLAIMED): the layout's most in flight (layouts.ts unclaimedBound) */
+  maxUnclaimed?: number;
 }
 
 /**
- * Messages that may wait unclaimed before the peers are called misbehaving: a
- * step with m micro-batches has at most 5 forward and 4 backward exchanges
- * in flight per micro-batch (conv3, fc6, fc7, fc8, logits).
+ * Keyed messages that may wait unclaimed before the peers are called
+ * misbehaving, unless the layout says more: a layout's own bound
+ * (layouts.ts unclaimedBound) counts every exchange a step may have in
+ * flight from every peer, and is never below this.
  */
 export const MAX_UNCLAIMED = 1024;
 
@@ -156,7 +159,8 @@ export class Communicator {
     const id = mailbox(msg.from, msg.key);
     if (this.seen.has(id)) throw new ProtocolError(`'${msg.key}' from worker ${msg.from} arrived twice`);
     // Bounded: a sender that runs ahead (or a flood) cannot grow the mailboxes without end.
-    if (this.unclaimed >= MAX_UNCLAIMED) throw new ProtocolError(`more than ${MAX_UNCLAIMED} unclaimed messages`);
+    const most = this.opts.maxUnclaimed ?? MAX_UNCLAIMED;
+    if (this.unclaimed >= most) throw new ProtocolError(`more than ${most} unclaimed messages`);
     const bad = firstNonFinite(t);
     if (bad >= 0) {
       this.breaks(new Error(`worker ${msg.from} sent a non-finite '${msg.key}' (${valueAt(t, bad)} at float ${bad}): its training diverged; lower --lr`));
@@ -223,9 +227,19 @@ export class Communicator {
     }
   }
 
-  /** Forgets the keys seen so far (called as each step begins: their keys carry the step, so memory stays bounded). */
-  forgetSeen(): void {
-    this.seen.clear();
+  /**
+   * Forgets the keys seen before global step `step` (called as each step
+   * begins, so memory stays bounded): training keys of earlier steps, and
+   * evaluation's and state gathers', which run between steps. A faster peer
+   * may already have sent this step's first messages; their keys stay, so a
+   * duplicate of one is still refused.
+   */
+  forgetSeen(step: number): void {
+    for (const id of this.seen) {
+      const key = id.slice(id.indexOf(' ') + 1); // mailbox(): '<from> <key>'
+      const at = /^\d+/.exec(key);
+      if (at === null || Number(at[0]) < step) this.seen.delete(id);
+    }
   }
 
   close(): void {
