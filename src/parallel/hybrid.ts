@@ -57,7 +57,6 @@ import { backward, forward, disposeTape, predict } from '../model/engine.js';
 import { softmaxCrossEntropy } from '../model/layers.js';
 import { Sgd } from '../model/sgd.js';
 import type { ModelSpec } from '../model/spec.js';
-import { roundToBf16InPlace, toBf16 } from '../wire/bf16.js';
 import type { RingAllReduce } from '../wire/ring-allreduce.js';
 import { yieldToSockets } from './data-parallel.js';
 import { evaluate } from './evaluate.js';
@@ -87,8 +86,6 @@ export class HybridWorker implements Strategy {
 
   get rank(): number { return this.ring.rank; }
   get world(): number { return this.ring.world; }
-  /** the features per sample the workers exchange: fc6's input */
-  private get features(): number { return this.head.spec.features!; }
 
   /** Worker `ring.rank` of `ring.world`, exchanging features and the head's activations over `peers`. */
   static async open(cfg: TrainConfig, data: RunData, peers: Peers, ring: RingAllReduce, bucketBytes: number, closeLink: () => void): Promise<HybridWorker> {
@@ -137,13 +134,15 @@ export class HybridWorker implements Strategy {
     try {
       // trunk forward on this worker's samples: features [b, F]
       trunkTape = await forward(this.trunk, x, { dropout: dropout(this.rank * shard), layerSpans: spans }, true);
-      // every worker's features, in sample order: X [B, F]
-      const all = await this.gatherRows(`${prefix}/${fc6}/fwd`, trunkTape.logits, shard);
+      // every worker's features, in sample order: X [B, F]. The towers' all-gather along the batch axis:
+      // the same keys, bf16 rounding and order as a cross link's, with workers for towers and rows for channels.
+      const links = crossLinks(peers, this.group, this.rank, prefix, cfg.wire);
+      const rows = this.group.map(() => shard);
+      const all = await links.gather(fc6, trunkTape.logits, 0, rows);
       owned.push(all);
       // Labels follow the keyed data order, the same on every worker: the whole batch's are built here, not sent.
       const labels = this.batches.labels(s.epoch, s.step);
       owned.push(labels);
-      const links = crossLinks(peers, this.group, this.rank, prefix, cfg.wire);
       headTape = await forward(this.head, all, { dropout: dropout(0), links, layerSpans: spans }, true);
       const { loss, dlogits } = softmaxCrossEntropy(headTape.logits, labels, true);
       owned.push(loss, dlogits!);
@@ -153,7 +152,8 @@ export class HybridWorker implements Strategy {
       owned.push(...headGrads.values(), dAll!);
       disposeTape(headTape);
       headTape = undefined;
-      const dFeatures = await this.reduceScatterRows(`${prefix}/${fc6}/bwd`, dAll!, shard);
+      // its mirror: the rows of worker j's samples go to j, own rows summed in worker order: dL/df_k [b, F]
+      const dFeatures = await links.scatter(fc6, dAll!, 0, rows, false);
       owned.push(dFeatures);
       // trunk backward; its gradients go to the ring as they come (overlap)
       this.replicated.begin(s.lr, s.overlap !== false, timeline);
@@ -195,53 +195,6 @@ export class HybridWorker implements Strategy {
       if (headTape) disposeTape(headTape);
       if (trunkTape) disposeTape(trunkTape);
       tf.dispose(owned);
-    }
-  }
-
-  /** Every worker's rows of `own` [b, F], in worker order: [N·b, F]. Sends own rows to every other worker. */
-  private async gatherRows(key: string, own: tf.Tensor, rows: number): Promise<tf.Tensor> {
-    const values = await readFloats(own);
-    const wire = this.cfg.wire;
-    const parts: tf.Tensor[] = [];
-    try {
-      if (wire === 'bf16') {
-        // as the towers do: every worker concatenates the values the others received
-        const bits = new Uint16Array(values.length);
-        roundToBf16InPlace(values, 0, values.length, bits);
-        for (const r of this.group) if (r !== this.rank) this.peers.send(r, key, bits);
-      } else {
-        for (const r of this.group) if (r !== this.rank) this.peers.send(r, key, values);
-      }
-      for (const r of this.group) {
-        parts.push(r === this.rank ? tf.tensor(values, own.shape) : tf.tensor(await this.peers.receive(r, key, rows * this.features, wire), own.shape));
-      }
-      return tf.concat(parts, 0);
-    } finally {
-      tf.dispose(parts);
-    }
-  }
-
-  /** dL/d(own rows) [b, F] from every worker's part of dL/dX [N·b, F]: rows of worker j go to j; own rows summed in worker order. */
-  private async reduceScatterRows(key: string, dAll: tf.Tensor, rows: number): Promise<tf.Tensor> {
-    const slices = tf.split(dAll, this.world, 0);
-    const wire = this.cfg.wire;
-    const parts: tf.Tensor[] = [];
-    try {
-      for (const r of this.group) {
-        if (r === this.rank) continue;
-        const values = await readFloats(slices[r]!);
-        if (wire === 'bf16') {
-          this.peers.send(r, key, toBf16(values));
-        } else {
-          this.peers.send(r, key, values);
-        }
-      }
-      for (const r of this.group) {
-        parts.push(r === this.rank ? slices[r]! : tf.tensor(await this.peers.receive(r, key, rows * this.features, wire), slices[this.rank]!.shape));
-      }
-      return tf.tidy(() => parts.slice(1).reduce((acc, p) => tf.add(acc, p), parts[0]!));
-    } finally {
-      tf.dispose([...slices, ...parts.filter((p) => !slices.includes(p))]);
     }
   }
 
