@@ -137,7 +137,7 @@ export function crossLinks(peers: Peers, group: number[], me: number, prefix: st
   };
 }
 
-/** Where a tower worker sits: row `replica` of `replicas`, tower `tower`; `row` the ranks of its row by tower, `column` its tower's replicas. */
+/** Where a tower worker sits: row `replica` of `replicas`, tower `tower`; `row` the ranks of its row, by tower (its replicas' ring comes to open() on its own). */
 export interface TowerPlace { tower: number; replica: number; replicas: number; row: number[] }
 
 export class ModelParallelTower implements Strategy {
